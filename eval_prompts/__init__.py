@@ -1,0 +1,1 @@
+"""Prompt sets shipped with lorasel (TOML files in this folder)."""

@@ -1,0 +1,3 @@
+from lorasel.cli import main
+
+main()

@@ -1,0 +1,16 @@
+"""Command-line interface: `lorasel <command>`.
+
+Each command is a module of this package that registers itself on ``app``.
+"""
+
+from __future__ import annotations
+
+from lorasel.cli.app import app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="lorasel")
+
+
+__all__ = ["app", "main"]
