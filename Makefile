@@ -27,6 +27,7 @@ demo: $(VENV)/.installed
 	$(BIN)/lorasel demo
 
 bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m slow -p no:randomly
 	$(BIN)/python -m benchmarks.run
 
 lint: $(VENV)/.installed-dev

@@ -20,8 +20,12 @@ def test_clip_tokenizer_matches_open_clip():
 
 def test_tiny_pipelines_render():
     g = torch.Generator().manual_seed(0)
-    img = tiny_sd1_pipeline()("a red circle", num_inference_steps=2, height=64, width=64, generator=g).images[0]
+    img = tiny_sd1_pipeline()("a red circle", num_inference_steps=2, height=64, width=64, generator=g).images[
+        0
+    ]
     assert img.size == (64, 64)
     g = torch.Generator().manual_seed(0)
-    img = tiny_sdxl_pipeline()("a red circle", num_inference_steps=2, height=64, width=64, generator=g).images[0]
+    img = tiny_sdxl_pipeline()(
+        "a red circle", num_inference_steps=2, height=64, width=64, generator=g
+    ).images[0]
     assert img.size == (64, 64)

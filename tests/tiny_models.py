@@ -62,7 +62,9 @@ def tiny_sd1_pipeline(seed: int = 0):
         vae=_vae(),
         text_encoder=CLIPTextModel(_text_config()),
         tokenizer=clip_tokenizer(),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -1,0 +1,1 @@
+"""`make bench`: measured figures for reports/benchmarks.md (not part of the package)."""
