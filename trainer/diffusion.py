@@ -14,9 +14,10 @@ from trainer.images import load_pixels
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def step_seed(seed: int, step: int, process: int) -> int:
-    """The torch seed of one optimizer step on one process."""
-    return int(np.random.SeedSequence([seed, step, process]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def step_seed(seed: int, step: int, micro_batch: int, process: int) -> int:
+    """The torch seed of one micro-batch of one optimizer step on one process."""
+    state = np.random.SeedSequence([seed, step, micro_batch, process]).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> 1)
 
 
 def diffusion_loss(
@@ -35,7 +36,7 @@ def diffusion_loss(
     from diffusers.training_utils import compute_snr
 
     if noise is None:
-        noise = torch.randn_like(latents)
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
         if noise_offset:
             # Shifts the mean per channel, so the model learns to change overall brightness.
             noise = noise + noise_offset * torch.randn(

@@ -177,7 +177,9 @@ def train(
             with torch.no_grad():
                 dist = pipe.vae.encode(batch["pixels"].to(device, vae_dtype)).latent_dist
             mean, std, views = dist.mean.float(), dist.std.float(), batch["view"]
-        return (mean + std * torch.randn_like(mean)) * scaling, views
+        # randn of the shape, not randn_like: the same draw whatever the tensor's memory layout.
+        sample = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+        return (mean + std * sample) * scaling, views
 
     @torch.no_grad()
     def validation_loss() -> float:
@@ -268,11 +270,12 @@ def train(
             for g in range(group_start, len(step_groups)):
                 last_epoch = epoch
                 recent.append(time.perf_counter())
-                # Every random draw of this step (noise, timesteps, dropout) follows from (seed, step).
-                torch.manual_seed(step_seed(train_cfg.seed, step + 1, accelerator.process_index))
                 group_loss = 0.0
                 for m in range(len(step_groups[g])):
                     batch = next(batch_iter)
+                    # Every random draw from here on (latent sample, noise, timesteps, dropout) follows
+                    # from (seed, step, micro-batch, process): no RNG state to save for a resume.
+                    torch.manual_seed(step_seed(train_cfg.seed, step + 1, m, accelerator.process_index))
                     latents, views = batch_latents(batch)
                     hidden, added = conditioning(batch["caption"], views)
                     sync = m == len(step_groups[g]) - 1
