@@ -15,6 +15,7 @@ from torch import nn
 
 from lorasel.checkpoints.write import save_checkpoint
 from tests.tiny_models import tiny_sd1_pipeline
+from tests.trainer_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from trainer.config import NetworkConfig
 from trainer.export import adapter_layers, export_tensors, module_stem
 from trainer.network import ADAPTER, add_network, peft_config

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from lorasel.io import is_temporary
 from tests.tiny_models import tiny_sd1_pipeline, tiny_sdxl_pipeline
-from tests.trainer_helpers import make_kohya_dataset, small_config
+from tests.trainer_helpers import make_kohya_dataset, one_torch_thread, small_config  # noqa: F401 (autouse fixture)
 from trainer import events, from_dict, train
 from trainer.loop import TrainingDivergedError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def make_kohya_dataset(
@@ -38,3 +39,15 @@ def small_config(data_root: Path, **sections) -> dict:
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared machine OpenMP threads spin-wait
+    against other processes (15× slower measured here): one thread for these tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -71,6 +71,8 @@ def train(
 
     # --- 1. The run directory, the dataset and the arithmetic: fail fast on bad input.
     run = RunDir.at(output or prepare.default_run_dir(config))
+    if config.dataset.path:
+        prepare.load_datasets(config)  # a bad dataset fails before the output folder is touched
     prepare.check_output(run, resume=resume)
     # A run killed before its first checkpoint has no state: it starts again from step 0.
     has_state = resume and prepare.state_path(run).is_file()
