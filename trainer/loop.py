@@ -142,6 +142,7 @@ def train(
     unet = trained["unet"]
     for model in trained.values():
         model.train()  # adapter dropout on
+    trainable_params = [p for model in trained.values() for p in model.parameters() if p.requires_grad]
     shared_meta = run_metadata(config, datasets.train, plan, info)
 
     # --- 4. Cache what never changes during training.
@@ -298,8 +299,7 @@ def train(
                         accelerator.backward(loss / len(step_groups[g]))
                     group_loss += loss.detach().float() / len(step_groups[g])
                 if train_cfg.max_grad_norm:
-                    params = [p for model in trained.values() for p in model.parameters() if p.requires_grad]
-                    accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(trainable_params, train_cfg.max_grad_norm)
                 lr = current_lr(optimizer)
                 optimizer.step()
                 lr_scheduler.step()
