@@ -120,3 +120,17 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
 def test_preset_lookup_never_treats_paths_as_names():
     assert preset_path("toyworld") is not None
     assert preset_path("toyworld.toml") is None and preset_path("../toyworld") is None
+
+
+def test_optimizers():
+    import torch
+
+    from trainer.config import TrainingConfig
+    from trainer.optim import make_optimizer
+
+    groups = lambda: [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}]  # noqa: E731
+    assert type(make_optimizer(TrainingConfig(optimizer="prodigy"), groups())).__name__ == "Prodigy"
+    assert isinstance(make_optimizer(TrainingConfig(), groups()), torch.optim.AdamW)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="adamw8bit needs a CUDA GPU"):
+            make_optimizer(TrainingConfig(optimizer="adamw8bit"), groups())

@@ -205,3 +205,41 @@ def test_sdxl_buckets_text_encoders_and_step_saves(tmp_path):
     assert (step_meta["ss_epoch"], step_meta["ss_steps"]) == ("0", "1")  # kohya: running 0-based epoch
     prefixes = {k.split("_text_model")[0] for k in tensors if "_text_model_" in k}
     assert prefixes == {"lora_te1", "lora_te2"}
+    # diffusers loads the SDXL file (UNet keys in diffusers names, both text encoders).
+    fresh = tiny_sdxl_pipeline()
+    fresh.load_lora_weights(str(result.checkpoints[-1]))
+    assert any(n.endswith("lora_A") for n, _ in fresh.text_encoder_2.named_modules())
+
+
+def test_training_options_run(tmp_path):
+    """bf16, gradient checkpointing, Prodigy, warm-up, min-SNR, noise offset, DoRA and TensorBoard together."""
+    data = make_kohya_dataset(tmp_path / "data", {"2_zkz star": 2})
+    config = from_dict(
+        small_config(
+            data,
+            network={"algo": "dora"},
+            training={
+                "epochs": 1,
+                "mixed_precision": "bf16",
+                "gradient_checkpointing": True,
+                "optimizer": "prodigy",
+                "learning_rate": 1.0,
+                "lr_scheduler": "cosine",
+                "lr_warmup_steps": 1,
+                "min_snr_gamma": 5.0,
+                "noise_offset": 0.05,
+            },
+            save={"precision": "bf16"},
+            logging={"tensorboard": True},
+        )
+    )
+    seen: list = []
+    result = train(config, output=tmp_path / "run", pipeline=tiny_sd1_pipeline(), progress=seen.append)
+    steps = [e for e in seen if isinstance(e, events.Step)]
+    assert len(steps) == 2 and all(np.isfinite(e.loss) for e in steps)
+    assert steps[0].lr == 0.0 and steps[1].lr > 0  # warm-up starts at 0
+    tensors, meta = _read(result.checkpoints[-1])
+    assert meta["ss_optimizer"] == "prodigy" and meta["ss_mixed_precision"] == "bf16"
+    assert all(v.dtype == torch.bfloat16 for k, v in tensors.items() if not k.endswith(".alpha"))
+    assert any(k.endswith(".dora_scale") for k in tensors)
+    assert list((result.run_dir / "logs").rglob("events.out.tfevents.*"))
