@@ -68,7 +68,7 @@ def choose(
     min_fidelity = check_minimum("fidelity", min_fidelity)
     min_flexibility = check_minimum("flexibility", min_flexibility)
     table = ranking.table
-    ok = (table["checkpoint"] != BASE).to_numpy()
+    ok = (table["checkpoint"] != BASE).to_numpy().copy()
     if min_fidelity is not None:
         ok &= (table["fidelity"] >= min_fidelity).fillna(False).to_numpy(dtype=bool)
     if min_flexibility is not None:
