@@ -7,6 +7,7 @@ open a page, evaluate JavaScript, read the result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,15 +45,28 @@ class Browser:
         self.timeout = timeout
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        # The shell puts our pipe ends on fds 3 and 4, where --remote-debugging-pipe expects them.
+        # bash puts our pipe ends on fds 3 and 4, where --remote-debugging-pipe expects them
+        # (dash cannot redirect from fds above 9).
         script = f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w}'
+        profile.mkdir(parents=True, exist_ok=True)
+        self.log = profile / "chromium.log"
+        log = open(self.log, "wb")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            ["sh", "-c", script, executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            [
+                shutil.which("bash") or "bash",
+                "-c",
+                script,
+                executable,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
         )
+        log.close()
         os.close(to_child_r)
         os.close(from_child_w)
         self._buffer = b""
@@ -60,7 +74,9 @@ class Browser:
         self.events: list[dict[str, Any]] = []
         targets = self.send("Target.getTargets")["targetInfos"]
         page = next(t for t in targets if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)[
+            "sessionId"
+        ]
         self.send("Page.enable", session=self.session)
         self.send("Runtime.enable", session=self.session)
 
@@ -90,10 +106,16 @@ class Browser:
             if ready:
                 chunk = os.read(self._from_child, 1 << 16)
                 if not chunk:
-                    raise RuntimeError("Chromium closed the DevTools pipe")
+                    raise RuntimeError(f"Chromium closed the DevTools pipe; its log ends:\n{self.log_tail()}")
                 self._buffer += chunk
         raw, _, self._buffer = self._buffer.partition(b"\0")
         return json.loads(raw)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def open(self, url: str) -> None:
         """Navigate and wait until the page and its images have loaded."""
@@ -106,17 +128,19 @@ class Browser:
 
     def evaluate(self, expression: str) -> Any:
         result = self.send(
-            "Runtime.evaluate", session=self.session, expression=expression, returnByValue=True, awaitPromise=True
+            "Runtime.evaluate",
+            session=self.session,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
         )
         if "exceptionDetails" in result:
             raise RuntimeError(f"JavaScript error: {result['exceptionDetails']}")
         return result["result"].get("value")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.send("Browser.close")
-        except Exception:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

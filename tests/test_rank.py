@@ -118,7 +118,9 @@ def test_constant_metric_is_robust_and_left_out():
     means = {"fidelity": np.array([0.5, 0.5, 0.5]), "flexibility": np.array([0.1, 0.2, 0.3])}
     norm = fit_normalisation(means)
     assert norm.active == ("flexibility",)
-    scores = composite({**means, "diversity": np.full(3, np.nan), "preservation": np.full(3, np.nan)}, norm, DEFAULT_WEIGHTS)
+    scores = composite(
+        {**means, "diversity": np.full(3, np.nan), "preservation": np.full(3, np.nan)}, norm, DEFAULT_WEIGHTS
+    )
     assert scores == pytest.approx([0.0, 0.5, 1.0])
     # Everything constant: every candidate scores the same, nothing divides by zero.
     flat = {m: np.ones(3) for m in METRICS}
@@ -166,7 +168,9 @@ def test_results_without_checkpoints_or_renders():
     with pytest.raises(ResultsError, match="only the base model"):
         rank(only_base)
     empty = Results(
-        renders=results.renders.iloc[0:0], diversity=results.diversity.iloc[0:0], checkpoints=results.checkpoints
+        renders=results.renders.iloc[0:0],
+        diversity=results.diversity.iloc[0:0],
+        checkpoints=results.checkpoints,
     )
     with pytest.raises(ResultsError, match="no renders"):
         rank(empty)
@@ -234,7 +238,11 @@ def test_vectorised_bootstrap_equals_a_naive_loop():
                 total += w[m] * (mean - norm.low[m]) / (norm.high[m] - norm.low[m])
             d = div[(div["checkpoint"] == cand["checkpoint"]) & (div["strength"] == cand["strength"])]
             dmean = np.average(d["diversity"], weights=d["prompt_id"].map(prompt_weight))
-            total += w["diversity"] * (dmean - norm.low["diversity"]) / (norm.high["diversity"] - norm.low["diversity"])
+            total += (
+                w["diversity"]
+                * (dmean - norm.low["diversity"])
+                / (norm.high["diversity"] - norm.low["diversity"])
+            )
             assert fast[b, c] == pytest.approx(total / sum(w.values()), abs=1e-12)
 
 
@@ -248,7 +256,9 @@ def test_clearly_dominant_candidate_has_p_best_near_one():
             "preservation": 0.9,
         }
 
-    results = make_results(checkpoints=4, strengths=(1.0,), quality=quality, unit_noise=0.05, render_noise=0.02)
+    results = make_results(
+        checkpoints=4, strengths=(1.0,), quality=quality, unit_noise=0.05, render_noise=0.02
+    )
     ranking = rank(results, n_boot=1000, seed=0)
     assert ranking.best.label == "zkz-000002"
     assert ranking.best.p_best > 0.99
@@ -292,7 +302,9 @@ def test_pairing_separates_candidates_that_unit_noise_would_hide():
     rng = np.random.default_rng(0)
     independent = np.column_stack(
         [
-            composite(metric_means(evidence, unit_counts(evidence.strata, 400, rng)), norm, DEFAULT_WEIGHTS)[:, c]
+            composite(metric_means(evidence, unit_counts(evidence.strata, 400, rng)), norm, DEFAULT_WEIGHTS)[
+                :, c
+            ]
             for c in evidence.contest
         ]
     )
@@ -348,7 +360,9 @@ def test_choose_respects_minimums_and_recomputes_p_best_among_the_eligible():
     assert chosen.best.metrics["flexibility"] >= floor
     eligible = ranking.table[(ranking.table["checkpoint"] != BASE) & (ranking.table["flexibility"] >= floor)]
     assert chosen.eligible == len(eligible)
-    assert (chosen.best.checkpoint, chosen.best.strength) == tuple(eligible.iloc[0][["checkpoint", "strength"]])
+    assert (chosen.best.checkpoint, chosen.best.strength) == tuple(
+        eligible.iloc[0][["checkpoint", "strength"]]
+    )
     # P(best) among fewer competitors can only grow.
     assert chosen.best.p_best >= eligible.iloc[0]["p_best"]
 

@@ -58,7 +58,9 @@ def test_step_save_mid_epoch_and_checkpoint_without_step(tmp_path):
         {"epoch": "Int64", "step": "Int64"}
     )
     per = checkpoint_loss(log, ckpts).set_index("checkpoint")
-    assert per.loc["mid", "loss"] == pytest.approx(np.mean([0.5 + 0.01 * j for j in range(5)]))  # steps 11..15
+    assert per.loc["mid", "loss"] == pytest.approx(
+        np.mean([0.5 + 0.01 * j for j in range(5)])
+    )  # steps 11..15
     assert per.loc["nostep", "loss"] == pytest.approx(np.mean([1 / 3 + 0.01 * j for j in range(10)]))
 
 
@@ -91,7 +93,9 @@ def test_no_loss_log_is_silent(tmp_path):
 
 def _write_tensorboard(folder):
     """Event files as kohya's sd-scripts writes them, written with tensorboard's own writer."""
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'lorasel[tensorboard]')")
+    pytest.importorskip(
+        "tensorboard", reason="tensorboard is not installed (pip install 'lorasel[tensorboard]')"
+    )
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -119,7 +123,9 @@ def test_loss_from_kohya_tensorboard(tmp_path):
     per = checkpoint_loss(log, CHECKPOINTS).set_index("checkpoint")
     for k, ck in enumerate(["e1", "e2", "e3", "e4"], start=1):
         # No epoch column in TensorBoard: the steps since the previous checkpoint.
-        assert per.loc[ck, "loss"] == pytest.approx(np.mean([1.0 / k + 0.01 * j for j in range(10)]), rel=1e-6)
+        assert per.loc[ck, "loss"] == pytest.approx(
+            np.mean([1.0 / k + 0.01 * j for j in range(10)]), rel=1e-6
+        )
         assert per.loc[ck, "val_loss"] == pytest.approx(3.0 / k, rel=1e-6)
 
 
