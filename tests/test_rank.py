@@ -354,6 +354,8 @@ def test_choose_respects_minimums_and_recomputes_p_best_among_the_eligible():
     best = ranking.best
     free = choose(ranking)
     assert free.best == best and free.runner_up == ranking.runner_up
+    contest = ranking.table[ranking.table["checkpoint"] != BASE]
+    assert [c.label for c in free.tied_with] == list(contest["label"][contest["tied"]].iloc[1:])
     # Demand more flexibility than the best has: the pick moves to one that has it.
     floor = best.metrics["flexibility"] + 1e-6
     chosen = choose(ranking, min_flexibility=floor)
@@ -363,8 +365,9 @@ def test_choose_respects_minimums_and_recomputes_p_best_among_the_eligible():
     assert (chosen.best.checkpoint, chosen.best.strength) == tuple(
         eligible.iloc[0][["checkpoint", "strength"]]
     )
-    # P(best) among fewer competitors can only grow.
+    # P(best) among fewer competitors can only grow; ties are among the eligible only.
     assert chosen.best.p_best >= eligible.iloc[0]["p_best"]
+    assert all(c.metrics["flexibility"] >= floor for c in chosen.tied_with)
 
 
 def test_choose_raises_no_candidate_and_checks_the_range():

@@ -75,12 +75,10 @@ def pick_command(
     )
     if chosen.eligible < int((ranking.table["checkpoint"] != "base").sum()):
         typer.echo(f"  among       {chosen.eligible} candidates meeting the minimums")
-    tied = [c for c in ranking.candidates() if c.tied and not c.is_base and (c.checkpoint, c.strength) !=
-            (best.checkpoint, best.strength)]  # fmt: skip
-    if best.tied and tied:
-        typer.echo(
-            "  tied with   " + "; ".join(describe(c) for c in tied[:5]) + (" ..." if len(tied) > 5 else "")
-        )
+    tied = chosen.tied_with
+    if tied:
+        more = f" (+{len(tied) - 5} more)" if len(tied) > 5 else ""
+        typer.echo("  tied with   " + "; ".join(describe(c) for c in tied[:5]) + more)
     if chosen.runner_up is not None:
         r = chosen.runner_up
         typer.echo(f"runner-up: {describe(r)} (score {num(r.score)}, P(best) {num(r.p_best, 2)})")

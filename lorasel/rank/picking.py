@@ -31,19 +31,20 @@ def _candidate_json(c: Candidate) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Pick:
     """The chosen candidate, the next best, and the ranking they come from.
 
-    When minimums are given, ``best.p_best``, ``tied`` and ``runner_up`` are among the
-    candidates that meet them (the same bootstrap rounds, restricted); scores and ranks stay
-    those of the whole run.
+    ``eligible``: how many candidates met the minimums; ``best.p_best``, the ties
+    (``tied_with``) and ``runner_up`` are among those (the same bootstrap rounds, restricted).
+    Scores and ranks stay those of the whole run.
     """
 
     best: Candidate
     runner_up: Candidate | None
     ranking: Ranking
     eligible: int
+    tied_with: tuple[Candidate, ...] = ()
     min_fidelity: float | None = None
     min_flexibility: float | None = None
 
@@ -86,20 +87,21 @@ def choose(
             f"best flexibility {contest['flexibility'].max():.3f})",
             hint="lower --min-fidelity / --min-flexibility, or evaluate more checkpoints or strengths",
         )
-    contest_rows = np.flatnonzero((table["checkpoint"] != BASE).to_numpy())
-    candidates = [Candidate.from_row(table.iloc[i]) for i in rows[:2]]
-    if rows.size < contest_rows.size:
-        # Restricted contest: same bootstrap rounds, only the eligible columns compete.
-        summary = summarise(ranking.boot_scores[:, rows], 0)
-        candidates = [
-            replace(c, p_best=float(summary.p_best[k]), tied=bool(summary.tied[k]))
-            for k, c in enumerate(candidates)
-        ]
+    # P(best) and ties among the eligible candidates: the same bootstrap rounds, only their
+    # columns competing (with no minimums this reproduces the table's values).
+    summary = summarise(ranking.boot_scores[:, rows], 0)
+    eligible = [
+        replace(
+            Candidate.from_row(table.iloc[i]), p_best=float(summary.p_best[k]), tied=bool(summary.tied[k])
+        )
+        for k, i in enumerate(rows)
+    ]
     return Pick(
-        best=candidates[0],
-        runner_up=candidates[1] if len(candidates) > 1 else None,
+        best=eligible[0],
+        runner_up=eligible[1] if len(eligible) > 1 else None,
         ranking=ranking,
-        eligible=int(rows.size),
+        eligible=len(eligible),
+        tied_with=tuple(c for c in eligible[1:] if c.tied),
         min_fidelity=min_fidelity,
         min_flexibility=min_flexibility,
     )

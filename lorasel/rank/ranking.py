@@ -89,7 +89,7 @@ class Candidate:
         return self.checkpoint == BASE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Ranking:
     """The ranked table and what produced it.
 
