@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -195,3 +196,31 @@ def test_report_in_headless_chromium(report, tmp_path):
         assert browser.evaluate("typeof window.pwned") == "undefined"
     finally:
         browser.close()
+
+
+def test_thumbnails_are_small_cached_and_never_leave_the_state_folder(tmp_path):
+    from PIL import Image
+
+    from lorasel.report.thumbnails import CACHE_DIRNAME, thumbnail
+
+    state = tmp_path / "state"
+    (state / "renders").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    big = Image.fromarray((rng.random((64, 48, 3)) * 255).astype("uint8")).resize((512, 384))
+    big.save(state / "renders" / "big.png")
+    (tmp_path / "secret.png").write_bytes((state / "renders" / "big.png").read_bytes())
+    (state / "renders" / "broken.png").write_bytes(b"not a png")
+
+    uri = thumbnail(state, "renders/big.png")
+    png = base64.b64decode(uri.split(",", 1)[1])
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (96, 72) and image.mode == "P"
+    assert len(png) < 16_000
+    cached = list((state / CACHE_DIRNAME).iterdir())
+    assert len(cached) == 1
+    cached[0].write_bytes(b"cached")  # a second call reads the cache instead of recomputing
+    assert base64.b64decode(thumbnail(state, "renders/big.png").split(",", 1)[1]) == b"cached"
+    assert thumbnail(state, "renders/missing.png") is None
+    assert thumbnail(state, "renders/broken.png") is None
+    assert thumbnail(state, "../secret.png") is None
+    assert thumbnail(state, str(tmp_path / "secret.png")) is None
