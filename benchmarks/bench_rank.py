@@ -13,6 +13,7 @@ Run alone: ``python -m benchmarks.run rank``.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -146,11 +147,55 @@ def _calibration() -> str:
     )
 
 
+def _report() -> str:
+    """Size and time of report.html for a realistic run with 512 px renders, first and cached."""
+    import shutil
+    import tempfile
+
+    from PIL import Image, ImageFilter
+
+    from lorasel.report import write_html
+
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "run" / "lorasel"
+        results = make_results(checkpoints=10, strengths=(0.25, 0.5, 0.75, 1.0), prompts_per_kind=4, seeds=2)
+        rng = np.random.default_rng(0)
+        shown = results.renders[results.renders["seed_index"] == 0]
+        # 16 photo-like (incompressible) renders, copied to every path: each is still decoded.
+        samples = []
+        for k in range(16):
+            noise = (rng.random((64, 64, 3)) * 255).astype("uint8")
+            image = Image.fromarray(noise).resize((512, 512), Image.Resampling.BICUBIC)
+            samples.append(state.parent / f"sample{k}.png")
+            samples[-1].parent.mkdir(parents=True, exist_ok=True)
+            image.filter(ImageFilter.GaussianBlur(3)).save(samples[-1])
+        for k, rel in enumerate(shown["image"]):
+            (state / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(samples[k % len(samples)], state / rel)
+        ranking = rank(results)
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            path = write_html(results, ranking, Path(tmp) / "report.html", state)
+            times.append(time.perf_counter() - start)
+        size = path.stat().st_size
+        raw = sum((state / rel).stat().st_size for rel in shown["image"])
+    return (
+        "### report.html for a realistic run\n\n"
+        f"10 checkpoints × 4 strengths, 16 prompts; {len(shown)} renders of 512×512 px shown (first seed), "
+        f"{raw / 2**20:.1f} MB of PNG on disk.\n\n"
+        "| | value |\n|---|---|\n"
+        f"| report.html size (96 px palette-PNG thumbnails, plots as SVG) | {size / 2**20:.2f} MB |\n"
+        f"| first write ({min(8, os.cpu_count() or 1)} decoding threads) | {times[0]:.1f} s |\n"
+        f"| rewrite (thumbnails cached in STATE/thumbs) | {times[1]:.1f} s ({times[0] / times[1]:.1f}× faster) |\n"
+    )
+
+
 def run(out_dir: Path) -> str:
     return (
         "## Ranking (`lorasel.rank`)\n\n"
-        "Reproduce: `python -m benchmarks.run rank` (CPU, under a minute).\n\n"
-        f"{_speed()}\n{_calibration()}"
+        "Reproduce: `python -m benchmarks.run rank` (CPU, about a minute).\n\n"
+        f"{_speed()}\n{_calibration()}\n{_report()}"
     )
 
 

@@ -13,6 +13,8 @@ import base64
 import datetime as _dt
 import hashlib
 import math
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,16 @@ def _strength_key(value: float) -> float:
     return round(float(value), 6)
 
 
+def _thumbnails(state_dir: Path, images: Iterable[str]) -> dict[str, str | None]:
+    """Thumbnails of the given renders, decoded in parallel (PIL releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = list(images)
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(images, pool.map(lambda rel: thumbnail(state_dir, rel), images), strict=True))
+
+
 def _grids(results: Results, ranking: Ranking, state_dir: Path, seeds: int) -> list[dict[str, Any]]:
     """Per prompt: checkpoints (rows) × strengths (columns), plus the base model in one tall cell."""
     table = ranking.table
@@ -161,10 +173,11 @@ def _grids(results: Results, ranking: Ranking, state_dir: Path, seeds: int) -> l
         metric = KIND_METRIC.get(r.kind)
         lookup.setdefault((r.checkpoint, r.skey, r.prompt_id), []).append((r.seed_index, r.image, metric))
     values = renders.set_index(["checkpoint", "skey", "prompt_id", "seed_index"])
+    thumbs = _thumbnails(state_dir, renders["image"].astype(str).unique())
 
     def cell(checkpoint: str, strength: float, prompt_id: str) -> dict[str, Any]:
         found = sorted(lookup.get((checkpoint, strength, prompt_id), []))
-        images = [thumbnail(state_dir, image) for _, image, _ in found] or [None]
+        images = [thumbs.get(image) for _, image, _ in found] or [None]
         cand = by_candidate.get((checkpoint, strength))
         parts = []
         if cand is not None and checkpoint != BASE:

@@ -37,7 +37,8 @@ def _make_thumbnail(path: Path, size: int) -> tuple[bytes, bool] | None:
                 return path.read_bytes(), False  # already small: embed as is
             image = image.convert("RGB")
             image.thumbnail((size, size), Image.Resampling.LANCZOS)
-            image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+            # Fast octree: about 100x faster than median cut, for a barely visible difference.
+            image = image.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
             buffer = io.BytesIO()
             image.save(buffer, format="PNG", optimize=True)
             return buffer.getvalue(), True
