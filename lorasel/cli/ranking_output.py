@@ -37,16 +37,22 @@ WorkdirOpt = Annotated[
 
 @contextlib.contextmanager
 def warnings_to_stderr() -> Iterator[None]:
-    """Show the library's warnings (an unusable loss log) as ``warning: ...`` lines."""
+    """Show lorasel's warnings (an unusable loss log) as one ``warning: ...`` line each; other
+    libraries' warnings pass through as Python shows them."""
+    from lorasel.rank import LossLogWarning
+
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", LossLogWarning)
         try:
             yield
         finally:
             seen = set()
             for w in caught:
+                if not issubclass(w.category, LossLogWarning):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+                    continue
                 text = " ".join(str(w.message).split())
-                if issubclass(w.category, UserWarning) and text not in seen:
+                if text not in seen:
                     seen.add(text)
                     typer.echo(f"warning: {printable(text)}", err=True)
 
