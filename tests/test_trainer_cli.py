@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -153,5 +154,10 @@ def test_kill_9_then_resume_completes_the_same_run(tmp_path, tiny_base):
         load_file(reference / "checkpoints" / expected[3]),
     )
     assert got.keys() == want.keys()
+    first, last = (
+        safe_open(str(run / "checkpoints" / name), "pt").metadata() for name in (expected[0], expected[3])
+    )
+    assert first["ss_session_id"] == last["ss_session_id"]  # one training session, resumed
+    assert (last["ss_epoch"], last["ss_steps"]) == ("4", "16")
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)

@@ -24,6 +24,7 @@ import torch
 
 from lorasel.checkpoints.write import save_checkpoint
 from lorasel.errors import ConfigError, LoraselError
+from lorasel.io import atomic_write_text
 from lorasel.models import base_family, load_base
 from lorasel.rundir import RunDir
 from trainer import prepare
@@ -60,7 +61,7 @@ def train(
     resume: bool = False,
 ) -> RunResult:
     """Train ``config`` into a run directory; ``resume=True`` continues ``output`` from its saved state."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from diffusers import DDPMScheduler
 
     emit = progress or (lambda event: None)
@@ -71,8 +72,8 @@ def train(
 
     # --- 1. The run directory, the dataset and the arithmetic: fail fast on bad input.
     run = RunDir.at(output or prepare.default_run_dir(config))
-    if config.dataset.path:
-        prepare.load_datasets(config)  # a bad dataset fails before the output folder is touched
+    # A bad dataset fails before the output folder is touched (a toy dataset is generated into it).
+    datasets = prepare.load_datasets(config) if config.dataset.path else None
     prepare.check_output(run, resume=resume)
     # A run killed before its first checkpoint has no state: it starts again from step 0.
     has_state = resume and prepare.state_path(run).is_file()
@@ -82,6 +83,10 @@ def train(
         mixed_precision=train_cfg.mixed_precision,
         log_with="tensorboard" if config.logging.tensorboard else None,
         project_dir=str(run.logs),
+        # Module dropout skips whole adapters in a step: DDP must not wait for their gradients.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=config.network.module_dropout > 0)
+        ],
     )
     main = accelerator.is_main_process
     config = prepare.materialise_dataset(config, run) if main else config
@@ -89,10 +94,10 @@ def train(
     config = prepare.materialise_dataset(config, run)  # the other processes see the generated folder now
     if main:
         prepare.write_run_config(config, run)
-    datasets = prepare.load_datasets(config)
+    datasets = datasets or prepare.load_datasets(config)
     plan = prepare.step_plan(config, datasets, accelerator.num_processes)
     if main:
-        (run.logs / "steps.txt").write_text(plan.describe() + "\n", encoding="utf-8")
+        atomic_write_text(run.logs / "steps.txt", plan.describe() + "\n")
 
     # --- 2. The model: frozen base in the training dtype, fp32 adapters on top.
     device = accelerator.device
@@ -121,7 +126,8 @@ def train(
     checkpoints: list[str] = []
     if state is not None:
         trainable = network.named_trainable()
-        if set(state.params) != set(trainable):
+        shapes = {name: tuple(p.shape) for name, p in trainable.items()}
+        if shapes != {name: tuple(t.shape) for name, t in state.params.items()}:
             raise LoraselError(
                 f"the training state in {run.root} does not fit the network of {run.config}",
                 hint="resume with the run's own config (run.toml); only epochs and saving may change",
@@ -133,7 +139,8 @@ def train(
         lr_scheduler.load_state_dict(state.scheduler)
         progress_state = state.progress
         step, epoch, group_start = progress_state["step"], progress_state["epoch"], progress_state["group"]
-        info = RunInfo(**{**info.__dict__, **progress_state["info"], "family": family})
+        saved_info = {k: v for k, v in progress_state["info"].items() if k in info.__dict__}
+        info = RunInfo(**{**info.__dict__, **saved_info, "family": family})  # same session id and start
         checkpoints = list(progress_state["checkpoints"])
     trained = {role: network.models[role] for role in network.roles}
     prepared = accelerator.prepare(*trained.values(), optimizer)
@@ -160,6 +167,11 @@ def train(
     text = TextConditioner(
         pipe, sdxl=sdxl, cache=freeze_text and train_cfg.cache_text_embeddings, device=device
     )
+    # Trained text encoders run through their accelerate wrappers (DDP all-reduces their gradients).
+    text.encoders = [
+        trained.get(role, model)
+        for role, model in zip(("text_encoder", "text_encoder_2"), text.encoders, strict=False)
+    ]
     images = TrainingImages(datasets.train, datasets.sizes, config.dataset, with_pixels=latents_cache is None)
 
     def conditioning(captions, views):

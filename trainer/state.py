@@ -89,10 +89,16 @@ def load_training_state(path: Path) -> TrainingState:
         raise LoraselError(f"training state {path} is unreadable: {exc}", hint=hint) from None
     if header.get("version") != VERSION:
         raise LoraselError(f"training state {path} has unknown version {header.get('version')!r}", hint=hint)
+    progress = header.get("progress")
+    fields = {"step": int, "epoch": int, "group": int, "info": dict, "checkpoints": list}
+    if not isinstance(progress, dict) or not all(isinstance(progress.get(k), t) for k, t in fields.items()):
+        raise LoraselError(f"training state {path} is damaged (bad progress record)", hint=hint)
+    if not all(isinstance(name, str) and "/" not in name for name in progress["checkpoints"]):
+        raise LoraselError(f"training state {path} is damaged (bad checkpoint names)", hint=hint)
     params = {k[len("param.") :]: v for k, v in tensors.items() if k.startswith("param.")}
     return TrainingState(
         params=params,
         optimizer=_optimizer_from_file(tensors, header["optimizer"]),
         scheduler=header["scheduler"],
-        progress=header["progress"],
+        progress=progress,
     )
