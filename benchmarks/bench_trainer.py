@@ -8,8 +8,9 @@ caching off (must not be slower) and once with latent + caption-embedding cachin
 
 Every configuration runs in its own spawned process (clean peak memory, one torch thread:
 on this shared machine OpenMP threads spin against other jobs). Step time is the median over
-the steps after the first (warm-up); both loops are timed the same way, at the end of each
-optimizer step. Reproduce: ``python -m benchmarks.run trainer``.
+the steps after the first (warm-up), in CPU seconds of the process on CPU (so other jobs on a shared
+machine do not count) and wall seconds on a GPU; both loops are timed the same way, at the end of
+each optimizer step. Reproduce: ``python -m benchmarks.run trainer``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from pathlib import Path
 TOY_STEPS = 21
 SD15_STEPS = 3
 MODES = ("reference", "uncached", "cached")
+
+
+def _clock() -> float:
+    """CPU seconds of this process on CPU (other jobs on a shared machine do not count), wall time on GPU."""
+    import torch
+
+    return time.perf_counter() if torch.cuda.is_available() else time.process_time()
 
 
 # --------------------------------------------------------------------------- models and data
@@ -202,7 +210,7 @@ def _reference_loop(
             lr_scheduler.step()
             optimizer.zero_grad()
             accelerator.gather(loss.detach()).mean().item()  # the script logs the loss every step
-            ends.append(time.perf_counter())
+            ends.append(_clock())
             if len(ends) == steps:
                 break
     return ends
@@ -233,11 +241,11 @@ def _lorasel_loop(
 
     def progress(event):
         if isinstance(event, events.Step):
-            ends.append(time.perf_counter())
+            ends.append(_clock())
         elif isinstance(event, events.Status) and event.message.startswith("caching"):
-            marks["cache_start"] = time.perf_counter()
+            marks["cache_start"] = _clock()
         elif isinstance(event, events.Started):
-            marks["started"] = time.perf_counter()
+            marks["started"] = _clock()
 
     train(config, output=workdir / f"run-{cache}", pipeline=pipe, progress=progress)
     cache_seconds = marks["started"] - marks["cache_start"] if "cache_start" in marks else 0.0
@@ -329,7 +337,8 @@ shape of diffusers' `train_text_to_image_lora.py` (written in `benchmarks/bench_
 torchvision transforms in a DataLoader, VAE encode and text encoder every step, LoRA rank 16 on
 to_q/k/v/out through `unet.add_adapter`, AdamW, gradient clipping, accelerate). Both train the same
 images, batch, rank, targets and optimizer; each configuration runs in its own process with one torch
-thread; seconds per step are the median over the steps after a warm-up step ({TOY_STEPS - 1} steps for
+thread; seconds per step (CPU seconds of the process on CPU, wall seconds on GPU) are the median
+over the steps after a warm-up step ({TOY_STEPS - 1} steps for
 the small model, fastest of two interleaved rounds; {SD15_STEPS - 1} for the SD1.5 architecture). lorasel's
 AdamW uses torch's fused kernel (the reference keeps diffusers' default). Peak RSS is the process's maximum resident memory
 (reference / lorasel).
