@@ -161,3 +161,10 @@ def test_kill_9_then_resume_completes_the_same_run(tmp_path, tiny_base):
     assert (last["ss_epoch"], last["ss_steps"]) == ("4", "16")
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_list_settings():
+    result = runner.invoke(app, ["train", "--list-settings"])
+    assert result.exit_code == 0
+    assert "network.rank = 16\n    Rank (kohya network_dim)." in result.stdout
+    assert 'network.algo = "lora"' in result.stdout and "validation.timesteps = [100, 300" in result.stdout

@@ -327,10 +327,6 @@ class ValidationConfig:
             "hold out a folder or a fraction, not both",
         )
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.path) or self.split > 0
-
 
 @dataclass(frozen=True)
 class LoggingConfig:

@@ -130,6 +130,10 @@ def train(
             "--set", help="Override a setting, e.g. --set network.rank=8 (repeatable).", show_default=False
         ),
     ] = None,
+    list_settings: Annotated[
+        bool,
+        typer.Option("--list-settings", help="Print every setting with its default and help, then exit."),
+    ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -142,6 +146,12 @@ def train(
     """Train a LoRA / LoCon / LoHa / LoKr / DoRA and save a checkpoint every epoch."""
     from trainer.configfile import load_config
 
+    if list_settings:
+        from trainer.configfile import describe_fields, toml_value
+
+        for key, default, help_text in describe_fields():
+            typer.echo(f"{key} = {toml_value(default)}\n    {help_text}")
+        return
     sets = list(overrides or [])
     if resume is not None:
         if config is not None:
