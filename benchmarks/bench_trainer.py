@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 TOY_STEPS = 21
-SD15_STEPS = 3
+SD15_STEPS = 4
 MODES = ("reference", "uncached", "cached")
 
 

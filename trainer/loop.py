@@ -89,6 +89,8 @@ def train(
         ],
     )
     main = accelerator.is_main_process
+    if not main:
+        emit = lambda event: None  # noqa: E731 (one progress display, from the main process)
     config = prepare.materialise_dataset(config, run) if main else config
     accelerator.wait_for_everyone()
     config = prepare.materialise_dataset(config, run)  # the other processes see the generated folder now
