@@ -107,7 +107,8 @@ class StepPlan:
             )
         else:
             lines.append(f"steps per epoch: {self.steps_per_epoch}")
-        total = f"{self.steps_per_epoch} steps × {self.epochs} epochs = {self.steps_per_epoch * self.epochs} steps"
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        total = f"{self.steps_per_epoch} steps × {epochs} = {self.steps_per_epoch * self.epochs} steps"
         if self.max_steps and self.max_steps < self.steps_per_epoch * self.epochs:
             total += f", capped at training.max_steps = {self.total_steps}"
         lines.append(total)
