@@ -220,13 +220,13 @@ def train(
 
     def save(name: str, epoch_number: int, next_epoch: int, next_group: int) -> None:
         """Write checkpoint ``name`` then the training state (both atomic), on the main process."""
+        if name not in checkpoints:
+            checkpoints.append(name)
         if main:
             models = {role: accelerator.unwrap_model(m) for role, m in trained.items()}
             tensors = export_tensors(models, sdxl=sdxl, dtype=DTYPES[config.save.precision])
             meta = checkpoint_metadata(shared_meta, epoch=epoch_number, step=step, now=time.time())
             path = save_checkpoint(prepare.checkpoint_dir(run) / name, tensors, meta)
-            if name not in checkpoints:
-                checkpoints.append(name)
             save_training_state(
                 prepare.state_path(run),
                 params={k: p for k, p in network.named_trainable().items()},

@@ -178,6 +178,10 @@ def train(
         result = run_training(resolved, output=run_dir, progress=view, resume=resume is not None)
     finally:
         view.close()
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return  # under `accelerate launch`, one summary
     typer.echo(
         f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f} s; "
         f"{len(result.checkpoints)} checkpoints in {result.run_dir / 'checkpoints'}"
