@@ -237,12 +237,17 @@ class TrainingConfig:
     )
     seed: int = _help("Seed: the same seed gives the same run (bit-exact on CPU).", default=42)
     num_workers: int = _help("DataLoader worker processes for image loading.", default=0)
+    cpu_threads: int = _help(
+        "torch threads when training on CPU; 0 = torch's default. Small models (the toy world) run "
+        "fastest with 1, and a shared machine punishes more threads than free cores.",
+        default=0,
+    )
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "gradient_accumulation_steps"):
             value = getattr(self, key)
             _check(value >= 1, f"training.{key}", f"must be >= 1 (got {value})", "use a positive integer")
-        for key in ("max_steps", "lr_warmup_steps", "num_workers"):
+        for key in ("max_steps", "lr_warmup_steps", "num_workers", "cpu_threads"):
             value = getattr(self, key)
             _check(
                 value >= 0, f"training.{key}", f"must be >= 0 (got {value})", "use 0 or a positive integer"

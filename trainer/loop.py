@@ -244,6 +244,9 @@ def train(
         accelerator.wait_for_everyone()
 
     # --- 5. Train.
+    threads_before = torch.get_num_threads()
+    if train_cfg.cpu_threads and device.type == "cpu":
+        torch.set_num_threads(train_cfg.cpu_threads)
     if config.logging.tensorboard:
         accelerator.init_trackers(
             "lorasel", config={"rank": config.network.rank, "algo": config.network.algo}
@@ -362,6 +365,7 @@ def train(
                     break
             epoch, group_start = epoch + 1, 0
     finally:
+        torch.set_num_threads(threads_before)
         if log is not None:
             log.close()
         if config.logging.tensorboard:

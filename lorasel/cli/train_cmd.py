@@ -12,8 +12,8 @@ from lorasel.cli.app import app
 from lorasel.errors import ConfigError
 
 # What may change when a run is resumed: everything else shapes the network or the batch order.
-RESUMABLE_KEYS = ("training.epochs", "training.max_steps", "training.num_workers", "save.every_n_epochs",
-                  "save.every_n_steps", "logging.tensorboard")  # fmt: skip
+RESUMABLE_KEYS = ("training.epochs", "training.max_steps", "training.num_workers", "training.cpu_threads",
+                  "save.every_n_epochs", "save.every_n_steps", "logging.tensorboard")  # fmt: skip
 
 
 class ProgressView:
