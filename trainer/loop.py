@@ -43,6 +43,7 @@ from trainer.export import export_tensors
 from trainer.images import TrainingImages, collate
 from trainer.logs import LossLog
 from trainer.metadata import RunInfo, checkpoint_metadata, run_metadata
+from trainer.optim import check_available as check_optimizer
 from trainer.optim import current_lr, make_optimizer, make_scheduler, param_groups
 from trainer.plan import epoch_batches
 from trainer.state import load_training_state, save_training_state
@@ -69,6 +70,7 @@ def train(
     train_cfg = config.training
     if train_cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("training.mixed_precision = fp16 needs a CUDA GPU", hint="use bf16 or no on CPU")
+    check_optimizer(train_cfg)
 
     # --- 1. The run directory, the dataset and the arithmetic: fail fast on bad input.
     run = RunDir.at(output or prepare.default_run_dir(config))

@@ -19,34 +19,48 @@ def param_groups(network, config: TrainingConfig) -> list[dict]:
     return groups
 
 
+def check_available(config: TrainingConfig) -> None:
+    """Fail before any model is loaded when the chosen optimizer cannot run here."""
+    if config.optimizer == "prodigy":
+        try:
+            import prodigyopt  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "training.optimizer = prodigy needs the prodigyopt package",
+                hint="pip install 'lorasel[prodigy]' (or prodigyopt)",
+            ) from None
+    elif config.optimizer == "adamw8bit":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "training.optimizer = adamw8bit needs a CUDA GPU", hint="use adamw on this machine"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "training.optimizer = adamw8bit needs the bitsandbytes package",
+                hint="pip install bitsandbytes",
+            ) from None
+
+
 def make_optimizer(config: TrainingConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """``groups``: torch param groups (``params`` and ``lr``) for the UNet and text encoders."""
     if config.optimizer == "adamw":
-        # The fused kernel updates all (many, small) adapter tensors at once: ~7× faster steps on CPU.
+        # The fused kernel updates all (many, small) adapter tensors at once: the optimizer step is
+        # ~7× faster on CPU than the per-tensor loop (measured with 600 LoRA tensors).
         try:
             return torch.optim.AdamW(
                 groups, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
             )
         except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
             return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    check_available(config)
     if config.optimizer == "prodigy":
-        try:
-            from prodigyopt import Prodigy
-        except ImportError:
-            raise ConfigError(
-                "training.optimizer = prodigy needs the prodigyopt package",
-                hint="pip install 'lorasel[prodigy]' (or prodigyopt)",
-            ) from None
+        from prodigyopt import Prodigy
+
         return Prodigy(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-    # adamw8bit
-    if not torch.cuda.is_available():
-        raise ConfigError("training.optimizer = adamw8bit needs a CUDA GPU", hint="use adamw on this machine")
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise ConfigError(
-            "training.optimizer = adamw8bit needs the bitsandbytes package", hint="pip install bitsandbytes"
-        ) from None
+    import bitsandbytes as bnb
+
     return bnb.optim.AdamW8bit(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
