@@ -4,10 +4,11 @@ Reading order: set up the run → load the model and add the adapters → cache 
 never changes (latents, caption embeddings) → per epoch, per optimizer step:
 sample noise and timesteps, predict, backpropagate, step → log, validate, save.
 
-Randomness is a pure function of (seed, step): each optimizer step reseeds torch
-from those numbers, and the batch order of an epoch is a function of (seed,
-epoch). That is what makes ``--resume`` after a kill -9 reproduce the same
-remaining checkpoints without pickling RNG states, and a CPU run bit-exact.
+Randomness is a pure function of where training is: each micro-batch reseeds torch
+from (seed, step, micro-batch, process), the batch order of an epoch comes from
+(seed, epoch) and each image's crop / flip / caption shuffle from its sample key.
+That is what makes ``--resume`` after a kill -9 reproduce the same remaining
+checkpoints without pickling RNG states, and a CPU run bit-exact.
 """
 
 from __future__ import annotations
