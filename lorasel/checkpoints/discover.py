@@ -98,10 +98,10 @@ def discover(path: str | os.PathLike) -> list[CheckpointEntry]:
     half-written ones, with a logged warning: a trainer may still be writing into the folder.
     """
     root = Path(path).expanduser()
+    refuse_pickle(root)
     if not root.exists():
         raise CheckpointError(f"{root} not found", hint="pass a folder of checkpoints or a .safetensors file")
     if root.is_file():
-        refuse_pickle(root)
         header = read_header(root)
         if not looks_like_lora(list(header.tensors)):
             raise CheckpointError(f"{root} is not a LoRA checkpoint", hint="pass a LoRA .safetensors file")

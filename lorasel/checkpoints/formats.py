@@ -17,6 +17,7 @@ both factors full → γ = 1 (kohya/LyCORIS files), PEFT rsLoRA → alpha / √r
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -373,8 +374,16 @@ def parse_modules(
             hint="the file is a merge of incompatible LoRAs; re-save it in one format",
         )
     # An alpha without weights (kohya writes some for untrained layers) has nothing to apply.
-    modules = tuple(_module(path, stem, group, styles[stem], peft_config) for stem, group in weighted.items())
+    modules = tuple(
+        _module(path, stem, weighted[stem], styles[stem], peft_config)
+        for stem in sorted(weighted, key=natural_key)
+    )
     return _file_format(formats, modules, metadata), modules
+
+
+def natural_key(name: str) -> list:
+    """Sort key with numbers compared as numbers: ``blocks_2`` before ``blocks_10``."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
 def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) -> LoraModule:
