@@ -165,6 +165,12 @@ def lycoris_network(
     finally:
         LycorisNetwork.TARGET_REPLACE_MODULE = saved
     net.apply_to()
+    randomise_lycoris(net, seed)
+    return net
+
+
+def randomise_lycoris(net: nn.Module, seed: int, std: float = 0.25) -> None:
+    """Seeded random factors (LyCORIS initialises ΔW to zero); DoRA magnitudes perturbed around ‖W‖."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -172,8 +178,21 @@ def lycoris_network(
             if name.endswith("dora_scale"):
                 p.mul_(1 + 0.2 * noise)
             else:
-                p.copy_(noise * 0.25)
-    return net
+                p.copy_(noise * std)
+
+
+def render_small(pipe):
+    """A 32 px, 2-step render without CFG: the cheapest call that runs every component."""
+    gen = torch.Generator().manual_seed(0)
+    return pipe(
+        "a red circle",
+        num_inference_steps=2,
+        generator=gen,
+        output_type="np",
+        guidance_scale=1.0,
+        height=32,
+        width=32,
+    ).images
 
 
 def lycoris_reference_delta(lora) -> torch.Tensor:

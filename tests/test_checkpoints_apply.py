@@ -17,23 +17,10 @@ from lorasel.checkpoints import merge as merge_module
 from tests.lora_files import (
     kohya_lora,
     one_torch_thread,  # noqa: F401 (autouse fixture)
+    render_small,
     sdxl_sgm_name,
     shared_pipeline,
 )
-
-
-def _render(pipe) -> np.ndarray:
-    gen = torch.Generator().manual_seed(0)
-    # 32 px (16×16 latents), no CFG: the cheapest render that runs every component.
-    return pipe(
-        "a red circle",
-        num_inference_steps=2,
-        generator=gen,
-        output_type="np",
-        guidance_scale=1.0,
-        height=32,
-        width=32,
-    ).images
 
 
 def _snapshot(pipe) -> dict[str, torch.Tensor]:
@@ -59,16 +46,16 @@ def test_kohya_lora_and_locon_match_diffusers_fuse_lora(family, tmp_path):
     if sdxl:
         assert checkpoint.base_family == "sdxl"  # from the lora_te1_/SGM key names
         assert any(m.name.startswith("lora_unet_input_blocks_") for m in checkpoint.modules)
-    base = _render(pipe)
+    base = render_small(pipe)
     components = ["unet", "text_encoder", *(["text_encoder_2"] if sdxl else [])]
     try:
         for strength in (0.5, 1.0):
             apply(pipe, checkpoint, strength)
-            ours = _render(pipe)
+            ours = render_small(pipe)
             ref.load_lora_weights(str(tmp_path), weight_name="lora.safetensors", adapter_name="x")
             ref.fuse_lora(components=components, lora_scale=strength)
             try:
-                theirs = _render(ref)
+                theirs = render_small(ref)
             finally:
                 ref.unfuse_lora(components=components)
                 ref.unload_lora_weights()
@@ -76,7 +63,7 @@ def test_kohya_lora_and_locon_match_diffusers_fuse_lora(family, tmp_path):
             np.testing.assert_allclose(ours, theirs, atol=2e-4)
     finally:
         restore(pipe, release=True)
-    np.testing.assert_array_equal(_render(pipe), base)
+    np.testing.assert_array_equal(render_small(pipe), base)
 
 
 def test_sgm_keys_land_on_the_layers_they_name(tmp_path):

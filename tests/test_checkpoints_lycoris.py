@@ -17,6 +17,8 @@ from tests.lora_files import (
     lycoris_network,
     lycoris_reference_delta,
     one_torch_thread,  # noqa: F401 (autouse fixture)
+    randomise_lycoris,
+    render_small,
     shared_pipeline,
 )
 
@@ -129,3 +131,45 @@ def test_lokr_every_factor_combination_matches_lycoris_maths(w1_factored, w2_for
     ref = lycoris_lokr.kron_weight(*f.values(), scale=gamma)
     shape = (a * b, c * d, *k) if conv else (a * b, c * d)
     torch.testing.assert_close(ours.reshape(shape), ref.reshape(shape), rtol=1e-5, atol=1e-6)
+
+
+def test_lycoris_kohya_network_renders_like_lycoris(tmp_path, monkeypatch):
+    """A LoHa made by LyCORIS' kohya wrapper (``lora_unet_``/``lora_te_`` keys, UNet + text encoder,
+    convs, conv_in/conv_out, time embedding): the merged pipeline renders what LyCORIS' own hooks render."""
+    import logging
+
+    from lycoris.config import PRESET
+    from lycoris.kohya import create_network
+    from lycoris.logging import logger
+
+    logger.setLevel(logging.ERROR)
+    pipe = shared_pipeline("sd1")
+    base = render_small(pipe)
+    # lycoris-lora 4.1.3's "full" preset names the time embedding both by class and by path, a
+    # duplicate it then rejects; the same preset with the class only.
+    monkeypatch.setitem(
+        PRESET, "lorasel-test", {**PRESET["full"], "unet_target_name": ["conv_in", "conv_out"]}
+    )
+    net = create_network(
+        1.0, 2, 1.0, pipe.vae, pipe.text_encoder, pipe.unet, algo="loha", conv_dim=2, preset="lorasel-test"
+    )
+    net.apply_to(pipe.text_encoder, pipe.unet, True, True)
+    randomise_lycoris(net, seed=5, std=0.35)
+    file = tmp_path / "loha.safetensors"
+    try:
+        theirs = render_small(pipe)
+        net.save_weights(str(file), torch.float32, {"ss_network_module": "lycoris.kohya"})
+    finally:
+        for lora in net.text_encoder_loras + net.unet_loras:
+            lora.restore()
+    checkpoint = read_checkpoint(file)
+    assert checkpoint.format == "lycoris" and checkpoint.algorithms == ("loha",)
+    assert checkpoint.touches_text_encoder
+    assert any(m.name == "lora_unet_conv_in" for m in checkpoint.modules)
+    try:
+        apply(pipe, checkpoint, 1.0)
+        ours = render_small(pipe)
+    finally:
+        restore(pipe, release=True)
+    assert abs(theirs - base).max() > 0.05
+    assert abs(ours - theirs).max() < 1e-3
