@@ -109,6 +109,8 @@ def kohya_lora(
             if only and not re.search(only, name):
                 continue
             path = sdxl_sgm_name(name) if (sgm and prefix == "unet") else name
+            if prefix != "unet" and not path.startswith("text_model."):
+                path = "text_model." + path  # kohya's names, from transformers 4's CLIPTextModel
             stem = f"lora_{prefix}_" + path.replace(".", "_")
             down, up = _factors(layer, rank, gen, std)
             out[f"{stem}.lora_down.weight"] = down

@@ -188,3 +188,26 @@ def test_apply_to_a_pipeline_uses_no_extra_layers(tmp_path):
         assert [n for n, _ in pipe.unet.named_modules()] == names
     finally:
         restore(pipe, release=True)
+
+
+def test_text_encoder_keys_with_and_without_the_text_model_level(tmp_path):
+    """kohya files say ``lora_te_text_model_encoder_...`` (transformers 4); transformers 5's CLIPTextModel
+    has no ``text_model`` level. Both spellings must reach the same layer."""
+    pipe = shared_pipeline("sd1")
+    g = torch.Generator().manual_seed(9)
+    down, up = torch.randn(2, 37, generator=g), torch.randn(32, 2, generator=g)
+    results = []
+    for i, stem in enumerate(
+        ["lora_te_text_model_encoder_layers_1_mlp_fc2", "lora_te_encoder_layers_1_mlp_fc2"]
+    ):
+        tensors = {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up}
+        checkpoint = read_checkpoint(save_checkpoint(tmp_path / f"{i}.safetensors", tensors))
+        try:
+            apply(pipe, checkpoint, 1.0)
+            results.append(_snapshot(pipe))
+        finally:
+            restore(pipe, release=True)
+    base = _snapshot(pipe)
+    changed = [k for k in base if not torch.equal(base[k], results[0][k])]
+    assert changed == ["text_encoder.encoder.layers.1.mlp.fc2.weight"]
+    assert all(torch.equal(results[0][k], results[1][k]) for k in base)

@@ -17,6 +17,7 @@ managed here; call ``restore(pipeline, release=True)`` before changing the base.
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from dataclasses import dataclass, field
 
@@ -112,6 +113,10 @@ def _write(state: _State, targets: list[Target], s: float) -> None:
         if pristine is None:
             pristine = state.pristine[target.key] = weight.detach().clone()
             state.layers[target.key] = target.layer
+        elif pristine.device != weight.device or pristine.dtype != weight.dtype:
+            # The pipeline was moved or cast (at base, as documented): follow it.
+            pristine = state.pristine[target.key] = pristine.to(device=weight.device, dtype=weight.dtype)
+            state.deltas.pop(target.key, None)
         delta = state.deltas.get(target.key)
         if delta is None:
             delta = _effective_delta(target, pristine)
@@ -125,13 +130,19 @@ def _write(state: _State, targets: list[Target], s: float) -> None:
 
 
 @torch.no_grad()
-def apply(pipeline, checkpoint: LoraCheckpoint, strength: float) -> None:
+def apply(pipeline, checkpoint: LoraCheckpoint | str | os.PathLike, strength: float) -> None:
     """Merge ``checkpoint`` into ``pipeline`` at ``strength``: W = W0 + s·ΔW on every touched weight.
 
+    ``pipeline`` is a diffusers pipeline (UNet and text encoders) or a bare UNet module;
+    ``checkpoint`` a ``LoraCheckpoint`` (read it once, apply it many times) or a path.
     Any previously applied checkpoint is restored first; strength 0 is the base model.
     Raises ``CheckpointError`` (the pipeline then holds the base weights) when the file
     does not fit the pipeline.
     """
+    if not isinstance(checkpoint, LoraCheckpoint):
+        from lorasel.checkpoints.read import read_checkpoint
+
+        checkpoint = read_checkpoint(checkpoint)
     s = float(strength)
     if not math.isfinite(s):
         raise ConfigError(f"strength {strength!r} is not a finite number", hint="use e.g. 0.5, 0.75 or 1.0")

@@ -91,4 +91,4 @@ class LoraCheckpoint:
 
 def _te_target(module: LoraModule) -> bool:
     """A component-less key (``lycoris_``, bare PEFT) that names a CLIP text-encoder layer."""
-    return module.component is None and module.flat_target.startswith("text_model_")
+    return module.component is None and module.flat_target.startswith(("text_model_", "encoder_layers_"))

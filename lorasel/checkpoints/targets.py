@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lorasel.checkpoints.model import COMPONENTS, LoraCheckpoint, LoraModule
+from lorasel.checkpoints.model import COMPONENTS, TEXT_ENCODERS, LoraCheckpoint, LoraModule
 from lorasel.errors import CheckpointError
 
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -52,20 +52,28 @@ def components(pipeline) -> dict[str, nn.Module]:
     return found
 
 
-def layer_index(component: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+def layer_index(component: nn.Module, text_encoder: bool = False) -> dict[str, tuple[str, nn.Module]]:
     """flattened name → (dotted name, layer) for every Linear/Conv layer of a component.
 
-    A layer wrapped by PEFT (``to_q.base_layer``) is also found under its own name.
+    A layer wrapped by PEFT (``to_q.base_layer``) is also found under its own name. In a text
+    encoder, names are found with and without the ``text_model.`` level: kohya, A1111 and PEFT
+    files were written against transformers 4 (``text_model.encoder.layers.0``), while
+    transformers 5's ``CLIPTextModel`` has no such level (``encoder.layers.0``).
     """
     index: dict[str, tuple[str, nn.Module]] = {}
     for name, layer in component.named_modules():
-        if isinstance(layer, _LAYER_TYPES):
-            for alias in (name, name.removesuffix(".base_layer")):
-                flat = alias.replace(".", "_")
-                if flat in index and index[flat][1] is not layer:
-                    index[flat] = ("", layer)  # two layers flatten alike: ambiguous, match neither
-                else:
-                    index[flat] = (name, layer)
+        if not isinstance(layer, _LAYER_TYPES):
+            continue
+        aliases = {name, name.removesuffix(".base_layer")}
+        if text_encoder:
+            aliases |= {a.removeprefix("text_model.") for a in aliases}
+            aliases |= {"text_model." + a for a in aliases if not a.startswith("text_model.")}
+        for alias in aliases:
+            flat = alias.replace(".", "_")
+            if flat in index and index[flat][1] is not layer:
+                index[flat] = ("", layer)  # two layers flatten alike: ambiguous, match neither
+            else:
+                index[flat] = (name, layer)
     return index
 
 
@@ -121,7 +129,7 @@ class Resolver:
     def __init__(self, pipeline) -> None:
         self.pipeline = pipeline
         self.parts = components(pipeline)
-        self.indexes = {name: layer_index(part) for name, part in self.parts.items()}
+        self.indexes = {name: layer_index(part, name in TEXT_ENCODERS) for name, part in self.parts.items()}
 
     def _lookup(self, module: LoraModule) -> list[tuple[str, str, nn.Module]]:
         """Candidate (component, dotted name, layer) for a module, best first."""
