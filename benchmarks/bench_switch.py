@@ -37,7 +37,12 @@ def sd15_unet():
         out_channels=4,
         layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        down_block_types=(
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=768,
         attention_head_dim=8,
@@ -163,12 +168,24 @@ def run(out_dir: Path) -> str:
         ("one 512×512 20-step render, bare base", f"{render_20:.1f} s", extrapolated),
         ("checkpoint switch (restore + ΔW + apply)", f"{ckpt_switch:.3f} s", f"median of {len(switch_ckpt)}"),
         ("  as a fraction of one render", f"**{ckpt_switch / render_20:.2%}**", "target ≤ 5%"),
-        ("strength switch, same checkpoint (cached ΔW)", f"{strength_switch:.3f} s", f"{strength_switch / render_20:.2%} of a render"),
+        (
+            "strength switch, same checkpoint (cached ΔW)",
+            f"{strength_switch:.3f} s",
+            f"{strength_switch / render_20:.2%} of a render",
+        ),
         ("first apply (pristine copies made once)", f"{first_apply:.3f} s", "once per pipeline"),
         ("render with merged checkpoint ÷ bare base", f"**{merged / base:.3f}**", "target ≤ 1.02"),
-        ("diffusers unfused PEFT (`set_adapters`) ÷ bare base", f"{peft_step / base:.3f}", "what merging avoids"),
+        (
+            "diffusers unfused PEFT (`set_adapters`) ÷ bare base",
+            f"{peft_step / base:.3f}",
+            "what merging avoids",
+        ),
         ("merged ÷ unfused PEFT", f"{merged / peft_step:.3f}", ""),
-        ("read_checkpoint of one file", f"{read:.3f} s", f"{file_mb:.0f} MB, {len(checkpoints[0].modules)} modules"),
+        (
+            "read_checkpoint of one file",
+            f"{read:.3f} s",
+            f"{file_mb:.0f} MB, {len(checkpoints[0].modules)} modules",
+        ),
     ]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     return f"""## switch: checkpoint and strength switches on the SD1.5 UNet
