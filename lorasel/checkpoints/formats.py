@@ -102,8 +102,16 @@ def _key_style(stem: str) -> tuple[str, str | None, str, bool] | None:
     return None
 
 
+def _is_old_diffusers(key: str) -> bool:
+    return key.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and any(
+        m in key for m in _OLD_DIFFUSERS_MARKS
+    )
+
+
 def _modernise_diffusers_keys(keys: list[str]) -> dict[str, str]:
     """new key → original key, with older diffusers spellings mapped to PEFT's by diffusers."""
+    if not any(_is_old_diffusers(k) for k in keys):
+        return {k: k for k in keys}
     from diffusers.utils.state_dict_utils import (
         DIFFUSERS_OLD_TO_PEFT,
         DIFFUSERS_TO_PEFT,
@@ -114,9 +122,7 @@ def _modernise_diffusers_keys(keys: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key in keys:
         new = key
-        if key.startswith(("unet.", "text_encoder.", "text_encoder_2.")) and any(
-            m in key for m in _OLD_DIFFUSERS_MARKS
-        ):
+        if _is_old_diffusers(key):
             if key.startswith("unet."):
                 mapping = UNET_TO_DIFFUSERS
             elif "_lora." in key and "lora_linear_layer" not in key:
@@ -124,7 +130,7 @@ def _modernise_diffusers_keys(keys: list[str]) -> dict[str, str]:
             else:
                 mapping = DIFFUSERS_TO_PEFT
             new = next(iter(convert_state_dict({key: None}, mapping)))
-            if not new.endswith(".weight") and (new.endswith(".lora_A") or new.endswith(".lora_B")):
+            if new.endswith((".lora_A", ".lora_B")):
                 new += ".weight"
         out[new] = key
     return out
@@ -142,12 +148,10 @@ def _original_stem(original_key: str, stem: str) -> str:
 
 
 def looks_like_lora(keys: list[str]) -> bool:
-    """Cheap test on key names only (discovery): does any key have a LoRA prefix and suffix?"""
-    for key in keys:
-        split = _split_suffix(key, False) or _split_suffix(key, True)
-        if split and split[1][0] is not None and _key_style(split[0]):
-            return True
-        if key.startswith(("unet.", "text_encoder")) and any(m in key for m in _OLD_DIFFUSERS_MARKS):
+    """Cheap test on key names only (discovery): does any key name a LoRA factor?"""
+    for key in _modernise_diffusers_keys(keys):
+        hit = _classify(key)
+        if hit is not None and hit[1][0] is not None:
             return True
     return False
 
