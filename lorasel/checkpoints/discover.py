@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorasel.checkpoints.files import read_header, refuse_pickle
-from lorasel.checkpoints.formats import looks_like_lora
+from lorasel.checkpoints.keys import looks_like_lora
 from lorasel.checkpoints.metadata import parse_checkpoint_dir, parse_name, progress_from_metadata
 from lorasel.errors import CheckpointError
 from lorasel.io import is_temporary
