@@ -86,7 +86,7 @@ class LoraCheckpoint:
 
     @property
     def touches_unet(self) -> bool:
-        return any(m.component == "unet" for m in self.modules)
+        return any(m.component == "unet" or (m.component is None and not _te_target(m)) for m in self.modules)
 
 
 def _te_target(module: LoraModule) -> bool:
