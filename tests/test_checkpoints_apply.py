@@ -211,3 +211,23 @@ def test_text_encoder_keys_with_and_without_the_text_model_level(tmp_path):
     changed = [k for k in base if not torch.equal(base[k], results[0][k])]
     assert changed == ["text_encoder.encoder.layers.1.mlp.fc2.weight"]
     assert all(torch.equal(results[0][k], results[1][k]) for k in base)
+
+
+def test_the_registry_does_not_keep_a_model_alive(tmp_path):
+    import gc
+    import weakref
+
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(shared_pipeline("sd1").unet.config)
+    stem = "lora_unet_down_blocks_1_attentions_0_proj_in"
+    tensors = {
+        f"{stem}.lora_down.weight": torch.ones(1, 64, 1, 1),
+        f"{stem}.lora_up.weight": torch.ones(64, 1, 1, 1),
+    }
+    apply(unet, read_checkpoint(save_checkpoint(tmp_path / "w.safetensors", tensors)), 1.0)
+    assert current(unet) is not None
+    alive = weakref.ref(unet)
+    del unet
+    gc.collect()
+    assert alive() is None

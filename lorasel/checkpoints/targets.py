@@ -77,10 +77,9 @@ def layer_index(component: nn.Module, text_encoder: bool = False) -> dict[str, t
     return index
 
 
-def sgm_to_diffusers(stem: str, unet: nn.Module) -> str | None:
+def sgm_to_diffusers(stem: str, unet_config) -> str | None:
     """The diffusers layer path of a kohya SDXL stem in SGM naming, by diffusers' own maps."""
-    config = getattr(unet, "config", None)
-    if not stem.startswith("lora_unet_") or getattr(config, "layers_per_block", None) is None:
+    if not stem.startswith("lora_unet_") or getattr(unet_config, "layers_per_block", None) is None:
         return None
     from diffusers.loaders.lora_conversion_utils import (
         _convert_non_diffusers_lora_to_diffusers,
@@ -91,7 +90,7 @@ def sgm_to_diffusers(stem: str, unet: nn.Module) -> str | None:
     placeholder = torch.empty(0)
     state = {f"{stem}.lora_down.weight": placeholder, f"{stem}.lora_up.weight": placeholder}
     try:
-        state = _maybe_map_sgm_blocks_to_diffusers(state, config)
+        state = _maybe_map_sgm_blocks_to_diffusers(state, unet_config)
         converted, _ = _convert_non_diffusers_lora_to_diffusers(state)
         converted = convert_unet_state_dict_to_peft(converted)
     except (ValueError, KeyError, IndexError):
@@ -124,16 +123,20 @@ def _dora_fits(module: LoraModule, weight_shape: tuple[int, ...]) -> bool:
 
 
 class Resolver:
-    """Layer indexes of one pipeline, built once and reused for every checkpoint."""
+    """Layer indexes of one pipeline, built once and reused for every checkpoint.
+
+    Holds layers, never the pipeline itself: the merge registry is keyed weakly by the pipeline.
+    """
 
     def __init__(self, pipeline) -> None:
-        self.pipeline = pipeline
-        self.parts = components(pipeline)
-        self.indexes = {name: layer_index(part, name in TEXT_ENCODERS) for name, part in self.parts.items()}
+        parts = components(pipeline)
+        self.names = tuple(parts)
+        self.unet_config = getattr(parts.get("unet"), "config", None)
+        self.indexes = {name: layer_index(part, name in TEXT_ENCODERS) for name, part in parts.items()}
 
     def _lookup(self, module: LoraModule) -> list[tuple[str, str, nn.Module]]:
         """Candidate (component, dotted name, layer) for a module, best first."""
-        names = [module.component] if module.component else list(self.parts)
+        names = [module.component] if module.component else list(self.names)
         hits = []
         for comp in names:
             index = self.indexes.get(comp)
@@ -141,7 +144,7 @@ class Resolver:
                 continue
             hit = index.get(module.flat_target)
             if hit is None and comp == "unet" and not module.dotted and module.target.startswith(_SGM_MARKS):
-                path = sgm_to_diffusers(module.name, self.parts["unet"])
+                path = sgm_to_diffusers(module.name, self.unet_config)
                 hit = index.get(path.replace(".", "_")) if path else None
             if hit is not None and hit[0]:
                 hits.append((comp, hit[0], hit[1]))
