@@ -192,3 +192,35 @@ def test_tiny_unet_and_text_encoder_files_match_peft(algo, tmp_path):
         _randomise(model, seed=1)
     checked = _check_file_matches_peft(network.models, tmp_path, dtype=torch.float32)
     assert checked == len(network.targets["unet"]) + len(network.targets["text_encoder"])
+
+
+@pytest.mark.parametrize("algo", ["locon", "dora", "loha", "lokr"])
+def test_checkpoint_reader_reads_the_files_as_peft_trained_them(algo, tmp_path):
+    """lorasel's own reader (lorasel.checkpoints) gives every module the ΔW peft applies."""
+    from lorasel.checkpoints import module_delta, read_checkpoint
+    from lorasel.checkpoints.deltas import dora_delta
+
+    pipe = tiny_sd1_pipeline()
+    network = add_network(
+        pipe, NetworkConfig(algo=algo, rank=4, alpha=2.0, targets="full", train_text_encoder=True)
+    )
+    for model in network.models.values():
+        _randomise(model, seed=2)
+    path = save_checkpoint(
+        tmp_path / "x.safetensors", export_tensors(network.models), {"ss_base_model_version": "sd_v1"}
+    )
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.base_family == "sd1" and checkpoint.format in ("kohya", "lycoris")
+    by_name = {m.name: m for m in checkpoint.modules}
+    count = 0
+    for role, model in network.models.items():
+        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[role]
+        for name, layer, _ in adapter_layers(model):
+            module = by_name[module_stem(prefix, role, name)]
+            base = layer.get_base_layer().weight.detach()
+            delta = module_delta(module).reshape(base.shape)
+            if module.algo == "dora":
+                delta = dora_delta(base, delta, module.dora_scale, module.dora_on_output)
+            torch.testing.assert_close(delta, _peft_delta(layer), rtol=1e-4, atol=1e-5, msg=module.name)
+            count += 1
+    assert count == len(by_name) == sum(len(t) for t in network.targets.values())

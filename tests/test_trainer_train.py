@@ -103,6 +103,15 @@ def test_checkpoint_metadata(locon_run):
     assert meta["modelspec.trigger_phrase"] == "zkz" and meta["modelspec.title"] == "zkz"
     assert meta["modelspec.resolution"] == "32x32" and meta["modelspec.sai_model_spec"] == "1.0.1"
     assert len(meta["sshs_model_hash"]) == 64
+    # What the evaluator reads back (lorasel.checkpoints): epoch, step, trigger and class word.
+    from lorasel.checkpoints import read_checkpoint
+
+    read = read_checkpoint(result.checkpoints[0])
+    assert (read.format, read.base_family, read.epoch, read.step) == ("kohya", "sd1", 1, 4)
+    assert (read.trigger, read.class_word) == ("zkz", "star")
+    algos = {m.name: m.algo for m in read.modules}
+    assert algos["lora_unet_down_blocks_0_resnets_0_conv1"] == "locon"
+    assert algos["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"] == "lora"
 
 
 def _render(pipe):
