@@ -1,0 +1,56 @@
+"""The footer: every key the current screen answers to, wrapped onto as many lines as the
+terminal needs (Textual's Footer scrolls sideways instead, hiding keys at 80 columns)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+
+class KeyBar(Widget):
+    """Shows the focused screen's bindings that have ``show=True``, one entry per action."""
+
+    DEFAULT_CSS = """
+    KeyBar { height: auto; background: $panel; padding: 0 1; }
+    """
+
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
+
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
+
+    def _bindings_changed(self, _screen) -> None:
+        self.refresh(layout=True)
+
+    def entries(self) -> list[tuple[str, str]]:
+        seen: set[str] = set()
+        out = []
+        for _node, binding, enabled, _tooltip in self.screen.active_bindings.values():
+            if not binding.show or not enabled or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            out.append((binding.key_display or self.app.get_key_display(binding), binding.description))
+        return out
+
+    def _lines(self, width: int) -> list[Text]:
+        lines: list[Text] = []
+        line = Text()
+        for key, description in self.entries():
+            item_len = len(key) + 1 + len(description)
+            if line.cell_len and line.cell_len + 2 + item_len > width:
+                lines.append(line)
+                line = Text()
+            if line.cell_len:
+                line.append("  ")
+            line.append(key, style="bold reverse")
+            line.append(" " + description)
+        if line.cell_len or not lines:
+            lines.append(line)
+        return lines
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return len(self._lines(max(1, width)))
+
+    def render(self) -> Text:
+        return Text("\n").join(self._lines(max(1, self.content_size.width)))
