@@ -459,7 +459,7 @@ async def test_every_key_is_in_the_footer_at_80x24_and_in_the_help(run):
         shown = app.query_one(KeyBar).entries()
         expected = {b.action for b in app.BINDINGS if b.show}
         described = {desc for _, desc in shown}
-        assert len(shown) == len(expected) and "quit" in described and "evaluate" in described
+        assert len(shown) == len(expected) and "quit" in described and "eval" in described
         text = screen_text(app)
         for key, desc in shown:
             assert f"{key} {desc}" in text  # nothing scrolled out of sight

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Static
@@ -21,7 +20,9 @@ class TooSmallScreen(Screen[None]):
 
     DEFAULT_CSS = """
     TooSmallScreen { align: center middle; }
-    TooSmallScreen > Static { width: auto; height: auto; text-align: center; }
+    TooSmallScreen > Static { width: 100%; height: auto; text-align: center; }
+    #too-small { text-style: bold; color: $foreground; }
+    #too-small-hint { color: $text-muted; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "app.quit", "quit"),
@@ -29,12 +30,11 @@ class TooSmallScreen(Screen[None]):
     ]
 
     def compose(self):
-        yield Static(id="too-small")
+        yield Static(markup=False, id="too-small")
+        yield Static("resize the terminal, or press q to quit", markup=False, id="too-small-hint")
 
     def on_mount(self) -> None:
         self.show_size(self.app.size.width, self.app.size.height)
 
     def show_size(self, width: int, height: int) -> None:
-        text = Text(too_small_text(width, height), style="bold")
-        text.append("\nresize the terminal, or press q to quit", style="dim")
-        self.query_one("#too-small", Static).update(text)
+        self.query_one("#too-small", Static).update(too_small_text(width, height))

@@ -86,7 +86,7 @@ def _by_epoch(c: Candidate, ranking: Ranking) -> Text:
         text.append(f"{name} by epoch @ {strength_text(c.strength)}  ")
         spark = sparkline(floats)
         for i, ch in enumerate(spark):
-            text.append(ch, style="reverse" if i in here else "")
+            text.append(ch, style="bold yellow" if i in here else "")
         finite = [v for v in floats if math.isfinite(v)]
         text.append(f"  {min(finite):.3g}–{max(finite):.3g}\n", style="dim")
     epochs = series["epoch"].dropna()

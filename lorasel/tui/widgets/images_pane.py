@@ -14,6 +14,7 @@ from lorasel.tui.views import KIND_METRIC, ResultsIndex, Unit
 from lorasel.tui.widgets.render_view import RenderView
 
 SLOTS = ("selected", "compare", "base")
+TITLES = {"selected": "selected", "compare": "compare", "base": "base model"}
 SHORT_METRIC = {"fidelity": "fid", "flexibility": "flex", "preservation": "pres"}
 
 
@@ -59,21 +60,17 @@ class ImagesPane(Vertical):
             view = self.query_one(f"#render-{slot}", RenderView)
             key = slots.get(slot)
             caption = Text(no_wrap=True, overflow="ellipsis")
-            caption.append(
-                {"selected": "selected", "compare": "compare", "base": "base model"}[slot], style="bold"
-            )
+            caption.append(TITLES[slot], style="bold")
             if key is None:
                 hint = "press c on a row to mark it for comparison" if slot == "compare" else "-"
                 view.show(caption, None, hint)
                 continue
+            if unit is not None and index is not None and unit.kind in KIND_METRIC:
+                value = index.prompt_value(key, unit.prompt_id)
+                caption.append(f"  {SHORT_METRIC[KIND_METRIC[unit.kind]]} {num(value, 2)}")
             caption.append("\n")
             caption.append(clean(labels.get(slot, key[0]), 28))
             if slot != "base":
                 caption.append(f" @ {strength_text(key[1])}")
-            if unit is not None and index is not None:
-                metric = KIND_METRIC.get(unit.kind, "")
-                value = index.prompt_value(key, unit.prompt_id)
-                if metric:
-                    caption.append(f"  {SHORT_METRIC[metric]} {num(value, 2)}", style="dim")
             image = images.get(slot)
             view.show(caption, image, "no render for this prompt" if image is None else "")

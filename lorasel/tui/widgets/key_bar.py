@@ -38,12 +38,12 @@ class KeyBar(Widget):
         line = Text()
         for key, description in self.entries():
             item_len = len(key) + 1 + len(description)
-            if line.cell_len and line.cell_len + 2 + item_len > width:
+            if line.cell_len and line.cell_len + 1 + item_len > width:
                 lines.append(line)
                 line = Text()
             if line.cell_len:
-                line.append("  ")
-            line.append(key, style="bold reverse")
+                line.append(" ")
+            line.append(f"{key}", style="bold reverse")
             line.append(" " + description)
         if line.cell_len or not lines:
             lines.append(line)
