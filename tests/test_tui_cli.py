@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -20,8 +21,11 @@ runner = CliRunner()
 def run(tmp_path, monkeypatch):
     root = tmp_path / "run"
     results = synthetic_run(root, strengths=(0.5, 1.0))
-    monkeypatch.setattr(inputs, "load_inputs", lambda path, workdir=None: results)
-    return root
+    calls = []
+    monkeypatch.setattr(
+        inputs, "load_inputs", lambda path, workdir=None: calls.append((path, workdir)) or results
+    )
+    return SimpleNamespace(root=root, calls=calls)
 
 
 def replace_run(monkeypatch, keys=(), seen=None):
@@ -44,10 +48,14 @@ def replace_run(monkeypatch, keys=(), seen=None):
 
 
 def test_pick_key_prints_the_same_json_as_lorasel_pick(run, monkeypatch):
+    calls, run = run.calls, run.root
     seen = []
     replace_run(monkeypatch, keys=("p",), seen=seen)
     weights = "flexibility=2,diversity=0"
-    result = runner.invoke(app, ["tui", str(run), "--weights", weights, "--base", "toy"])
+    workdir = run.parent / "state"
+    result = runner.invoke(
+        app, ["tui", str(run), "--weights", weights, "--base", "toy", "--workdir", str(workdir)]
+    )
     assert result.exit_code == 0, result.output
     expected = runner.invoke(app, ["pick", str(run), "--json", "--weights", weights])
     assert expected.exit_code == 0, expected.output
@@ -56,6 +64,8 @@ def test_pick_key_prints_the_same_json_as_lorasel_pick(run, monkeypatch):
     tui = seen[0]
     assert tui.state.weights.flexibility == 2.0 and tui.state.weights.diversity == 0.0
     assert tui._eval_options == {"base": "toy"} and tui.run_dir.root == run.resolve()
+    assert tui.run_dir.state == workdir.resolve() and tui.renders.state_dir == workdir.resolve()
+    assert calls[0] == (run, workdir.resolve())  # the evaluator's store is read from --workdir
 
 
 def test_print_pick_without_results_is_a_one_line_error(tmp_path, monkeypatch):

@@ -94,11 +94,13 @@ def test_strength_stages():
 
 def test_continued_options_keep_stored_settings_unless_overridden():
     settings = {"base": "toy", "scorer": "toy", "prompt_set": "toy", "seeds": 3, "steps": "8",
-                "strengths": [0.5, 1.0], "guidance": 5.0, "trigger": None}  # fmt: skip
+                "strengths": [0.5, 1.0], "guidance": 5.0, "trigger": None, "size": "512x768",
+                "references": "/data/zkz"}  # fmt: skip
     out = continued_options(settings, {"base": "/models/sd15", "scorer": None})
     assert out == {"base": "/models/sd15", "scorer": "toy", "prompts": "toy", "seeds": 3, "guidance": 5.0,
-                   "strengths": (0.5, 1.0)}  # fmt: skip
-    assert continued_options({"strengths": ["x"]}, {}) == {}
+                   "reference": "/data/zkz", "size": (512, 768), "strengths": (0.5, 1.0)}  # fmt: skip
+    assert continued_options({"strengths": ["x"], "size": "big", "seeds": True}, {}) == {}
+    assert continued_options({"size": [64, 64]}, {})["size"] == (64, 64)
 
 
 def test_run_evaluation_runs_each_stage_and_stops_when_asked():

@@ -149,6 +149,7 @@ class LoraselTUI(App[dict | None]):
         self._stamp: tuple | None = None
         self._unit = 0
         self._pane_shows: tuple | None = None
+        self._pending_images: tuple | None = None
         self._evaluation: Worker | None = None
         self._no_results: NoResultsScreen | None = None
         self._too_small: TooSmallScreen | None = None
@@ -400,7 +401,7 @@ class LoraselTUI(App[dict | None]):
         self.post_message(msg.ImagesReady(token, images))
 
     def on_images_ready(self, message: msg.ImagesReady) -> None:
-        pending = getattr(self, "_pending_images", None)
+        pending = self._pending_images
         if pending is None or pending[0] != message.key:
             return
         _, slots, labels, unit = pending

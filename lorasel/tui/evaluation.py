@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ CONTINUED_SETTINGS = {
     "guidance": "guidance",
     "trigger": "trigger",
     "class_word": "class_word",
+    "references": "reference",
+    "reference": "reference",
 }
 
 
@@ -73,15 +76,30 @@ def continued_options(settings: Mapping[str, Any], overrides: Mapping[str, Any])
             continue
         if param == "guidance" and not isinstance(value, (int, float)):
             continue
-        if param in ("base", "scorer", "prompts", "trigger", "class_word") and not isinstance(value, str):
+        if param in ("base", "scorer", "prompts", "trigger", "class_word", "reference") and not isinstance(
+            value, str
+        ):
             continue
         out[param] = value
+    size = _size(settings.get("size"))
+    if size is not None:
+        out["size"] = size
     strengths = settings.get("strengths")
     if isinstance(strengths, (list, tuple)) and strengths:
         with contextlib.suppress(TypeError, ValueError):
             out["strengths"] = tuple(float(s) for s in strengths)
     out.update({k: v for k, v in overrides.items() if v is not None})
     return out
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    """A stored render size, ``"512x768"`` or ``[512, 768]``, as evaluate()'s (width, height)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*", value)
+        return (int(match[1]), int(match[2])) if match else None
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    return None
 
 
 def strength_stages(
