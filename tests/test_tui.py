@@ -342,7 +342,14 @@ async def test_no_results_offers_the_evaluation_and_the_table_fills_in_by_stage(
     gate = threading.Event()
     evaluate, calls = staged_evaluator(full, gate)
 
+    reads = []
+
     def not_evaluated(path, workdir):
+        reads.append(path)
+        if len(reads) > 1:
+            raise ResultsError(
+                f"{path}/lorasel/results.sqlite has no complete evaluation", hint="wait for it"
+            )
         raise ResultsError(f"{path} has not been evaluated yet", hint="run `lorasel eval` first")
 
     app = tui(root, results_loader=not_evaluated, evaluate=evaluate,
@@ -352,7 +359,11 @@ async def test_no_results_offers_the_evaluation_and_the_table_fills_in_by_stage(
         assert isinstance(app.screen, NoResultsScreen)
         message = plain(app.screen.query_one("#no-results").content, width=300)
         assert f"{root} has not been evaluated yet" in message and "Press v to evaluate" in message
-        assert "v start the evaluation" in screen_text(app)
+        assert "v start the evaluation" in screen_text(app) and "e export" not in screen_text(app)
+        app.load()  # the store is read again (it changed) and still has nothing: the reason updates
+        await settle(pilot)
+        message = plain(app.screen.query_one("#no-results").content, width=300)
+        assert "has no complete evaluation" in message and isinstance(app.screen, NoResultsScreen)
         await pilot.press("v")
         for _ in range(100):  # the first stage (strength 1) arrives while the second waits
             await pilot.pause(0.02)
@@ -457,7 +468,7 @@ async def test_every_key_is_in_the_footer_at_80x24_and_in_the_help(run):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         shown = app.query_one(KeyBar).entries()
-        expected = {b.action for b in app.BINDINGS if b.show}
+        expected = {b.action for b in [*app.main.BINDINGS, *app.BINDINGS] if b.show}
         described = {desc for _, desc in shown}
         assert len(shown) == len(expected) and "quit" in described and "eval" in described
         text = screen_text(app)

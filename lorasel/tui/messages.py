@@ -90,10 +90,12 @@ class EvaluationFinished(Message):
 
 @dataclass
 class ExportFinished(Message):
-    """Reports written; ``open_path`` is set when the report should be opened afterwards."""
+    """Reports written (``paths``; empty when they were up to date); ``opened``: whether the
+    system viewer took ``html`` (None when it was not asked to)."""
 
     paths: list[Path]
-    open_path: Path | None = None
+    opened: bool | None = None
+    html: Path | None = None
 
 
 @dataclass

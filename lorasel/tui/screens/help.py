@@ -91,7 +91,7 @@ class HelpScreen(Screen[None]):
             yield Static(keys)
             yield Static(Text("\nColumns", style="bold underline"))
             yield Static(columns)
-        yield KeyBar()
+        yield KeyBar(screen_only=True)
 
     def action_close(self) -> None:
         self.dismiss()

@@ -31,23 +31,27 @@ class NoResultsScreen(Screen[bool]):
         super().__init__()
         self._message, self._hint, self._plan = message, hint, plan
 
-    def compose(self):
-        text = Text("No evaluation results to rank yet\n\n", style="bold")
+    def _text(self) -> Text:
+        text = Text()
+        text.append("No evaluation results to rank yet\n\n", style="bold")
         text.append(clean(self._message))
         if self._hint:
             text.append("\n(" + clean(self._hint) + ")", style="dim")
         text.append("\n\nPress v to evaluate here and watch the table fill in: ")
         text.append(clean(self._plan))
         text.append(".\nOr run `lorasel eval` elsewhere: this screen updates when results appear.")
+        return text
+
+    def compose(self):
         with Vertical():
-            yield Static(text, id="no-results")
-        yield KeyBar()
+            yield Static(self._text(), id="no-results")
+        yield KeyBar(screen_only=True)
 
     def show_error(self, message: str, hint: str | None) -> None:
+        """The store was read again and still has no results: say why, this time."""
         self._message, self._hint = message, hint
         if self.is_mounted:
-            self.query_one(Vertical).remove_children()
-            self.refresh(recompose=True)
+            self.query_one("#no-results", Static).update(self._text())
 
     def action_start(self) -> None:
         self.dismiss(True)

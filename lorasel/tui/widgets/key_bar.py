@@ -8,11 +8,16 @@ from textual.widget import Widget
 
 
 class KeyBar(Widget):
-    """Shows the focused screen's bindings that have ``show=True``, one entry per action."""
+    """Shows the screen's active bindings that have ``show=True`` and are enabled, one entry per
+    action; with ``screen_only``, only those the screen itself defines (not the app's)."""
 
     DEFAULT_CSS = """
     KeyBar { height: auto; background: $panel; padding: 0 1; }
     """
+
+    def __init__(self, *, screen_only: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._screen_only = screen_only
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
@@ -26,8 +31,10 @@ class KeyBar(Widget):
     def entries(self) -> list[tuple[str, str]]:
         seen: set[str] = set()
         out = []
-        for _node, binding, enabled, _tooltip in self.screen.active_bindings.values():
+        for node, binding, enabled, _tooltip in self.screen.active_bindings.values():
             if not binding.show or not enabled or binding.action in seen:
+                continue
+            if self._screen_only and node is not self.screen:
                 continue
             seen.add(binding.action)
             out.append((binding.key_display or self.app.get_key_display(binding), binding.description))

@@ -13,7 +13,8 @@ SHORT = {"fidelity": "fid", "flexibility": "flex", "diversity": "div", "preserva
 
 
 def weights_text(state: ViewState) -> Text:
-    text = Text("weights ", style="bold")
+    text = Text()
+    text.append("weights ", style="bold")
     values = state.weights.as_dict()
     for i, name in enumerate(WEIGHT_NAMES):
         item = f"{SHORT[name]} {values[name]:.2f}"
