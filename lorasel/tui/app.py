@@ -36,7 +36,7 @@ from lorasel.tui.screens.no_results import NoResultsScreen
 from lorasel.tui.screens.too_small import MIN_HEIGHT, MIN_WIDTH, TooSmallScreen
 from lorasel.tui.session import ViewState
 from lorasel.tui.text import clean
-from lorasel.tui.views import ResultsIndex
+from lorasel.tui.views import RankingIndex, ResultsIndex
 from lorasel.tui.widgets.render_view import GRAPHICS
 
 #: Terminals at least this wide show the pane beside the table instead of below it.
@@ -108,6 +108,7 @@ class LoraselTUI(App[dict | None]):
         self.loss: LossLog | None = None
         self.index: ResultsIndex | None = None
         self.ranking: Ranking | None = None
+        self.ranked: RankingIndex | None = None
         self.renders = RenderCache(run.state)
         self._fingerprint: tuple | None = None
         self._generation = self._ranked_generation = 0
@@ -248,7 +249,8 @@ class LoraselTUI(App[dict | None]):
         if message.generation != self._generation:
             return  # a newer request is on its way
         first = self.ranking is None
-        self.ranking, self._ranked_generation = message.ranking, message.generation
+        self.ranking, self.ranked = message.ranking, message.index
+        self._ranked_generation = message.generation
         self.main.show_ranking(message.ranking, self.state)
         if first:
             self.refresh_bindings()

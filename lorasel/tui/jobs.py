@@ -23,6 +23,7 @@ from lorasel.tui import messages as msg
 from lorasel.tui.evaluation import EvaluateFn, EvaluationRequest, run_evaluation
 from lorasel.tui.render_cache import RenderCache
 from lorasel.tui.session import ViewState
+from lorasel.tui.views import RankingIndex
 
 Post = Callable[[Message], Any]
 ResultsLoader = Callable[[Path, Path | None], Results]
@@ -71,7 +72,7 @@ def rank_results(
     except LoraselError as exc:
         post(msg.RankingFailed(exc.message, exc.hint, generation))
         return
-    post(msg.RankingReady(ranking, generation))
+    post(msg.RankingReady(ranking, generation, RankingIndex(ranking)))
 
 
 def write_reports(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from lorasel.rank import LossLog, Ranking
     from lorasel.results import Results
+    from lorasel.tui.views import RankingIndex
 
 
 @dataclass
@@ -42,10 +43,11 @@ class ResultsFailed(Message):
 
 @dataclass
 class RankingReady(Message):
-    """A ranking for request ``generation`` (older generations are dropped)."""
+    """A ranking for request ``generation`` (older generations are dropped), with its look-ups."""
 
     ranking: Ranking
     generation: int
+    index: RankingIndex
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lorasel.rank import Candidate, Ranking
 from lorasel.results import BASE, KINDS, Results
 from lorasel.tui.session import CandidateKey, candidate_key
 
@@ -123,6 +124,35 @@ class ResultsIndex:
         """The checkpoint file's metadata as sorted (key, value) strings: untrusted text."""
         meta = self._metadata.get(checkpoint, {})
         return sorted((str(k), str(v)) for k, v in meta.items())
+
+
+class RankingIndex:
+    """Look-ups into one :class:`Ranking`, built once when it arrives: each row as a
+    :class:`Candidate`, the pick, the score and loss series by epoch at each strength."""
+
+    def __init__(self, ranking: Ranking) -> None:
+        self.ranking = ranking
+        table = ranking.table
+        self.contest_size = int((table["checkpoint"] != BASE).sum())
+        self.tied_count = int(table["tied"].sum())
+        best = ranking.best
+        self.best = candidate_key(best.checkpoint, best.strength)
+        self.rows: dict[CandidateKey, Candidate] = {}
+        self.win_vs_best: dict[CandidateKey, float] = {}
+        for record in table.to_dict("records"):
+            key = key_of(record)
+            self.rows[key] = Candidate.from_row(record)  # indexes by column name: a dict will do
+            self.win_vs_best[key] = (
+                float(record["win_vs_best"]) if not pd.isna(record["win_vs_best"]) else math.nan
+            )
+        self._series: dict[float, pd.DataFrame] = {}
+
+    def series(self, strength: float) -> pd.DataFrame:
+        """:func:`epoch_series` at ``strength``, computed once."""
+        key = round(float(strength), 6)
+        if key not in self._series:
+            self._series[key] = epoch_series(self.ranking.table, key)
+        return self._series[key]
 
 
 def epoch_series(table: pd.DataFrame, strength: float) -> pd.DataFrame:

@@ -62,6 +62,7 @@ class MainScreen(Screen[None]):
         self._unit = 0
         self._pane_shows: tuple | None = None
         self._pending_images: tuple | None = None
+        self.images_shown: object = None  # the selection whose renders are on screen
 
     @property
     def tui(self) -> LoraselTUI:
@@ -145,7 +146,7 @@ class MainScreen(Screen[None]):
             return
         self._pane_shows = shown
         if pane == "detail":
-            self.query_one(DetailPane).show(self.selected, tui.ranking, tui.index)
+            self.query_one(DetailPane).show(self.selected, tui.ranked, tui.index)
         else:
             self._show_images()
 
@@ -187,6 +188,7 @@ class MainScreen(Screen[None]):
             return  # the selection moved on while these were decoded
         _, slots, labels, unit = pending
         self.query_one(ImagesPane).show(slots, labels, unit, self.tui.index, message.images)
+        self.images_shown = message.key
 
     def _update_pane_title(self) -> None:
         current = self.query_one(ContentSwitcher).current

@@ -128,17 +128,31 @@ class RankingTable(DataTable):
         pick = (best.checkpoint, round(best.strength, 6))
         lowest = ranking.lowest_loss
         loss_pick = (lowest.checkpoint, round(lowest.strength, 6)) if lowest is not None else None
-        self._build_columns()
-        rows = ordered(ranking.table, state)
-        self.order = []
-        for record in rows.to_dict("records"):
-            key = key_of(record)
-            self.order.append(key)
-            self.add_row(*self._cells(record, key, pick, loss_pick), key=row_key(key))
+        records = ordered(ranking.table, state).to_dict("records")
+        keys = [key_of(r) for r in records]
+        rows = [self._cells(r, k, pick, loss_pick) for r, k in zip(records, keys, strict=True)]
+        if self._column_spec() == self._spec and sorted(keys) == sorted(self.order):
+            self._update_in_place(keys, rows)
+        else:
+            self._build_columns()
+            for key, cells in zip(keys, rows, strict=True):
+                self.add_row(*cells, key=row_key(key))
+        self.order = keys
         if keep in self.order:
             self.move_cursor(row=self.order.index(keep), scroll=True)
         elif self.order:
             self.move_cursor(row=0)
+
+    def _update_in_place(self, keys: list[CandidateKey], rows: list[list[Text]]) -> None:
+        """Same rows, new values and order: update the cells and sort, without re-adding rows
+        (re-adding makes the DataTable measure every cell again, the slow part of a re-rank)."""
+        position: dict[int, int] = {}
+        for i, (key, cells) in enumerate(zip(keys, rows, strict=True)):
+            rk = row_key(key)
+            for column, cell in zip(COLUMNS, cells, strict=True):
+                self.update_cell(rk, column.key, cell)
+            position[id(cells[0])] = i
+        self.sort("rank", key=lambda first_cell: position[id(first_cell)])
 
     def _cells(
         self,
