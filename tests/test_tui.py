@@ -257,7 +257,7 @@ async def test_export_writes_csv_and_html_and_open_shows_the_report(tmp_path):
     run = SimpleNamespace(root=tmp_path / "run")
     run.results = synthetic_run(run.root, checkpoints=3, strengths=(1.0,), seeds=1, prompts_per_kind=1)
     opened = []
-    app = tui(run.root, run.results, opener=lambda uri: opened.append(uri) or True)
+    app = tui(run.root, run.results, opener=lambda uri: opened.append(uri) or len(opened) < 3)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("e")
@@ -274,6 +274,10 @@ async def test_export_writes_csv_and_html_and_open_shows_the_report(tmp_path):
         await settle(pilot)
         assert len(opened) == 2 and html_path.stat().st_mtime_ns != mtime
         assert any("opened" in n.message for n in app._notifications)
+        await pilot.press("o")  # no viewer (over SSH): say where the report is
+        await settle(pilot)
+        assert any(f"no graphical viewer here (over SSH?): the report is at {html_path}" in n.message
+                   for n in app._notifications)  # fmt: skip
 
 
 async def test_export_failure_is_a_notification(tmp_path, monkeypatch):

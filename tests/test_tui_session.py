@@ -183,3 +183,19 @@ def test_render_cache_reads_downscales_and_never_leaves_the_state_folder(tmp_pat
 
 def test_default_weights_are_the_rankers():
     assert ViewState().weights == DEFAULT_WEIGHTS
+
+
+def test_no_viewer_is_started_without_a_display(monkeypatch):
+    """Over SSH, webbrowser would start a text browser that takes the TUI's terminal."""
+    import webbrowser
+
+    from lorasel.tui import jobs
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda uri: opened.append(uri) or True)
+    monkeypatch.setattr(jobs.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert jobs.open_in_viewer("file:///r.html") is False and opened == []
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert jobs.open_in_viewer("file:///r.html") is True and opened == ["file:///r.html"]

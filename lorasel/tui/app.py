@@ -8,7 +8,6 @@ that report through :mod:`lorasel.tui.messages`. :class:`MainScreen` shows it al
 
 from __future__ import annotations
 
-import webbrowser
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
@@ -317,7 +316,12 @@ class LoraselTUI(App[dict | None]):
         if message.opened:
             self.notify(f"opened {clean(message.html)} in the system viewer", markup=False)
         elif message.opened is False:
-            self.notify(f"no viewer could open {clean(message.html)}", severity="warning", markup=False)
+            self.notify(
+                f"no graphical viewer here (over SSH?): the report is at {clean(message.html)}",
+                severity="warning",
+                markup=False,
+                timeout=10,
+            )
 
     def on_export_failed(self, message: msg.ExportFailed) -> None:
         self._exported_generation = -1
@@ -404,7 +408,7 @@ def make_app(
     ``lorasel.evaluate.evaluate``) with ``eval_options`` overriding the stored settings.
     ``graphics``: auto | halfcell | sixel | tgp | none. ``poll_interval``: seconds between
     checks of the results database for changes (None: never). ``opener(uri)`` shows the report
-    (default :func:`webbrowser.open`). ``print_pick``: quitting returns the pick's JSON.
+    (default :func:`lorasel.tui.jobs.open_in_viewer`). ``print_pick``: quitting returns the pick's JSON.
     The app's ``run()`` returns the pick as ``lorasel pick --json``'s object, or None.
     Raises ResultsError for a PATH that is not a folder, ConfigError for bad options.
     """
@@ -433,6 +437,6 @@ def make_app(
         n_boot=n_boot,
         graphics=graphics,
         poll_interval=poll_interval,
-        opener=opener or webbrowser.open,
+        opener=opener or jobs.open_in_viewer,
         print_pick=print_pick,
     )

@@ -7,6 +7,8 @@ the app's thread-safe ``post_message``.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -106,6 +108,21 @@ def write_reports(
         except Exception:  # a viewer that fails to start is not the TUI's failure
             opened = False
     post(msg.ExportFinished([csv_path, html_path] if write else [], opened=opened, html=html_path))
+
+
+def open_in_viewer(uri: str) -> bool:
+    """Open ``uri`` in the system's graphical viewer; False when there is none.
+
+    On Linux without a display (typically over SSH) Python's webbrowser falls back to text
+    browsers, which would take the terminal away from the TUI: then nothing is opened.
+    """
+    import webbrowser
+
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return False
+    return webbrowser.open(uri)
 
 
 def decode_renders(cache: RenderCache, token: Any, paths: dict[str, str | None], post: Post) -> None:
