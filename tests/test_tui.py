@@ -361,6 +361,7 @@ async def test_no_results_offers_the_evaluation_and_the_table_fills_in_by_stage(
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert isinstance(app.screen, NoResultsScreen)
+        assert not app.main.query_one(RankingTable).loading  # no spinner redrawing the screen behind
         message = plain(app.screen.query_one("#no-results").content, width=300)
         assert f"{root} has not been evaluated yet" in message and "Press v to evaluate" in message
         assert "v start the evaluation" in screen_text(app) and "e export" not in screen_text(app)

@@ -108,6 +108,7 @@ class LoraselTUI(App[dict | None]):
         self.index: ResultsIndex | None = None
         self.ranking: Ranking | None = None
         self.ranked: RankingIndex | None = None
+        self.waiting = True  # for the first ranking, or for the news that there are no results
         self.renders = RenderCache(run.state)
         self._fingerprint: tuple | None = None
         self._generation = self._ranked_generation = 0
@@ -204,6 +205,7 @@ class LoraselTUI(App[dict | None]):
                 markup=False,
             )
             return
+        self.waiting = False
         self.main.stop_loading()
         if self._no_results is not None:
             self._no_results.show_error(message.message, message.hint)
@@ -247,7 +249,7 @@ class LoraselTUI(App[dict | None]):
     def on_ranking_ready(self, message: msg.RankingReady) -> None:
         if message.generation != self._generation:
             return  # a newer request is on its way
-        first = self.ranking is None
+        first, self.waiting = self.ranking is None, False
         self.ranking, self.ranked = message.ranking, message.index
         self._ranked_generation = message.generation
         self.main.show_ranking(message.ranking, self.state)
@@ -256,6 +258,7 @@ class LoraselTUI(App[dict | None]):
 
     def on_ranking_failed(self, message: msg.RankingFailed) -> None:
         if message.generation == self._generation:
+            self.waiting = False
             self.main.stop_loading()
             self.notify(f"cannot rank: {clean(message.message)}", severity="error", markup=False)
 

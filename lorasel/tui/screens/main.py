@@ -84,7 +84,9 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(WeightsBar).show(self.tui.state)
-        self.query_one(RankingTable).loading = True
+        # Until the first ranking (or the news that there is none): a worker may have answered
+        # already, so ask the app rather than assume.
+        self.query_one(RankingTable).loading = self.tui.waiting
         self._update_pane_title()
 
     # ------------------------------------------------------------------ what the app shows here
@@ -116,7 +118,8 @@ class MainScreen(Screen[None]):
         self.refresh_selection()
 
     def stop_loading(self) -> None:
-        self.query_one(RankingTable).loading = False
+        if self.is_mounted:
+            self.query_one(RankingTable).loading = False
 
     @property
     def progress(self) -> EvalProgress:
