@@ -418,6 +418,20 @@ async def test_evaluation_can_be_stopped_and_its_errors_are_notifications(run):
         assert app.is_running and len(table_of(app).order) == 13
 
 
+async def test_a_bug_in_a_worker_is_reported_not_hidden(run, monkeypatch):
+    from lorasel.tui import jobs
+
+    def broken(*args, **kwargs):
+        raise KeyError("fidelity")
+
+    monkeypatch.setattr(jobs, "rank_results", broken)
+    app = tui(run.root, run.results)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert any("internal error in rank: KeyError" in n.message for n in app._notifications)
+        assert not table_of(app).loading and app.is_running
+
+
 async def test_a_changing_results_store_reloads_and_a_broken_one_keeps_the_table(tmp_path):
     root = tmp_path / "run"
     first = synthetic_run(root, strengths=(1.0,))

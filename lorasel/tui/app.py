@@ -18,7 +18,7 @@ from textual import events
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.worker import Worker, get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from lorasel.errors import ConfigError, ResultsError
 from lorasel.rank import DEFAULT_WEIGHTS, LossLog, Ranking, Weights, choose, read_loss
@@ -330,6 +330,21 @@ class LoraselTUI(App[dict | None]):
         self._exported_generation = -1
         hint = f" ({clean(message.hint)})" if message.hint else ""
         self.notify(f"export failed: {clean(message.message)}{hint}", severity="error", markup=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A job that raised (a bug, not bad input: jobs report those as messages) is said, not hidden."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        self.notify(f"internal error in {event.worker.group}: {type(error).__name__}: {clean(error)}",
+                    severity="error", markup=False, timeout=15)  # fmt: skip
+        if event.worker is self._evaluation:
+            self.on_evaluation_finished(
+                msg.EvaluationFinished(error=(f"{type(error).__name__}: {error}", None))
+            )
+        if event.worker.group == "rank":
+            self.waiting = False
+            self.main.stop_loading()
 
     # ------------------------------------------------------------------ evaluation
 
