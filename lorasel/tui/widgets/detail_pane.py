@@ -114,7 +114,7 @@ class DetailPane(VerticalScroll):
 
     DEFAULT_CSS = """
     DetailPane { height: 1fr; padding: 0 1; }
-    DetailPane > Static { width: 100%; }
+    DetailPane > Static { width: 100%; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def compose(self):

@@ -15,6 +15,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 GRAPHICS = ("auto", "halfcell", "sixel", "tgp", "none")
+CAPTION_ROWS = 2
 
 
 def image_widget_class(graphics: str) -> type[Widget] | None:
@@ -39,7 +40,7 @@ class RenderView(Vertical):
     DEFAULT_CSS = """
     RenderView { width: 1fr; height: 1fr; padding: 0 1 0 0; }
     RenderView > .caption { height: 2; }
-    RenderView > .picture { width: auto; height: 1fr; max-width: 100%; }
+    RenderView > .picture { width: 1; height: 1; }
     RenderView > .missing { height: 1fr; color: $text-muted; }
     """
 
@@ -64,3 +65,26 @@ class RenderView(Vertical):
         picture.display = image is not None
         note.display = image is None
         note.update(Text(missing, style="dim"))
+        self._fit()
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        """Size the picture to the largest that fits below the caption with the image's aspect
+        (terminal cells are not square; textual-image knows their size in pixels)."""
+        if self._image_class is None:
+            return
+        picture = self.query_one(".picture")
+        image = picture.image
+        columns, rows = self.content_size.width, self.content_size.height - CAPTION_ROWS
+        if image is None or columns < 1 or rows < 1:
+            return
+        from textual_image._terminal import get_cell_size
+
+        cell = get_cell_size()
+        width, height = image.size
+        fit = min(columns, int(rows * cell.height * width / (height * cell.width)))
+        fit = max(1, fit)
+        picture.styles.width = fit
+        picture.styles.height = max(1, round(fit * cell.width * height / (width * cell.height)))
