@@ -63,6 +63,11 @@ def _fingerprint(results: Results, loss: LossLog | None) -> tuple:
             repr(sorted(results.settings.items())), losses)  # fmt: skip
 
 
+def _shown_order(state: ViewState) -> tuple:
+    """What of a view state decides the table's order and marks (the rest is the weights line)."""
+    return (state.sort, state.reverse, state.by_loss, state.compare)
+
+
 class LoraselTUI(App[dict | None]):
     """Rank (checkpoint, strength) pairs, adjust the weights, compare renders. See :func:`make_app`."""
 
@@ -233,7 +238,7 @@ class LoraselTUI(App[dict | None]):
         self.main.show_state(state)
         if (old.weights, old.strength) != (state.weights, state.strength):
             self.request_ranking()
-        elif self.ranking is not None and old != state:
+        elif self.ranking is not None and _shown_order(old) != _shown_order(state):
             self.main.show_order(self.ranking, state)
 
     def request_ranking(self) -> None:
