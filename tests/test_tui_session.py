@@ -103,6 +103,24 @@ def test_continued_options_keep_stored_settings_unless_overridden():
     assert continued_options({"size": [64, 64]}, {})["size"] == (64, 64)
 
 
+def test_run_evaluation_stages_the_evaluators_default_strengths():
+    class Evaluator:
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, path, *, workdir, progress, strengths=None):
+            self.calls.append(strengths)
+            return strengths
+
+        def default_strengths(self):
+            return (0.5, 0.75, 1.0)
+
+    evaluate = Evaluator()
+    run_evaluation(evaluate, EvaluationRequest("run"), on_progress=print, on_results=lambda *a: None,
+                   should_stop=lambda: False)  # fmt: skip
+    assert evaluate.calls == [[1.0], [0.75, 1.0], [0.5, 0.75, 1.0]]
+
+
 def test_run_evaluation_runs_each_stage_and_stops_when_asked():
     calls, progress, delivered = [], [], []
 

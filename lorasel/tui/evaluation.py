@@ -53,11 +53,24 @@ class EvaluationRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-def default_evaluate(*args: Any, **kwargs: Any) -> Results:
+class DefaultEvaluator:
     """``lorasel.evaluate.evaluate``, imported when an evaluation starts (it loads torch)."""
-    from lorasel.evaluate import evaluate
 
-    return evaluate(*args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> Results:
+        from lorasel.evaluate import evaluate
+
+        return evaluate(*args, **kwargs)
+
+    def default_strengths(self) -> tuple[float, ...] | None:
+        """The strengths the evaluator uses when given none (to plan the stages)."""
+        try:
+            from lorasel.evaluate.options import DEFAULT_STRENGTHS
+        except ImportError:
+            return None
+        return tuple(float(s) for s in DEFAULT_STRENGTHS)
+
+
+default_evaluate = DefaultEvaluator()
 
 
 def continued_options(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,7 +155,10 @@ def run_evaluation(
     stage's results. Errors of ``evaluate`` propagate.
     """
     options = dict(request.options)
-    stages = strength_stages(options.pop("strengths", None), evaluated)
+    requested = options.pop("strengths", None)
+    if requested is None and hasattr(evaluate, "default_strengths"):
+        requested = evaluate.default_strengths()  # the evaluator's own default, staged too
+    stages = strength_stages(requested, evaluated)
     for number, strengths in enumerate(stages, start=1):
 
         def progress(event: Any, number: int = number) -> None:
