@@ -48,8 +48,6 @@ def tui_command(
     from lorasel.errors import ResultsError
     from lorasel.rank import Weights
 
-    # Imported before the app starts: textual-image asks the terminal what it can draw, which
-    # is impossible once Textual owns the terminal.
     from lorasel.tui import make_app
 
     eval_options = {"base": base, "scorer": scorer, "prompts": prompts}

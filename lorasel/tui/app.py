@@ -444,6 +444,11 @@ def make_app(
     if poll_interval is not None and not poll_interval > 0:
         raise ConfigError(f"poll interval {poll_interval!r} must be positive", hint="use e.g. 2")
 
+    if graphics != "none":
+        # textual-image asks the terminal what it can draw when imported: that has to happen
+        # now, before Textual owns the terminal and would read the answers as key presses.
+        import textual_image.widget  # noqa: F401
+
     def load_results(p: Path, w: Path | None) -> Results:
         from lorasel.rank import inputs
 
