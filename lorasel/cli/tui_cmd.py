@@ -47,7 +47,6 @@ def tui_command(
 
     from lorasel.errors import ResultsError
     from lorasel.rank import Weights
-
     from lorasel.tui import make_app
 
     eval_options = {"base": base, "scorer": scorer, "prompts": prompts}
