@@ -93,5 +93,5 @@ def test_unknown_scorer_and_base_specs(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         load_base(str(tmp_path / "nothing-here"))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ModelLoadError, match="model_index.json"):
+    with pytest.raises(ModelLoadError, match=r"model_index\.json"):
         load_base(str(tmp_path / "folder"))
