@@ -20,12 +20,8 @@ def app(tmp_path):
     return tui(root, synthetic_run(root, metadata={"ss_output_name": "[bold]zkz[/bold]", "ss_epoch": "1"}))
 
 
-async def _settle(pilot):
-    await settle(pilot)
-
-
 def test_main_screen(app, snap_compare):
-    assert snap_compare(app, terminal_size=SIZE, run_before=_settle)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
 
 
 def test_images_with_compare(app, snap_compare):
@@ -47,7 +43,7 @@ def test_help_screen(app, snap_compare):
 
 
 def test_terminal_too_small(app, snap_compare):
-    assert snap_compare(app, terminal_size=(70, 20), run_before=_settle)
+    assert snap_compare(app, terminal_size=(70, 20), run_before=settle)
 
 
 def test_no_results(tmp_path, snap_compare):
@@ -55,5 +51,6 @@ def test_no_results(tmp_path, snap_compare):
         raise ResultsError("run has not been evaluated yet (no run/lorasel/results.sqlite)",
                            hint="run `lorasel eval run` first")  # fmt: skip
 
-    app = tui(tmp_path / "run", results_loader=not_evaluated) if (tmp_path / "run").mkdir() is None else None
-    assert snap_compare(app, terminal_size=SIZE, run_before=_settle)
+    (tmp_path / "run").mkdir()
+    app = tui(tmp_path / "run", results_loader=not_evaluated)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
