@@ -22,6 +22,8 @@ from lorasel.toyworld.quality import render_prompts
 from lorasel.toyworld.world import COLORS, caption, render
 
 ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# kohya's LoCon set: every Linear/Conv in the transformer blocks and the ResNet convs.
+LOCON_TARGETS = [*ATTN_TARGETS, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
@@ -71,6 +73,9 @@ def train_plain_lora(
     batch_size: int = 8,
     seed: int = 0,
     probe_seeds: int = 4,
+    targets: list[str] | None = None,
+    train_text_encoder: bool = True,
+    on_snapshot=None,
 ) -> list[Snapshot]:
     """Train a peft LoRA on ``concept`` in place on ``pipe`` and probe it with the oracle."""
     from peft import LoraConfig
@@ -83,7 +88,7 @@ def train_plain_lora(
     device = pipe.unet.device
     scenes = concept.scenes()
     captions = [caption(s, shape_word=concept.token) for s in scenes]
-    pixels = torch.stack([torch.from_numpy(np.asarray(render(s))).permute(2, 0, 1) for s in scenes])
+    pixels = torch.stack([torch.from_numpy(np.array(render(s))).permute(2, 0, 1) for s in scenes])
     with torch.no_grad():
         x = pixels.float().div(127.5).sub(1).to(device)
         latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
@@ -91,11 +96,12 @@ def train_plain_lora(
         captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
     ).input_ids
     pipe.unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=ATTN_TARGETS, init_lora_weights="gaussian")
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=targets or LOCON_TARGETS, init_lora_weights="gaussian")
     )
-    pipe.text_encoder.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=TE_TARGETS, init_lora_weights="gaussian")
-    )
+    if train_text_encoder:
+        pipe.text_encoder.add_adapter(
+            LoraConfig(r=rank, lora_alpha=rank, target_modules=TE_TARGETS, init_lora_weights="gaussian")
+        )
     params = [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = train_scheduler()
@@ -119,5 +125,7 @@ def train_plain_lora(
             pipe.text_encoder.eval()
             rate, bg, oc = measure_concept(pipe, concept, seeds=probe_seeds)
             snapshots.append(Snapshot(step, sum(losses) / len(losses), rate, bg, oc))
+            if on_snapshot is not None:
+                on_snapshot(snapshots[-1], pipe)
             losses = []
     return snapshots
