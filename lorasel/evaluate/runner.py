@@ -1,0 +1,366 @@
+"""``evaluate``: plan, render what is missing, score, and store the results.
+
+One call does the whole job and can be repeated at will: renders, embeddings and checkpoint
+hashes are cached in the state folder, so a rerun renders nothing already done, an interrupted
+run resumes, and a checkpoint that appears later is evaluated alone.
+
+Under ``accelerate launch`` every process renders its contiguous share of the missing batches
+into the same store; the main process then scores and writes the results.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorasel.errors import CheckpointError, EvaluationError
+from lorasel.evaluate.assemble import build_results
+from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
+from lorasel.evaluate.concept import dataset_path, reference_images, resolve_concept
+from lorasel.evaluate.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SEEDS,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTHS,
+    EvalOptions,
+)
+from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, shard
+from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
+from lorasel.evaluate.prompts import load_prompt_set
+from lorasel.evaluate.render import Renderer, make_settings, parameters_text, png_bytes
+from lorasel.evaluate.scoring import reference_embeddings, render_embeddings, text_embeddings
+from lorasel.evaluate.store import Store
+from lorasel.results import BASE, Results
+from lorasel.rundir import RunDir
+
+
+@dataclass
+class _Processes:
+    """This process's place among ``accelerate launch`` processes (one process: index 0 of 1)."""
+
+    index: int = 0
+    count: int = 1
+    device: Any = None
+    _state: Any = field(default=None, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def wait(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
+def _processes() -> _Processes:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Processes()
+    from accelerate import PartialState
+
+    state = PartialState()
+    return _Processes(state.process_index, state.num_processes, state.device, state)
+
+
+def _default_prompts(base: object) -> str:
+    return "toy" if base == "toy" else "object"
+
+
+def _render_defaults(base: object) -> tuple[int, float]:
+    if base == "toy":
+        from lorasel import toyworld
+
+        return int(getattr(toyworld, "DEFAULT_STEPS", 20)), float(getattr(toyworld, "DEFAULT_GUIDANCE", 5.0))
+    return DEFAULT_STEPS, DEFAULT_GUIDANCE
+
+
+def evaluate(
+    path: str | os.PathLike,
+    *,
+    base: str | Any = "toy",
+    prompts: str | os.PathLike | None = None,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    seeds: int = DEFAULT_SEEDS,
+    steps: int | None = None,
+    guidance: float | None = None,
+    size: tuple[int, int] | None = None,
+    scorer: str | Any = "toy",
+    reference: str | os.PathLike | None = None,
+    trigger: str | None = None,
+    class_word: str | None = None,
+    workdir: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Results:
+    """Evaluate every checkpoint under ``path`` at every strength; return the results.
+
+    ``base`` and ``scorer`` are specs for ``lorasel.models.load_base`` / ``load_scorer``, or
+    already-loaded objects (a diffusers pipeline, a ``Scorer``) to reuse. ``prompts`` is a
+    shipped prompt set's name or a TOML file (default: ``toy`` for the toy base, else
+    ``object``). ``steps``, ``guidance`` and ``size`` default to the base model's own.
+    """
+    options = EvalOptions(
+        strengths=tuple(strengths),
+        seeds=seeds,
+        steps=steps,
+        guidance=guidance,
+        size=size,
+        batch_size=batch_size,
+    )
+    run = RunDir.at(path, workdir)
+    if not run.root.is_dir():
+        raise EvaluationError(
+            f"{run.root} is not a folder", hint="pass a run directory or a folder of checkpoints"
+        )
+    procs = _processes()
+    reporter = RenderProgress(progress, total=0, cached=0)
+    with Store.open(run.results_db) as store:
+        infos = find_checkpoints(run, store, reporter.warn)
+        prompt_set = load_prompt_set(prompts if prompts is not None else _default_prompts(base))
+        dataset = dataset_path(run)
+        concept = resolve_concept(
+            trigger=trigger,
+            class_word=class_word,
+            metadata=[(info.label, info.metadata) for info in reversed(infos)],
+            dataset=dataset,
+            defaults=(prompt_set.trigger, prompt_set.class_word),
+        )
+        plan_prompts = prompt_set.expand(concept.trigger, concept.class_word)
+        reference_dir = Path(reference).expanduser() if reference is not None else dataset
+        if reference_dir is None:
+            raise EvaluationError(
+                f"no reference images for fidelity: {run.root} is not a lorasel run with a dataset",
+                hint="pass --reference DIR with the training images",
+            )
+        references = reference_images(reference_dir)
+
+        # Load the scorer before rendering: a bad scorer or reference image fails in seconds.
+        score_model = reference_vectors = None
+        if procs.is_main:
+            score_model = _load_scorer(scorer, device or procs.device)
+            reference_vectors = reference_embeddings(score_model, store, references)
+        pipeline = _load_base(base, device or procs.device, dtype)
+        default_steps, default_guidance = _render_defaults(base)
+        settings = make_settings(
+            pipeline,
+            base=base if isinstance(base, str) else type(base).__name__,
+            steps=options.steps or default_steps,
+            guidance=default_guidance if options.guidance is None else options.guidance,
+            size=options.size,
+            negative=prompt_set.negative,
+        )
+        plan = build_plan(
+            [Candidate(info.checkpoint, info.hash) for info in infos],
+            options.strengths,
+            plan_prompts,
+            options.seeds,
+            options.batch_size,
+            settings.key(),
+        )
+        all_keys = list(dict.fromkeys(k for batch in plan for k in batch.keys))
+        done = store.done(all_keys)
+        pending = _pending(plan, done)
+        procs.wait()  # every process has seen the same store before anyone writes to it
+        mine = shard(pending, procs.index, procs.count)
+        mine_keys = {k for batch in mine for k in batch.keys}
+        if procs.count > 1:
+            reporter.total, reporter.cached = len(mine_keys), len(mine_keys & done)
+        else:
+            reporter.total, reporter.cached = len(all_keys), len(done)
+        reporter.done = reporter.cached
+        reporter.emit(
+            ProgressEvent(
+                "start", reporter.done, reporter.total, reporter.cached,
+                message=f"{len(infos)} checkpoints × {len(options.strengths)} strengths × "
+                f"{len(plan_prompts)} prompts × {options.seeds} seeds; trigger {concept.trigger!r}, "
+                f"class {concept.class_word!r} ({concept.source})",
+            )
+        )  # fmt: skip
+        labels = {info.checkpoint: info.label for info in infos}
+        skipped = _render(pipeline, settings, infos, mine, done, store, reporter, labels)
+        procs.wait()
+        if procs.is_main:
+            results = _score(
+                plan, infos, skipped, store, score_model, reference_vectors, reporter,
+                settings={
+                    **_settings_record(settings, options, prompt_set.source, concept.trigger, concept.class_word),
+                    "scorer": score_model.name,
+                    "references": str(reference_dir),
+                },
+            )  # fmt: skip
+            store.save_results(results)
+        procs.wait()
+        reporter.emit(ProgressEvent("done", reporter.done, reporter.total, reporter.cached))
+        return results if procs.is_main else store.load_results()
+
+
+def load_results(path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> Results:
+    """The results of the last complete ``evaluate`` of ``path`` (``ResultsError`` if none)."""
+    run = RunDir.at(path, workdir)
+    with Store.open(run.results_db, create=False) as store:
+        return store.load_results()
+
+
+def _load_scorer(spec: str | Any, device):
+    if not isinstance(spec, str):
+        return spec
+    from lorasel import models
+
+    return models.load_scorer(spec, device=device)
+
+
+def _load_base(spec: str | Any, device, dtype):
+    if not isinstance(spec, str):
+        return spec
+    from lorasel import models
+
+    return models.load_base(spec, device=device, dtype=dtype)
+
+
+def _pending(plan: Sequence[Batch], done: set[str]) -> list[Batch]:
+    """Batches with at least one render missing, each distinct batch once."""
+    seen: set[tuple[str, ...]] = set()
+    pending = []
+    for batch in plan:
+        keys = batch.keys
+        if keys in seen or all(k in done for k in keys):
+            continue
+        seen.add(keys)
+        pending.append(batch)
+    return pending
+
+
+def _render(
+    pipeline,
+    settings: RenderSettings,
+    infos: Sequence[CheckpointInfo],
+    batches: Sequence[Batch],
+    done: set[str],
+    store: Store,
+    reporter: RenderProgress,
+    labels: dict[str, str],
+) -> set[str]:
+    """Render ``batches``, recording each finished batch; returns the checkpoints skipped
+    because they do not fit the base."""
+    renderer = Renderer(pipeline, settings, infos)
+    skipped: set[str] = set()
+    try:
+        for batch in batches:
+            if batch.checkpoint in skipped:
+                continue
+            try:
+                images = renderer.render(batch)
+            except CheckpointError as exc:
+                skipped.add(batch.checkpoint)
+                reporter.warn(f"skipping {labels.get(batch.checkpoint, batch.checkpoint)}: {exc.message}")
+                continue
+            rows = []
+            label = labels.get(batch.checkpoint, BASE)
+            for item, image in zip(batch.items, images, strict=True):
+                if item.key in done:  # finished by an earlier run with another batch layout: keep it
+                    continue
+                text = parameters_text(settings, item.prompt.text, item.seed, label, item.strength)
+                image_path = store.write_image(item.key, png_bytes(image, text))
+                rows.append(
+                    (
+                        item.key,
+                        item.checkpoint_hash,
+                        item.strength,
+                        item.prompt.text,
+                        item.seed,
+                        settings.key(),
+                        image_path,
+                    )
+                )
+            store.record_renders(rows)
+            done.update(r[0] for r in rows)
+            reporter.advance(len(rows), checkpoint=batch.checkpoint, strength=batch.strength)
+    finally:
+        renderer.close()
+    return skipped
+
+
+def _score(
+    plan: Sequence[Batch],
+    infos: Sequence[CheckpointInfo],
+    skipped: set[str],
+    store: Store,
+    scorer,
+    reference_vectors,
+    reporter: RenderProgress,
+    *,
+    settings: dict[str, Any],
+) -> Results:
+    """Embed what is not embedded yet and compute the metrics of every complete checkpoint."""
+    keys_of: dict[str, list[str]] = {}
+    for batch in plan:
+        keys_of.setdefault(batch.checkpoint, []).extend(batch.keys)
+    done = store.done([k for keys in keys_of.values() for k in keys])
+    if not all(k in done for k in keys_of[BASE]):
+        raise EvaluationError(
+            "the base model's renders are incomplete",
+            hint="rerun `lorasel eval`: it resumes where it stopped",
+        )
+    included = []
+    for info in infos:
+        missing = sum(k not in done for k in keys_of[info.checkpoint])
+        if missing:
+            if info.checkpoint not in skipped:
+                reporter.warn(
+                    f"{info.label} left out: {missing} renders missing (another process skipped it)"
+                )
+            continue
+        included.append(info)
+    if not included:
+        raise EvaluationError(
+            "no checkpoint could be evaluated: none fits the base model",
+            hint="check --base: the checkpoints must be trained for this base model",
+        )
+    ids = {BASE} | {info.checkpoint for info in included}
+    items = [item for batch in plan if batch.checkpoint in ids for item in batch.items]
+    keys = [item.key for item in items]
+
+    def on_chunk(n: int, total: int) -> None:
+        reporter.emit(ProgressEvent("score", n, total, message="embedding renders"))
+
+    vectors = render_embeddings(scorer, store, keys, on_chunk)
+    texts = text_embeddings(
+        scorer, store, [it.prompt.scoring_text for it in items if it.prompt.kind == "out_of_domain"]
+    )
+    return build_results(
+        items,
+        render_embeddings=vectors,
+        text_embeddings=texts,
+        reference_embeddings=reference_vectors,
+        images=store.images(keys),
+        checkpoints=included,
+        settings=settings,
+    )
+
+
+def _settings_record(
+    settings: RenderSettings, options: EvalOptions, prompt_set: str, trigger, class_word
+) -> dict:
+    return {
+        "base": settings.base,
+        "base_fingerprint": settings.base_fingerprint,
+        "scheduler": settings.scheduler.split("{", 1)[0],
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "size": f"{settings.width}x{settings.height}",
+        "negative": settings.negative,
+        "seeds": options.seeds,
+        "strengths": list(options.strengths),
+        "batch_size": options.batch_size,
+        "prompt_set": prompt_set,
+        "trigger": trigger,
+        "class_word": class_word,
+        "render_settings": settings.key(),
+        "dtype": settings.dtype,
+        "device": settings.device_type,
+    }
