@@ -26,7 +26,7 @@ UNET_TARGETS = (
     "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
     "up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v",
 )
-TE_TARGET = "text_model.encoder.layers.0.self_attn.q_proj"
+TE_TARGET = "encoder.layers.0.self_attn.q_proj"  # kohya names it text_model.encoder...
 TINY_SCORER = "lorasel-test-tiny-clip"
 
 
@@ -73,7 +73,7 @@ def lora_tensors(seed: int, scale: float, *, rank: int = 2, text_encoder: bool =
     tensors = {}
     targets = [("lora_unet", pipe.unet, m) for m in UNET_TARGETS]
     if text_encoder:
-        targets.append(("lora_te", pipe.text_encoder, TE_TARGET))
+        targets.append(("lora_te_text_model", pipe.text_encoder, TE_TARGET))
     for prefix, model, name in targets:
         layer = model.get_submodule(name)
         out_f, in_f = layer.weight.shape
@@ -195,7 +195,7 @@ class FakeCheckpoints:
 
     def _modules(self, pipe):
         table = {}
-        for prefix, model in (("lora_unet", pipe.unet), ("lora_te", pipe.text_encoder)):
+        for prefix, model in (("lora_unet", pipe.unet), ("lora_te_text_model", pipe.text_encoder)):
             for name, module in model.named_modules():
                 if isinstance(module, torch.nn.Linear):
                     table[_stem(prefix, name)] = module

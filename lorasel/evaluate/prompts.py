@@ -100,7 +100,7 @@ class PromptSet:
         for p in out:
             if texts.count(p.text) > 1:
                 raise EvaluationError(
-                    f"prompt set {self.source}: {p.prompt_id} expands to {p.text!r}, like another prompt",
+                    f"prompt set {self.source}: {_key(p.prompt_id)} expands to {p.text!r}, like another prompt",
                     hint="every prompt of a set must be different",
                 )
         return tuple(out)
@@ -189,7 +189,7 @@ def parse_prompt_set(text: str, *, source: str, name: str) -> PromptSet:
     for t in templates:
         if t.template in seen:
             raise EvaluationError(
-                f"prompt set {source}: {t.prompt_id.replace('/', '[')}] repeats {seen[t.template]}",
+                f"prompt set {source}: {_key(t.prompt_id)} repeats {_key(seen[t.template])}",
                 hint="every prompt of a set must be different",
             )
         seen[t.template] = t.prompt_id
@@ -201,6 +201,12 @@ def parse_prompt_set(text: str, *, source: str, name: str) -> PromptSet:
         negative=concept.get("negative", "").strip(),
         templates=tuple(templates),
     )
+
+
+def _key(prompt_id: str) -> str:
+    """``"in_domain/2"`` → ``"prompts.in_domain[2]"``: the TOML key a person can find."""
+    kind, _, index = prompt_id.partition("/")
+    return f"prompts.{kind}[{index}]"
 
 
 def _clean(value: str | None) -> str | None:
