@@ -81,7 +81,10 @@ def eval_command(
 
 
 class _ProgressBar:
-    """A rich progress bar on stderr fed by the evaluator's progress events."""
+    """A rich progress bar on stderr fed by the evaluator's progress events.
+
+    Started only when rendering starts, so an error found while checking the input is the
+    one line on stderr."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -89,33 +92,39 @@ class _ProgressBar:
         self.task = None
 
     def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
 
+    def _console(self):
+        from rich.console import Console
+
+        return self.progress.console if self.progress is not None else Console(stderr=True)
+
+    def _start(self, event) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._console().print(event.message, markup=False, highlight=False, soft_wrap=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=self._console(),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("rendering", total=event.total, completed=event.done, rate="")
+
     def update(self, event) -> None:
         if not self.enabled:
             return
         if event.phase == "warning":
-            self.progress.console.print(f"warning: {event.message}", markup=False, highlight=False)
+            self._console().print(f"warning: {event.message}", markup=False, highlight=False, soft_wrap=True)
         elif event.phase == "start":
-            self.progress.console.print(event.message, markup=False, highlight=False)
-            self.task = self.progress.add_task("rendering", total=event.total, completed=event.done, rate="")
+            self._start(event)
         elif event.phase == "render" and self.task is not None:
             rate = f"{event.rate:.2f} renders/s" if event.rate else ""
             self.progress.update(self.task, completed=event.done, rate=rate)
