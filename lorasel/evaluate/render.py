@@ -23,6 +23,7 @@ from lorasel.evaluate.plan import Batch, RenderSettings
 from lorasel.results import BASE
 
 _SAMPLE = 64  # values per tensor sampled into the base fingerprint
+PNG_COMPRESSION = 1  # zlib level: 3-5x faster than Pillow's default 6 on large renders, files ~10% larger
 
 
 def pipeline_fingerprint(pipeline) -> str:
@@ -191,7 +192,7 @@ def png_bytes(image, parameters: str) -> bytes:
     info = PngInfo()
     info.add_text("parameters", parameters)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESSION)
     return buffer.getvalue()
 
 

@@ -31,9 +31,10 @@ from lorasel.evaluate.options import (
 from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, shard
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
 from lorasel.evaluate.prompts import load_prompt_set
-from lorasel.evaluate.render import Renderer, make_settings, parameters_text, png_bytes
+from lorasel.evaluate.render import Renderer, make_settings
 from lorasel.evaluate.scoring import reference_embeddings, render_embeddings, text_embeddings
 from lorasel.evaluate.store import Store
+from lorasel.evaluate.writer import BatchWriter
 from lorasel.results import BASE, Results
 from lorasel.rundir import RunDir
 
@@ -245,10 +246,16 @@ def _render(
     reporter: RenderProgress,
     labels: dict[str, str],
 ) -> set[str]:
-    """Render ``batches``, recording each finished batch; returns the checkpoints skipped
-    because they do not fit the base."""
+    """Render ``batches``; a background writer records each finished batch while the next
+    renders. Returns the checkpoints skipped because they do not fit the base."""
     renderer = Renderer(pipeline, settings, infos)
+    writer = BatchWriter(store, settings, labels, done)
     skipped: set[str] = set()
+
+    def report(finished) -> None:
+        for batch, n in finished:
+            reporter.advance(n, checkpoint=batch.checkpoint, strength=batch.strength)
+
     try:
         for batch in batches:
             if batch.checkpoint in skipped:
@@ -259,28 +266,11 @@ def _render(
                 skipped.add(batch.checkpoint)
                 reporter.warn(f"skipping {labels.get(batch.checkpoint, batch.checkpoint)}: {exc.message}")
                 continue
-            rows = []
-            label = labels.get(batch.checkpoint, BASE)
-            for item, image in zip(batch.items, images, strict=True):
-                if item.key in done:  # finished by an earlier run with another batch layout: keep it
-                    continue
-                text = parameters_text(settings, item.prompt.text, item.seed, label, item.strength)
-                image_path = store.write_image(item.key, png_bytes(image, text))
-                rows.append(
-                    (
-                        item.key,
-                        item.checkpoint_hash,
-                        item.strength,
-                        item.prompt.text,
-                        item.seed,
-                        settings.key(),
-                        image_path,
-                    )
-                )
-            store.record_renders(rows)
-            done.update(r[0] for r in rows)
-            reporter.advance(len(rows), checkpoint=batch.checkpoint, strength=batch.strength)
+            writer.submit(batch, images)
+            report(writer.finished(wait=True))
+        report(writer.drain())
     finally:
+        writer.close()
         renderer.close()
     return skipped
 

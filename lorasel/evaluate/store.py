@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ class Store:
         self.state_dir = state_dir
         self.db_path = state_dir / "results.sqlite"
         self._con = connection
+        self._lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -81,7 +83,10 @@ class Store:
                 f"cannot create the state folder {db_path.parent}: {exc}", hint="pass a writable --workdir"
             ) from exc
         try:
-            con = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            # One connection, used by the renderer's writer thread and the caller, one at a time.
+            con = sqlite3.connect(
+                str(db_path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise ResultsError(
                 f"cannot open results database {db_path}: {exc}", hint="check its permissions"
@@ -125,7 +130,7 @@ class Store:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT; rolled back on any error; disk-full becomes one clear error."""
-        try:
+        with self._lock, self._disk_full_is_an_error():
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 yield self._con
@@ -134,6 +139,11 @@ class Store:
                     self._con.execute("ROLLBACK")
                 raise
             self._con.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _disk_full_is_an_error(self) -> Iterator[None]:
+        try:
+            yield
         except sqlite3.Error as exc:
             if _disk_full(exc):
                 raise EvaluationError(
@@ -142,11 +152,14 @@ class Store:
                 ) from exc
             raise
 
-    def _query(self, sql: str, keys: Sequence[str], *prefix: Any) -> Iterator[tuple]:
-        for start in range(0, len(keys), _CHUNK):
-            chunk = list(keys[start : start + _CHUNK])
-            marks = ",".join("?" * len(chunk))
-            yield from self._con.execute(sql.format(marks=marks), (*prefix, *chunk))
+    def _query(self, sql: str, keys: Sequence[str], *prefix: Any) -> list[tuple]:
+        rows: list[tuple] = []
+        with self._lock:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start : start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows += self._con.execute(sql.format(marks=marks), (*prefix, *chunk)).fetchall()
+        return rows
 
     # -- renders ---------------------------------------------------------------------------
     def done(self, keys: Sequence[str]) -> set[str]:
