@@ -1,0 +1,230 @@
+"""Benchmark "eval": the evaluator's cost against bare rendering and against an X/Y/Z-style grid.
+
+(a) Overhead: ``evaluate`` on K checkpoints × S strengths × P prompts × N seeds (plus the base
+    model once) ÷ the same number of images from bare ``pipe(...)`` calls at the same batch
+    size and steps. Models are loaded once before the clock starts in both.
+(b) Against today's way: for every grid cell, ``load_lora_weights`` + ``fuse_lora(lora_scale=s)``
+    + one image at batch 1 + ``unfuse_lora`` + ``unload_lora_weights`` (an X/Y/Z grid that reloads
+    the LoRA per cell), over the same checkpoints × strengths × prompts × seeds.
+(c) Peak memory (max RSS of a fresh process per mode; CUDA peak where present).
+
+Every mode runs in a fresh interpreter (one torch thread unless ``LORASEL_BENCH_THREADS``), and
+(a)'s two modes alternate ``REPEATS`` times; medians are reported. Run alone with
+``python -m benchmarks.run eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+K, STRENGTHS, SEEDS, BATCH = 3, (0.5, 0.75, 1.0), 4, 8
+RANK = 8
+REPEATS = 3
+GRID_PROMPTS = 4  # the per-cell grid is slow: measured on the first prompts, per-image time reported
+
+
+def _threads() -> int:
+    return int(os.environ.get("LORASEL_BENCH_THREADS", "1"))
+
+
+# -- the fixture: a run folder with a toy-world dataset and K LoRA checkpoints --------------
+def make_fixture(root: Path) -> Path:
+    """``root/run``: run.toml, the star concept's dataset, K random kohya LoRAs (rank 8) on
+    every attention and feed-forward Linear of the toy UNet, as sd-scripts targets them."""
+    import torch
+
+    from lorasel.checkpoints.write import save_checkpoint
+    from lorasel.models import load_base
+    from lorasel.toyworld.concepts import get_concept, make_dataset
+
+    run = root / "run"
+    concept = get_concept("star")
+    make_dataset(concept, run / "dataset")
+    (run / "run.toml").write_text('[dataset]\npath = "dataset"\n')
+    unet = load_base("toy", device="cpu").unet
+    targets = [
+        (name, module)
+        for name, module in unet.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".attentions." in name
+    ]
+    meta = {"ss_tag_frequency": json.dumps({f"10_{concept.token}": {concept.token: 16}})}
+    for k in range(1, K + 1):
+        gen = torch.Generator().manual_seed(k)
+        tensors = {}
+        for name, module in targets:
+            stem = "lora_unet_" + name.replace(".", "_")
+            out_f, in_f = module.weight.shape
+            tensors[f"{stem}.lora_down.weight"] = torch.randn(RANK, in_f, generator=gen) / in_f**0.5
+            tensors[f"{stem}.lora_up.weight"] = torch.randn(out_f, RANK, generator=gen) * 0.05 * k
+            tensors[f"{stem}.alpha"] = torch.tensor(float(RANK))
+        save_checkpoint(run / "checkpoints" / f"zkz-{k:06d}.safetensors", tensors, {**meta, "ss_epoch": str(k)})
+    return run
+
+
+# -- the modes, each in a fresh interpreter --------------------------------------------------
+def _peak() -> dict:
+    import resource
+
+    import torch
+
+    out = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _prompts(run: Path):
+    from lorasel.evaluate import load_prompt_set
+    from lorasel.evaluate.concept import concept_from_dataset
+
+    trigger, class_word = concept_from_dataset(run / "dataset")
+    return load_prompt_set("toy").expand(trigger, class_word)
+
+
+def mode_evaluate(run: Path, workdir: Path) -> dict:
+    from lorasel.evaluate import evaluate
+    from lorasel.models import load_base, load_scorer
+
+    pipe, scorer = load_base("toy"), load_scorer("toy")
+    start = time.perf_counter()
+    results = evaluate(run, base=pipe, scorer=scorer, strengths=STRENGTHS, seeds=SEEDS, batch_size=BATCH, workdir=workdir)
+    wall = time.perf_counter() - start
+    return {"seconds": wall, "renders": len(results.renders), **_peak()}
+
+
+def mode_bare(run: Path, n_renders: int) -> dict:
+    import torch
+
+    from lorasel.evaluate.plan import render_seed
+    from lorasel.models import load_base
+    from lorasel.toyworld import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    pipe = load_base("toy")
+    pairs = [(p.text, i) for p in _prompts(run) for i in range(SEEDS)]
+    jobs = (pairs * (n_renders // len(pairs) + 1))[:n_renders]
+    start = time.perf_counter()
+    for b in range(0, len(jobs), BATCH):
+        chunk = jobs[b : b + BATCH]
+        pipe(
+            prompt=[p for p, _ in chunk],
+            generator=[torch.Generator().manual_seed(render_seed(p, i)) for p, i in chunk],
+            num_inference_steps=DEFAULT_STEPS,
+            guidance_scale=DEFAULT_GUIDANCE,
+        )
+    return {"seconds": time.perf_counter() - start, "renders": len(jobs), **_peak()}
+
+
+def mode_grid(run: Path) -> dict:
+    import torch
+
+    from lorasel.evaluate.plan import render_seed
+    from lorasel.models import load_base
+    from lorasel.toyworld import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    pipe = load_base("toy")
+    prompts = [p.text for p in _prompts(run)][:GRID_PROMPTS]
+    files = sorted((run / "checkpoints").glob("*.safetensors"))
+    n = 0
+    start = time.perf_counter()
+    for file in files:
+        for strength in STRENGTHS:
+            for prompt in prompts:
+                for i in range(SEEDS):
+                    pipe.load_lora_weights(str(file))
+                    pipe.fuse_lora(lora_scale=strength)
+                    pipe(
+                        prompt=prompt,
+                        generator=torch.Generator().manual_seed(render_seed(prompt, i)),
+                        num_inference_steps=DEFAULT_STEPS,
+                        guidance_scale=DEFAULT_GUIDANCE,
+                    )
+                    pipe.unfuse_lora()
+                    pipe.unload_lora_weights()
+                    n += 1
+    return {"seconds": time.perf_counter() - start, "renders": n, **_peak()}
+
+
+def _child(mode: str, **kwargs) -> dict:
+    """Run ``mode_<mode>(**kwargs)`` in a fresh interpreter; its JSON result."""
+    code = (
+        "import json, sys, torch; from pathlib import Path; from benchmarks import bench_eval as b; "
+        "torch.set_num_threads(int(sys.argv[1])); kw = json.loads(sys.argv[2]); "
+        "kw = {k: Path(v) if isinstance(v, str) else v for k, v in kw.items()}; "
+        f"print('RESULT ' + json.dumps(b.mode_{mode}(**kw)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(_threads())}
+    args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(_threads()), args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bench_eval {mode} failed:\n{out.stderr[-4000:]}")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def run(out_dir: Path) -> str:
+    with tempfile.TemporaryDirectory(prefix="lorasel-bench-eval-") as tmp:
+        tmp_path = Path(tmp)
+        run_dir = make_fixture(tmp_path)
+        evals, bares = [], []
+        for r in range(REPEATS):
+            evals.append(_child("evaluate", run=run_dir, workdir=tmp_path / f"state{r}"))
+            bares.append(_child("bare", run=run_dir, n_renders=evals[-1]["renders"]))
+        cached = _child("evaluate", run=run_dir, workdir=tmp_path / "state0")
+        grid = _child("grid", run=run_dir)
+    n = evals[0]["renders"]
+    ratios = [e["seconds"] / b["seconds"] for e, b in zip(evals, bares, strict=True)]
+    t_eval = statistics.median(e["seconds"] for e in evals)
+    t_bare = statistics.median(b["seconds"] for b in bares)
+    per_eval = t_eval / n
+    per_grid = grid["seconds"] / grid["renders"]
+    lines = [
+        "## eval: the evaluator's cost",
+        "",
+        f"Toy world (64 px, the toy base's default steps and guidance), {K} checkpoints (kohya LoRA rank {RANK} on every "
+        f"attention Linear) × {len(STRENGTHS)} strengths × {len(_prompt_count_text())} × {SEEDS} seeds "
+        f"+ the base model once = **{n} renders**, batch {BATCH}, {_threads()} torch thread(s).",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| (a) `evaluate` wall time (render + write + score + store), median of {REPEATS} | {t_eval:.1f} s |",
+        f"| (a) bare `pipe(...)` for the same {n} images, batch {BATCH}, median | {t_bare:.1f} s |",
+        f"| (a) **overhead ratio** evaluate ÷ bare (median of per-pair ratios {', '.join(f'{r:.3f}' for r in ratios)}) "
+        f"| **{statistics.median(ratios):.3f}** (target ≤ 1.10) |",
+        f"| rerun with everything cached | {cached['seconds']:.2f} s |",
+        f"| (b) X/Y/Z-style grid: reload + fuse the LoRA per cell, batch 1 ({grid['renders']} cells measured) "
+        f"| {per_grid * 1000:.0f} ms/image |",
+        f"| (b) evaluate | {per_eval * 1000:.0f} ms/image |",
+        f"| (b) **speed-up** over the grid | **{per_grid / per_eval:.1f}×** (target ≥ 3×) |",
+        f"| (c) peak RSS: evaluate / bare / grid | {evals[0]['max_rss_mb']:.0f} / {bares[0]['max_rss_mb']:.0f} / "
+        f"{grid['max_rss_mb']:.0f} MB |",
+    ]
+    if "cuda_peak_mb" in evals[0]:
+        lines.append(
+            f"| (c) CUDA peak: evaluate / bare | {evals[0]['cuda_peak_mb']:.0f} / {bares[0]['cuda_peak_mb']:.0f} MB |"
+        )
+    lines += [
+        "",
+        "Both (a) timings load the models before the clock starts; evaluate's includes planning, "
+        "text encoding, merging each checkpoint in and out, PNG writing, SQLite and CLIP scoring. "
+        "The grid is timed on its first "
+        f"{GRID_PROMPTS} prompts (the per-image cost does not depend on the prompt).",
+        "",
+        "Reproduce: `python -m benchmarks.run eval` (`LORASEL_BENCH_THREADS=N` for more torch threads).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _prompt_count_text() -> list:
+    from lorasel.evaluate import load_prompt_set
+
+    return list(load_prompt_set("toy").templates)
