@@ -11,7 +11,7 @@ into the same store; the main process then scores and writes the results.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,26 @@ class _Processes:
     def is_main(self) -> bool:
         return self.index == 0
 
-    def wait(self) -> None:
+    def step(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in this process; if it fails in any process, fail in all of them, so no
+        process is left waiting for the others (a collective call: every process makes it)."""
+        error: BaseException | None = None
+        result = None
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
         if self._state is not None:
-            self._state.wait_for_everyone()
+            from accelerate.utils import gather_object
+
+            if any(gather_object([error is not None])) and error is None:
+                raise EvaluationError(
+                    "another evaluation process failed (its error is printed above)",
+                    hint="fix it and rerun: finished renders are kept",
+                )
+        if error is not None:
+            raise error
+        return result
 
 
 def _processes() -> _Processes:
@@ -121,83 +138,120 @@ def evaluate(
     procs = _processes()
     reporter = RenderProgress(progress, total=0, cached=0)
     with Store.open(run.results_db) as store:
-        infos = find_checkpoints(run, store, reporter.warn)
-        prompt_set = load_prompt_set(prompts if prompts is not None else _default_prompts(base))
-        dataset = dataset_path(run)
-        concept = resolve_concept(
-            trigger=trigger,
-            class_word=class_word,
-            metadata=[(info.label, info.metadata) for info in reversed(infos)],
-            dataset=dataset,
-            defaults=(prompt_set.trigger, prompt_set.class_word),
-        )
-        plan_prompts = prompt_set.expand(concept.trigger, concept.class_word)
-        reference_dir = Path(reference).expanduser() if reference is not None else dataset
-        if reference_dir is None:
-            raise EvaluationError(
-                f"no reference images for fidelity: {run.root} is not a lorasel run with a dataset",
-                hint="pass --reference DIR with the training images",
-            )
-        references = reference_images(reference_dir)
-
-        # Load the scorer before rendering: a bad scorer or reference image fails in seconds.
-        score_model = reference_vectors = None
-        if procs.is_main:
-            score_model = _load_scorer(scorer, device or procs.device)
-            reference_vectors = reference_embeddings(score_model, store, references)
-        pipeline = _load_base(base, device or procs.device, dtype)
-        default_steps, default_guidance = _render_defaults(base)
-        settings = make_settings(
-            pipeline,
-            base=base if isinstance(base, str) else type(base).__name__,
-            steps=options.steps or default_steps,
-            guidance=default_guidance if options.guidance is None else options.guidance,
-            size=options.size,
-            negative=prompt_set.negative,
-        )
-        plan = build_plan(
-            [Candidate(info.checkpoint, info.hash) for info in infos],
-            options.strengths,
-            plan_prompts,
-            options.seeds,
-            options.batch_size,
-            settings.key(),
-        )
-        all_keys = list(dict.fromkeys(k for batch in plan for k in batch.keys))
-        done = store.done(all_keys)
-        pending = _pending(plan, done)
-        procs.wait()  # every process has seen the same store before anyone writes to it
-        mine = shard(pending, procs.index, procs.count)
-        mine_keys = {k for batch in mine for k in batch.keys}
-        if procs.count > 1:
-            reporter.total, reporter.cached = len(mine_keys), len(mine_keys & done)
-        else:
-            reporter.total, reporter.cached = len(all_keys), len(done)
-        reporter.done = reporter.cached
-        reporter.emit(
-            ProgressEvent(
-                "start", reporter.done, reporter.total, reporter.cached,
-                message=f"{len(infos)} checkpoints × {len(options.strengths)} strengths × "
-                f"{len(plan_prompts)} prompts × {options.seeds} seeds; trigger {concept.trigger!r}, "
-                f"class {concept.class_word!r} ({concept.source})",
+        job = procs.step(
+            lambda: _prepare(
+                run, store, procs, reporter, options, base=base, prompts=prompts, scorer=scorer,
+                reference=reference, trigger=trigger, class_word=class_word, device=device, dtype=dtype,
             )
         )  # fmt: skip
-        labels = {info.checkpoint: info.label for info in infos}
-        skipped = _render(pipeline, settings, infos, mine, done, store, reporter, labels)
-        procs.wait()
-        if procs.is_main:
-            results = _score(
-                plan, infos, skipped, store, score_model, reference_vectors, reporter,
-                settings={
-                    **_settings_record(settings, options, prompt_set.source, concept.trigger, concept.class_word),
-                    "scorer": score_model.name,
-                    "references": str(reference_dir),
-                },
-            )  # fmt: skip
-            store.save_results(results)
-        procs.wait()
+        # Every process has planned from the same store before anyone writes to it.
+        mine = shard(job.pending, procs.index, procs.count)
+        if procs.count > 1:
+            mine_keys = {k for batch in mine for k in batch.keys}
+            reporter.total, reporter.cached = len(mine_keys), len(mine_keys & job.done)
+        else:
+            reporter.total, reporter.cached = len(job.all_keys), len(job.done)
+        reporter.done = reporter.cached
+        reporter.emit(
+            ProgressEvent("start", reporter.done, reporter.total, reporter.cached, message=job.summary)
+        )
+        labels = {info.checkpoint: info.label for info in job.infos}
+        skipped = procs.step(
+            lambda: _render(job.pipeline, job.settings, job.infos, mine, job.done, store, reporter, labels)
+        )
+        results = procs.step(lambda: _finish(job, store, skipped, reporter) if procs.is_main else None)
         reporter.emit(ProgressEvent("done", reporter.done, reporter.total, reporter.cached))
         return results if procs.is_main else store.load_results()
+
+
+@dataclass
+class _Job:
+    """Everything planned before rendering starts."""
+
+    infos: list[CheckpointInfo]
+    prompt_source: str
+    trigger: str | None
+    class_word: str | None
+    reference_dir: Path
+    scorer: Any  # None outside the main process
+    reference_vectors: Any
+    pipeline: Any
+    settings: RenderSettings
+    options: EvalOptions
+    plan: list[Batch]
+    all_keys: list[str]
+    done: set[str]
+    pending: list[Batch]
+    summary: str
+
+
+def _prepare(run: RunDir, store: Store, procs: _Processes, reporter: RenderProgress, options: EvalOptions, *,
+             base, prompts, scorer, reference, trigger, class_word, device, dtype) -> _Job:  # fmt: skip
+    """Check every input, load the models, and plan: everything that can fail fails here,
+    before the first render."""
+    infos = find_checkpoints(run, store, reporter.warn)
+    prompt_set = load_prompt_set(prompts if prompts is not None else _default_prompts(base))
+    dataset = dataset_path(run)
+    concept = resolve_concept(
+        trigger=trigger,
+        class_word=class_word,
+        metadata=[(info.label, info.metadata) for info in reversed(infos)],
+        dataset=dataset,
+        defaults=(prompt_set.trigger, prompt_set.class_word),
+    )
+    plan_prompts = prompt_set.expand(concept.trigger, concept.class_word)
+    reference_dir = Path(reference).expanduser() if reference is not None else dataset
+    if reference_dir is None:
+        raise EvaluationError(
+            f"no reference images for fidelity: {run.root} is not a lorasel run with a dataset",
+            hint="pass --reference DIR with the training images",
+        )
+    references = reference_images(reference_dir)
+    score_model = reference_vectors = None
+    if procs.is_main:  # scoring happens on the main process only
+        score_model = _load_scorer(scorer, device or procs.device)
+        reference_vectors = reference_embeddings(score_model, store, references)
+    pipeline = _load_base(base, device or procs.device, dtype)
+    default_steps, default_guidance = _render_defaults(base)
+    settings = make_settings(
+        pipeline,
+        base=base if isinstance(base, str) else type(base).__name__,
+        steps=options.steps or default_steps,
+        guidance=default_guidance if options.guidance is None else options.guidance,
+        size=options.size,
+        negative=prompt_set.negative,
+    )
+    plan = build_plan(
+        [Candidate(info.checkpoint, info.hash) for info in infos],
+        options.strengths,
+        plan_prompts,
+        options.seeds,
+        options.batch_size,
+        settings.key(),
+    )
+    all_keys = list(dict.fromkeys(k for batch in plan for k in batch.keys))
+    done = store.done(all_keys)
+    summary = (
+        f"{len(infos)} checkpoints × {len(options.strengths)} strengths × {len(plan_prompts)} prompts × "
+        f"{options.seeds} seeds; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
+    )
+    return _Job(
+        infos=infos, prompt_source=prompt_set.source, trigger=concept.trigger, class_word=concept.class_word,
+        reference_dir=reference_dir, scorer=score_model, reference_vectors=reference_vectors, pipeline=pipeline,
+        settings=settings, options=options, plan=plan, all_keys=all_keys, done=done,
+        pending=_pending(plan, done), summary=summary,
+    )  # fmt: skip
+
+
+def _finish(job: _Job, store: Store, skipped: set[str], reporter: RenderProgress) -> Results:
+    """Score, compute the metrics and store the results (main process)."""
+    record = _settings_record(job.settings, job.options, job.prompt_source, job.trigger, job.class_word)
+    record.update(scorer=job.scorer.name, references=str(job.reference_dir))
+    results = _score(
+        job.plan, job.infos, skipped, store, job.scorer, job.reference_vectors, reporter, settings=record
+    )
+    store.save_results(results)
+    return results
 
 
 def load_results(path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> Results:
