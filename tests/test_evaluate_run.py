@@ -16,6 +16,7 @@ import lorasel.checkpoints
 from lorasel.errors import EvaluationError, ResultsError
 from lorasel.evaluate import evaluate, load_results
 from lorasel.evaluate import runner as runner_module
+from lorasel.evaluate.processes import Processes
 from lorasel.evaluate.render import Renderer
 from lorasel.evaluate.store import Store
 from lorasel.results import BASE, RENDER_COLUMNS
@@ -259,7 +260,7 @@ def test_two_shards_render_the_union_of_the_plan(evaluated, tmp_path, monkeypatc
 
     # Render shard 1 of 2 of the full plan, as process 1 would, into the shared store ...
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner_module, "_processes", lambda: runner_module._Processes(1, 2))
+        mp.setattr(runner_module, "current_processes", lambda: Processes(1, 2))
         mp.setattr(runner_module, "shard", record)
         mp.setattr(Store, "load_results", lambda self: None)  # process 1 does not score
         _eval(run, workdir=shared)
@@ -269,7 +270,7 @@ def test_two_shards_render_the_union_of_the_plan(evaluated, tmp_path, monkeypatc
     # ... then process 0's share of the same plan; then a plain run must find nothing missing.
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner_module, "_pending", lambda plan, done: list(plan))
-        mp.setattr(runner_module, "_processes", lambda: runner_module._Processes(0, 2))
+        mp.setattr(runner_module, "current_processes", lambda: Processes(0, 2))
         mp.setattr(runner_module, "shard", record)
         _eval(run, workdir=shared)
     assert {b.keys for b in shares[0]}.isdisjoint({b.keys for b in shares[1]})

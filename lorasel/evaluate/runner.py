@@ -11,13 +11,12 @@ into the same store; the main process then scores and writes the results.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lorasel.errors import CheckpointError, EvaluationError
-from lorasel.evaluate.assemble import build_results
 from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
 from lorasel.evaluate.concept import dataset_path, reference_images, resolve_concept
 from lorasel.evaluate.options import (
@@ -29,58 +28,15 @@ from lorasel.evaluate.options import (
     EvalOptions,
 )
 from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, shard
+from lorasel.evaluate.processes import Processes, current_processes
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
 from lorasel.evaluate.prompts import load_prompt_set
 from lorasel.evaluate.render import Renderer, make_settings
-from lorasel.evaluate.scoring import reference_embeddings, render_embeddings, text_embeddings
+from lorasel.evaluate.scoring import reference_embeddings, score_plan
 from lorasel.evaluate.store import Store
 from lorasel.evaluate.writer import BatchWriter
-from lorasel.results import BASE, Results
+from lorasel.results import Results
 from lorasel.rundir import RunDir
-
-
-@dataclass
-class _Processes:
-    """This process's place among ``accelerate launch`` processes (one process: index 0 of 1)."""
-
-    index: int = 0
-    count: int = 1
-    device: Any = None
-    _state: Any = field(default=None, repr=False)
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-    def step(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` in this process; if it fails in any process, fail in all of them, so no
-        process is left waiting for the others (a collective call: every process makes it)."""
-        error: BaseException | None = None
-        result = None
-        try:
-            result = fn()
-        except BaseException as exc:
-            error = exc
-        if self._state is not None:
-            from accelerate.utils import gather_object
-
-            if any(gather_object([error is not None])) and error is None:
-                raise EvaluationError(
-                    "another evaluation process failed (its error is printed above)",
-                    hint="fix it and rerun: finished renders are kept",
-                )
-        if error is not None:
-            raise error
-        return result
-
-
-def _processes() -> _Processes:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _Processes()
-    from accelerate import PartialState
-
-    state = PartialState()
-    return _Processes(state.process_index, state.num_processes, state.device, state)
 
 
 def _default_prompts(base: object) -> str:
@@ -135,7 +91,7 @@ def evaluate(
         raise EvaluationError(
             f"{run.root} is not a folder", hint="pass a run directory or a folder of checkpoints"
         )
-    procs = _processes()
+    procs = current_processes()
     reporter = RenderProgress(progress, total=0, cached=0)
     with Store.open(run.results_db) as store:
         job = procs.step(
@@ -185,7 +141,7 @@ class _Job:
     summary: str
 
 
-def _prepare(run: RunDir, store: Store, procs: _Processes, reporter: RenderProgress, options: EvalOptions, *,
+def _prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgress, options: EvalOptions, *,
              base, prompts, scorer, reference, trigger, class_word, device, dtype) -> _Job:  # fmt: skip
     """Check every input, load the models, and plan: everything that can fail fails here,
     before the first render."""
@@ -247,7 +203,7 @@ def _finish(job: _Job, store: Store, skipped: set[str], reporter: RenderProgress
     """Score, compute the metrics and store the results (main process)."""
     record = _settings_record(job.settings, job.options, job.prompt_source, job.trigger, job.class_word)
     record.update(scorer=job.scorer.name, references=str(job.reference_dir))
-    results = _score(
+    results = score_plan(
         job.plan, job.infos, skipped, store, job.scorer, job.reference_vectors, reporter, settings=record
     )
     store.save_results(results)
@@ -327,64 +283,6 @@ def _render(
         writer.close()
         renderer.close()
     return skipped
-
-
-def _score(
-    plan: Sequence[Batch],
-    infos: Sequence[CheckpointInfo],
-    skipped: set[str],
-    store: Store,
-    scorer,
-    reference_vectors,
-    reporter: RenderProgress,
-    *,
-    settings: dict[str, Any],
-) -> Results:
-    """Embed what is not embedded yet and compute the metrics of every complete checkpoint."""
-    keys_of: dict[str, list[str]] = {}
-    for batch in plan:
-        keys_of.setdefault(batch.checkpoint, []).extend(batch.keys)
-    done = store.done([k for keys in keys_of.values() for k in keys])
-    if not all(k in done for k in keys_of[BASE]):
-        raise EvaluationError(
-            "the base model's renders are incomplete",
-            hint="rerun `lorasel eval`: it resumes where it stopped",
-        )
-    included = []
-    for info in infos:
-        missing = sum(k not in done for k in keys_of[info.checkpoint])
-        if missing:
-            if info.checkpoint not in skipped:
-                reporter.warn(
-                    f"{info.label} left out: {missing} renders missing (another process skipped it)"
-                )
-            continue
-        included.append(info)
-    if not included:
-        raise EvaluationError(
-            "no checkpoint could be evaluated: none fits the base model",
-            hint="check --base: the checkpoints must be trained for this base model",
-        )
-    ids = {BASE} | {info.checkpoint for info in included}
-    items = [item for batch in plan if batch.checkpoint in ids for item in batch.items]
-    keys = [item.key for item in items]
-
-    def on_chunk(n: int, total: int) -> None:
-        reporter.emit(ProgressEvent("score", n, total, message="embedding renders"))
-
-    vectors = render_embeddings(scorer, store, keys, on_chunk)
-    texts = text_embeddings(
-        scorer, store, [it.prompt.scoring_text for it in items if it.prompt.kind == "out_of_domain"]
-    )
-    return build_results(
-        items,
-        render_embeddings=vectors,
-        text_embeddings=texts,
-        reference_embeddings=reference_vectors,
-        images=store.images(keys),
-        checkpoints=included,
-        settings=settings,
-    )
 
 
 def _settings_record(

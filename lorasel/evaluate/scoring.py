@@ -10,11 +10,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lorasel.errors import EvaluationError
+from lorasel.evaluate.assemble import build_results
+from lorasel.evaluate.candidates import CheckpointInfo
+from lorasel.evaluate.plan import Batch
+from lorasel.evaluate.progress import ProgressEvent, RenderProgress
 from lorasel.evaluate.store import Store
+from lorasel.results import BASE, Results
 
 CHUNK = 64  # images decoded and embedded at a time: bounds memory on large renders
 
@@ -82,3 +88,62 @@ def text_embeddings(scorer, store: Store, texts: Sequence[str]) -> dict[str, np.
         store.record_embeddings(scorer.name, "text", new)
         cached.update(new)
     return cached
+
+
+def score_plan(
+    plan: Sequence[Batch],
+    infos: Sequence[CheckpointInfo],
+    skipped: set[str],
+    store: Store,
+    scorer,
+    reference_vectors,
+    reporter: RenderProgress,
+    *,
+    settings: dict[str, Any],
+) -> Results:
+    """The results of every checkpoint whose renders are all in the store: embeds what is not
+    embedded yet, then computes the metrics. Incomplete checkpoints are left out with a warning."""
+    keys_of: dict[str, list[str]] = {}
+    for batch in plan:
+        keys_of.setdefault(batch.checkpoint, []).extend(batch.keys)
+    done = store.done([k for keys in keys_of.values() for k in keys])
+    if not all(k in done for k in keys_of[BASE]):
+        raise EvaluationError(
+            "the base model's renders are incomplete",
+            hint="rerun `lorasel eval`: it resumes where it stopped",
+        )
+    included = []
+    for info in infos:
+        missing = sum(k not in done for k in keys_of[info.checkpoint])
+        if missing:
+            if info.checkpoint not in skipped:
+                reporter.warn(
+                    f"{info.label} left out: {missing} renders missing (another process skipped it)"
+                )
+            continue
+        included.append(info)
+    if not included:
+        raise EvaluationError(
+            "no checkpoint could be evaluated: none fits the base model",
+            hint="check --base: the checkpoints must be trained for this base model",
+        )
+    ids = {BASE} | {info.checkpoint for info in included}
+    items = [item for batch in plan if batch.checkpoint in ids for item in batch.items]
+    keys = [item.key for item in items]
+
+    def on_chunk(n: int, total: int) -> None:
+        reporter.emit(ProgressEvent("score", n, total, message="embedding renders"))
+
+    vectors = render_embeddings(scorer, store, keys, on_chunk)
+    texts = text_embeddings(
+        scorer, store, [it.prompt.scoring_text for it in items if it.prompt.kind == "out_of_domain"]
+    )
+    return build_results(
+        items,
+        render_embeddings=vectors,
+        text_embeddings=texts,
+        reference_embeddings=reference_vectors,
+        images=store.images(keys),
+        checkpoints=included,
+        settings=settings,
+    )
