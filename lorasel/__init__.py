@@ -8,6 +8,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["LoraselError", "__version__"]
+__all__ = ["LoraselError", "__version__", "pick"]
+
+from typing import Any
 
 from lorasel.errors import LoraselError
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import lorasel` stays light; `lorasel.pick(...)` imports the ranker on first use.
+    if name == "pick":
+        from lorasel.rank.picking import pick
+
+        return pick
+    raise AttributeError(f"module 'lorasel' has no attribute {name!r}")

@@ -1,0 +1,129 @@
+"""Pick the best (checkpoint, strength): the answer scripts rely on (``lorasel pick --json``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorasel.errors import NoCandidateError
+from lorasel.rank import inputs
+from lorasel.rank.bootstrap import summarise
+from lorasel.rank.loss import read_loss
+from lorasel.rank.ranking import Candidate, Ranking, rank
+from lorasel.rank.weights import Weights, check_minimum
+from lorasel.results import BASE
+from lorasel.rundir import RunDir
+
+
+def _candidate_json(c: Candidate) -> dict[str, Any]:
+    return {
+        "checkpoint": c.path,
+        "epoch": c.epoch,
+        "step": c.step,
+        "strength": c.strength,
+        "score": c.score,
+        "metrics": dict(c.metrics),
+        "p_best": c.p_best,
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class Pick:
+    """The chosen candidate, the next best, and the ranking they come from.
+
+    ``eligible``: how many candidates met the minimums; ``best.p_best``, the ties
+    (``tied_with``) and ``runner_up`` are among those (the same bootstrap rounds, restricted).
+    Scores and ranks stay those of the whole run.
+    """
+
+    best: Candidate
+    runner_up: Candidate | None
+    ranking: Ranking
+    eligible: int
+    tied_with: tuple[Candidate, ...] = ()
+    min_fidelity: float | None = None
+    min_flexibility: float | None = None
+
+    @property
+    def lowest_loss(self) -> Candidate | None:
+        return self.ranking.lowest_loss
+
+    def to_json(self) -> dict[str, Any]:
+        """DESIGN.md's object: checkpoint, epoch, step, strength, score, metrics, p_best, runner_up."""
+        out = _candidate_json(self.best)
+        out["runner_up"] = _candidate_json(self.runner_up) if self.runner_up is not None else None
+        return out
+
+
+def choose(
+    ranking: Ranking, *, min_fidelity: float | None = None, min_flexibility: float | None = None
+) -> Pick:
+    """The best candidate of ``ranking`` whose fidelity and flexibility meet the minimums.
+
+    Raises NoCandidateError (exit 3) when none does. The base model is never chosen.
+    """
+    min_fidelity = check_minimum("fidelity", min_fidelity)
+    min_flexibility = check_minimum("flexibility", min_flexibility)
+    table = ranking.table
+    ok = (table["checkpoint"] != BASE).to_numpy().copy()
+    if min_fidelity is not None:
+        ok &= (table["fidelity"] >= min_fidelity).fillna(False).to_numpy(dtype=bool)
+    if min_flexibility is not None:
+        ok &= (table["flexibility"] >= min_flexibility).fillna(False).to_numpy(dtype=bool)
+    rows = np.flatnonzero(ok)
+    if rows.size == 0:
+        contest = table[table["checkpoint"] != BASE]
+        asked = " and ".join(
+            f"{name} >= {value:g}"
+            for name, value in (("fidelity", min_fidelity), ("flexibility", min_flexibility))
+            if value is not None
+        )
+        raise NoCandidateError(
+            f"no (checkpoint, strength) has {asked} (best fidelity {contest['fidelity'].max():.3f}, "
+            f"best flexibility {contest['flexibility'].max():.3f})",
+            hint="lower --min-fidelity / --min-flexibility, or evaluate more checkpoints or strengths",
+        )
+    # P(best) and ties among the eligible candidates: the same bootstrap rounds, only their
+    # columns competing (with no minimums this reproduces the table's values).
+    summary = summarise(ranking.boot_scores[:, rows], 0)
+    eligible = [
+        replace(
+            Candidate.from_row(table.iloc[i]), p_best=float(summary.p_best[k]), tied=bool(summary.tied[k])
+        )
+        for k, i in enumerate(rows)
+    ]
+    return Pick(
+        best=eligible[0],
+        runner_up=eligible[1] if len(eligible) > 1 else None,
+        ranking=ranking,
+        eligible=len(eligible),
+        tied_with=tuple(c for c in eligible[1:] if c.tied),
+        min_fidelity=min_fidelity,
+        min_flexibility=min_flexibility,
+    )
+
+
+def pick(
+    path: str | Path,
+    *,
+    min_fidelity: float | None = None,
+    min_flexibility: float | None = None,
+    strengths: Sequence[float] | None = None,
+    weights: Weights | None = None,
+    workdir: str | Path | None = None,
+) -> Pick:
+    """Rank the evaluated run at ``path`` and pick the best (checkpoint, strength).
+
+    ``lorasel.pick`` is this function. Raises ResultsError when ``path`` was not evaluated,
+    ConfigError for bad weights, strengths or minimums, NoCandidateError when nothing meets
+    the minimums.
+    """
+    check_minimum("fidelity", min_fidelity)
+    check_minimum("flexibility", min_flexibility)
+    results = inputs.load_inputs(path, workdir)
+    ranking = rank(results, weights=weights, strengths=strengths, loss=read_loss(RunDir.at(path).root))
+    return choose(ranking, min_fidelity=min_fidelity, min_flexibility=min_flexibility)

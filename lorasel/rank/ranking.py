@@ -1,0 +1,248 @@
+"""Rank every evaluated (checkpoint, strength) pair, with bootstrap confidence and the loss beside it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lorasel.errors import ConfigError
+from lorasel.rank.bootstrap import bootstrap_scores, interval, point_means, summarise
+from lorasel.rank.evidence import gather_evidence
+from lorasel.rank.loss import LossLog, checkpoint_loss, spearman
+from lorasel.rank.pareto import pareto_front
+from lorasel.rank.score import Normalisation, composite, fit_normalisation
+from lorasel.rank.weights import DEFAULT_WEIGHTS, Weights
+from lorasel.results import BASE, METRICS, Results
+
+#: Columns of :attr:`Ranking.table` (docs/internals.md), plus ``path``, ``val_loss``, ``win_vs_best``.
+TABLE_COLUMNS = (
+    "checkpoint", "label", "path", "epoch", "step", "strength", *METRICS, "score", "score_lo",
+    "score_hi", "rank", "p_best", "win_vs_best", "tied", "pareto", "loss", "val_loss",
+)  # fmt: skip
+
+#: Rows of ``lorasel rank --json`` (DESIGN.md).
+JSON_COLUMNS = (
+    "checkpoint", "epoch", "step", "strength", *METRICS, "score", "rank", "p_best", "loss",
+)  # fmt: skip
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None or value is pd.NA:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the ranking, as plain Python values (None where unknown)."""
+
+    checkpoint: str  # candidate id: path relative to the evaluated folder, or "base"
+    path: str  # absolute checkpoint path ("base" for the base model)
+    label: str
+    epoch: int | None
+    step: int | None
+    strength: float
+    score: float
+    score_lo: float | None
+    score_hi: float | None
+    rank: int | None
+    p_best: float | None
+    tied: bool
+    pareto: bool
+    metrics: dict[str, float | None]
+    loss: float | None
+    val_loss: float | None
+
+    @classmethod
+    def from_row(cls, row: pd.Series) -> Candidate:
+        return cls(
+            checkpoint=str(row["checkpoint"]),
+            path=str(row["path"]),
+            label=str(row["label"]),
+            epoch=_opt_int(row["epoch"]),
+            step=_opt_int(row["step"]),
+            strength=float(row["strength"]),
+            score=float(row["score"]),
+            score_lo=_opt_float(row["score_lo"]),
+            score_hi=_opt_float(row["score_hi"]),
+            rank=_opt_int(row["rank"]),
+            p_best=_opt_float(row["p_best"]),
+            tied=bool(row["tied"]),
+            pareto=bool(row["pareto"]),
+            metrics={m: _opt_float(row[m]) for m in METRICS},
+            loss=_opt_float(row["loss"]),
+            val_loss=_opt_float(row["val_loss"]),
+        )
+
+    @property
+    def is_base(self) -> bool:
+        return self.checkpoint == BASE
+
+
+@dataclass(frozen=True, eq=False)
+class Ranking:
+    """The ranked table and what produced it.
+
+    ``table``: one row per (checkpoint, strength), columns :data:`TABLE_COLUMNS`, sorted by rank
+    with the base model last (rank, p_best NA). ``boot_scores``: ``[n_boot, len(table)]``, the
+    bootstrap scores of the table's rows (column i is row i). ``loss_spearman``: Spearman ρ
+    between each checkpoint's loss and its best score over strengths (None without loss).
+    """
+
+    table: pd.DataFrame
+    weights: Weights
+    normalisation: Normalisation
+    n_boot: int
+    seed: int
+    units: dict[str, int]
+    loss_source: str | None
+    loss_spearman: float | None
+    boot_scores: np.ndarray = field(repr=False)
+
+    def _contest(self) -> pd.DataFrame:
+        return self.table[self.table["checkpoint"] != BASE]
+
+    @property
+    def best(self) -> Candidate:
+        """The top-ranked candidate (the base model never is)."""
+        return Candidate.from_row(self._contest().iloc[0])
+
+    @property
+    def runner_up(self) -> Candidate | None:
+        contest = self._contest()
+        return Candidate.from_row(contest.iloc[1]) if len(contest) > 1 else None
+
+    @property
+    def base(self) -> Candidate | None:
+        rows = self.table[self.table["checkpoint"] == BASE]
+        return Candidate.from_row(rows.iloc[0]) if len(rows) else None
+
+    @property
+    def lowest_loss(self) -> Candidate | None:
+        """What picking by training loss would choose: the checkpoint with the lowest loss, at the
+        evaluated strength closest to 1.0 (loss is measured at full strength)."""
+        contest = self._contest()
+        with_loss = contest[contest["loss"].notna()]
+        if with_loss.empty:
+            return None
+        target = with_loss.loc[with_loss["loss"].idxmin(), "checkpoint"]
+        rows = contest[contest["checkpoint"] == target]
+        row = rows.loc[(rows["strength"] - 1.0).abs().idxmin()]
+        return Candidate.from_row(row)
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate.from_row(row) for _, row in self.table.iterrows()]
+
+    def json_rows(self) -> list[dict[str, Any]]:
+        """Rows of ``lorasel rank --json``: DESIGN.md's fields, ``checkpoint`` as the file's path."""
+        out = []
+        for c in self.candidates():
+            out.append(
+                {
+                    "checkpoint": c.path,
+                    "epoch": c.epoch,
+                    "step": c.step,
+                    "strength": c.strength,
+                    **c.metrics,
+                    "score": _opt_float(c.score),
+                    "rank": c.rank,
+                    "p_best": c.p_best,
+                    "loss": c.loss,
+                }
+            )
+        return out
+
+
+def rank(
+    results: Results,
+    *,
+    weights: Weights | None = None,
+    strengths: Sequence[float] | None = None,
+    loss: LossLog | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Ranking:
+    """Rank every (checkpoint, strength) of ``results`` by the composite score.
+
+    ``strengths`` restricts the ranking to those evaluated strengths (ConfigError for one that
+    was not evaluated). ``loss``: a training loss log to show beside the scores. The bootstrap
+    is seeded: the same inputs give the same table.
+    """
+    weights = weights or DEFAULT_WEIGHTS
+    if not isinstance(n_boot, int) or n_boot < 1:
+        raise ConfigError(f"n_boot={n_boot!r} must be a positive integer", hint="use e.g. 1000")
+    evidence = gather_evidence(results, strengths)
+    contest = evidence.contest
+    point = point_means(evidence)
+    norm = fit_normalisation({m: point[m][contest] for m in METRICS})
+    score = composite(point, norm, weights)
+    boot = bootstrap_scores(evidence, norm, weights, n_boot, seed)
+
+    table = evidence.candidates.drop(columns="is_base").copy()
+    for m in METRICS:
+        table[m] = point[m]
+    table["score"] = score
+    # Rank by the point estimate; equal scores share a rank; earlier checkpoints break ties.
+    contest_scores = pd.Series(np.round(score[contest], 12))
+    ranks = contest_scores.rank(method="min", ascending=False).astype(int).to_numpy()
+    order = np.lexsort((np.arange(len(contest)), ranks))
+    best = int(order[0])
+    summary = summarise(boot[:, contest], best)
+    table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
+    table.loc[contest, "rank"] = ranks
+    for name in ("p_best", "win_vs_best"):
+        table[name] = np.nan
+        table.loc[contest, name] = getattr(summary, name)
+    table["score_lo"], table["score_hi"] = interval(boot)
+    table["tied"] = False
+    table.loc[contest, "tied"] = summary.tied
+    table["pareto"] = False
+    table.loc[contest, "pareto"] = pareto_front(point["fidelity"][contest], point["flexibility"][contest])
+
+    paths = dict(
+        zip(
+            results.checkpoints["checkpoint"].astype(str),
+            results.checkpoints["path"].astype(str),
+            strict=True,
+        )
+    )
+    table["path"] = [BASE if c == BASE else paths.get(c, c) for c in table["checkpoint"]]
+
+    loss_spearman = None
+    table["loss"], table["val_loss"] = np.nan, np.nan
+    if loss is not None:
+        ckpts = table.loc[contest, ["checkpoint", "epoch", "step"]].drop_duplicates("checkpoint")
+        per_ckpt = checkpoint_loss(loss, ckpts).set_index("checkpoint")
+        table["loss"] = table["checkpoint"].map(per_ckpt["loss"]).astype(float)
+        table["val_loss"] = table["checkpoint"].map(per_ckpt["val_loss"]).astype(float)
+        best_score = table.loc[contest].groupby("checkpoint", sort=False)["score"].max()
+        loss_spearman = spearman(per_ckpt["loss"].reindex(best_score.index).to_numpy(), best_score.to_numpy())
+
+    # Sort: by rank, then checkpoint order and strength; the base model last.
+    table["_pos"] = np.arange(len(table))
+    table["_base"] = table["checkpoint"] == BASE
+    table = table.sort_values(["_base", "rank", "_pos"], kind="stable", na_position="last")
+    boot = boot[:, table["_pos"].to_numpy()]
+    table = table.drop(columns=["_pos", "_base"]).reset_index(drop=True)[list(TABLE_COLUMNS)]
+
+    return Ranking(
+        table=table,
+        weights=weights,
+        normalisation=norm,
+        n_boot=n_boot,
+        seed=seed,
+        units=evidence.units["kind"].value_counts().to_dict(),
+        loss_source=loss.source if loss is not None else None,
+        loss_spearman=loss_spearman,
+        boot_scores=boot,
+    )

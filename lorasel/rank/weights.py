@@ -1,0 +1,123 @@
+"""The composite score's weights, and parsing of the ``--weights`` and ``--strengths`` options.
+
+The default composite balances the two things a LoRA is for: **fidelity** (it draws the
+concept) and **flexibility** (it still obeys the rest of the prompt). Overfitting trades the
+second for the first, along epochs and along strength, so neither alone picks well.
+**Diversity** (renders of one prompt still differ across seeds) and **preservation** (prompts
+without the trigger still look like the base model's) are secondary symptoms of the same
+overfitting, so they count a quarter each. The lead tunes these numbers against the toy-world
+oracle; they live in one constant, :data:`DEFAULT_WEIGHTS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from lorasel.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Weights of the normalised metrics in the composite score (non-negative, not all zero)."""
+
+    fidelity: float = 1.0
+    flexibility: float = 1.0
+    diversity: float = 0.25
+    preservation: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name, value in self.as_dict().items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(
+                    f"weight {name}={value!r} is not a finite number",
+                    hint="give weights as name=number, e.g. fidelity=1,flexibility=1",
+                )
+            if value < 0:
+                raise ConfigError(
+                    f"weight {name}={value:g} is negative",
+                    hint="weights are non-negative; use 0 to ignore a metric",
+                )
+        if sum(self.as_dict().values()) <= 0:
+            raise ConfigError(
+                "all weights are zero",
+                hint="give at least one metric a positive weight, e.g. fidelity=1,flexibility=1",
+            )
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, text: str, base: Weights | None = None) -> Weights:
+        """Parse ``"fidelity=1,flexibility=1,diversity=0.25"``.
+
+        Names not given keep their value in ``base`` (the defaults), so ``diversity=0`` alone
+        switches diversity off.
+        """
+        known = [f.name for f in fields(cls)]
+        values: dict[str, float] = {}
+        for raw in text.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            name, sep, number = item.partition("=")
+            name = name.strip().lower()
+            if not sep:
+                raise ConfigError(
+                    f"--weights item {item!r} is not name=value",
+                    hint=f"write e.g. fidelity=1,flexibility=1 (names: {', '.join(known)})",
+                )
+            if name not in known:
+                raise ConfigError(
+                    f"--weights names an unknown metric {name!r}",
+                    hint=f"known metrics: {', '.join(known)}",
+                )
+            if name in values:
+                raise ConfigError(f"--weights gives {name!r} twice", hint="give each metric once")
+            try:
+                values[name] = float(number)
+            except ValueError:
+                raise ConfigError(
+                    f"--weights value for {name!r} is not a number: {number.strip()!r}",
+                    hint="write e.g. fidelity=1,flexibility=0.5",
+                ) from None
+        if not values:
+            raise ConfigError("--weights is empty", hint="write e.g. fidelity=1,flexibility=1")
+        return replace(base or DEFAULT_WEIGHTS, **values)
+
+
+#: The default composite (see the module docstring for why).
+DEFAULT_WEIGHTS = Weights(fidelity=1.0, flexibility=1.0, diversity=0.25, preservation=0.25)
+
+
+def parse_strengths(text: str) -> list[float]:
+    """Parse ``"0.5,0.75,1.0"`` into sorted unique floats (raises ConfigError on bad input)."""
+    out: list[float] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise ConfigError(
+                f"--strengths value {item!r} is not a number", hint="write e.g. --strengths 0.5,0.75,1.0"
+            ) from None
+        if not math.isfinite(value):
+            raise ConfigError(f"--strengths value {item!r} is not finite", hint="write e.g. 0.5,0.75,1.0")
+        out.append(value)
+    if not out:
+        raise ConfigError("--strengths is empty", hint="write e.g. --strengths 0.5,0.75,1.0")
+    return sorted(set(out))
+
+
+def check_minimum(name: str, value: float | None) -> float | None:
+    """A ``--min-fidelity`` / ``--min-flexibility`` must be a cosine: within [-1, 1]."""
+    if value is None:
+        return None
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise ConfigError(
+            f"--min-{name} {value:g} is outside [-1, 1]",
+            hint=f"{name} is a CLIP cosine; typical values are 0.2-0.9",
+        )
+    return float(value)

@@ -1,0 +1,389 @@
+"""Ranking: weights, normalisation, composite score, Pareto front, paired bootstrap, ties, pick."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lorasel.errors import ConfigError, NoCandidateError, ResultsError
+from lorasel.rank import DEFAULT_WEIGHTS, Weights, choose, pareto_front, parse_strengths, rank
+from lorasel.rank.bootstrap import (
+    TIE_THRESHOLD,
+    bootstrap_scores,
+    metric_means,
+    p_best,
+    point_means,
+    unit_counts,
+)
+from lorasel.rank.evidence import gather_evidence
+from lorasel.rank.score import composite, fit_normalisation
+from lorasel.results import BASE, METRICS, Results
+from tests.synthetic_results import from_table, make_results
+
+# --------------------------------------------------------------------------- weights and options
+
+
+def test_default_weights_cover_every_metric_and_balance_fidelity_with_flexibility():
+    w = DEFAULT_WEIGHTS.as_dict()
+    assert tuple(w) == METRICS
+    assert w["fidelity"] == w["flexibility"] > w["diversity"] > 0
+
+
+def test_weights_parse_keeps_defaults_for_names_not_given():
+    w = Weights.parse("fidelity=2, diversity=0")
+    assert w == Weights(fidelity=2.0, flexibility=1.0, diversity=0.0, preservation=0.25)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fidelity=-1", "negative"),
+        ("fidelity=0,flexibility=0,diversity=0,preservation=0", "all weights are zero"),
+        ("sharpness=1", "unknown metric 'sharpness'"),
+        ("fidelity", "not name=value"),
+        ("fidelity=abc", "not a number"),
+        ("fidelity=nan", "not a finite number"),
+        ("fidelity=1,fidelity=2", "twice"),
+        (" , ", "empty"),
+    ],
+)
+def test_bad_weights_are_config_errors_naming_the_problem(text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        Weights.parse(text)
+    assert info.value.hint
+
+
+def test_parse_strengths():
+    assert parse_strengths("1.0, 0.5,0.75,0.5") == [0.5, 0.75, 1.0]
+    for bad in ("", "0.5,x", "inf"):
+        with pytest.raises(ConfigError, match="--strengths"):
+            parse_strengths(bad)
+
+
+# --------------------------------------------------------------------------- known answers
+
+# Three checkpoints at one strength; diversity and preservation do not vary, so only fidelity
+# and flexibility count. Min-max: fidelity a=1, b=0.5, c=0; flexibility a=5/7, b=1, c=0.
+THREE = [
+    {"checkpoint": "a", "strength": 1.0, "fidelity": 0.9, "flexibility": 0.30, "diversity": 2.0, "preservation": 0.9},
+    {"checkpoint": "b", "strength": 1.0, "fidelity": 0.8, "flexibility": 0.32, "diversity": 2.0, "preservation": 0.9},
+    {"checkpoint": "c", "strength": 1.0, "fidelity": 0.7, "flexibility": 0.25, "diversity": 2.0, "preservation": 0.9},
+]  # fmt: skip
+
+
+def test_known_ranking_with_default_weights():
+    ranking = rank(from_table(THREE), n_boot=200)
+    contest = ranking.table[ranking.table["checkpoint"] != BASE]
+    assert list(contest["label"]) == ["a", "b", "c"]
+    expected = {"a": (1 + 5 / 7) / 2, "b": (0.5 + 1) / 2, "c": 0.0}
+    for label, score in expected.items():
+        assert contest.set_index("label").loc[label, "score"] == pytest.approx(score)
+    assert list(contest["rank"]) == [1, 2, 3]
+    assert ranking.normalisation.active == ("fidelity", "flexibility")  # the constant ones are left out
+    # Without noise every round agrees: the best wins them all and nothing is tied.
+    assert contest["p_best"].tolist() == [1.0, 0.0, 0.0]
+    assert not contest["tied"].any()
+
+
+def test_weights_change_the_answer():
+    ranking = rank(from_table(THREE), weights=Weights.parse("fidelity=0"), n_boot=50)
+    assert ranking.best.label == "b"
+    ranking = rank(from_table(THREE), weights=Weights.parse("flexibility=0"), n_boot=50)
+    assert ranking.best.label == "a"
+
+
+def test_composite_matches_hand_computation_with_all_four_metrics():
+    rows = [
+        {"checkpoint": "a", "strength": 1.0, "fidelity": 0.9, "flexibility": 0.2, "diversity": 2.0, "preservation": 0.8},
+        {"checkpoint": "b", "strength": 1.0, "fidelity": 0.5, "flexibility": 0.3, "diversity": 3.0, "preservation": 0.9},
+        {"checkpoint": "c", "strength": 1.0, "fidelity": 0.7, "flexibility": 0.25, "diversity": 2.5, "preservation": 1.0},
+    ]  # fmt: skip
+    w = Weights(fidelity=1, flexibility=2, diversity=0.5, preservation=0.25)
+    table = rank(from_table(rows), weights=w, n_boot=10).table.set_index("label")
+    norm = {  # min-max by hand
+        "a": (1.0, 0.0, 0.0, 0.0),
+        "b": (0.0, 1.0, 1.0, 0.5),
+        "c": (0.5, 0.5, 0.5, 1.0),
+    }
+    for label, (f, x, d, p) in norm.items():
+        expected = (1 * f + 2 * x + 0.5 * d + 0.25 * p) / 3.75
+        assert table.loc[label, "score"] == pytest.approx(expected)
+
+
+def test_constant_metric_is_robust_and_left_out():
+    means = {"fidelity": np.array([0.5, 0.5, 0.5]), "flexibility": np.array([0.1, 0.2, 0.3])}
+    norm = fit_normalisation(means)
+    assert norm.active == ("flexibility",)
+    scores = composite(
+        {**means, "diversity": np.full(3, np.nan), "preservation": np.full(3, np.nan)}, norm, DEFAULT_WEIGHTS
+    )
+    assert scores == pytest.approx([0.0, 0.5, 1.0])
+    # Everything constant: every candidate scores the same, nothing divides by zero.
+    flat = {m: np.ones(3) for m in METRICS}
+    assert composite(flat, fit_normalisation(flat), DEFAULT_WEIGHTS).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_base_model_is_shown_but_never_ranked_or_picked():
+    results = make_results(checkpoints=3, seed=1)
+    # Make the base model look better than everything: it must still not be picked.
+    r = results.renders
+    r.loc[r["checkpoint"] == BASE, ["fidelity", "flexibility", "preservation"]] = 5.0
+    ranking = rank(results, n_boot=50)
+    base = ranking.table[ranking.table["checkpoint"] == BASE]
+    assert len(base) == 1 and base.index[0] == len(ranking.table) - 1  # listed last
+    assert pd.isna(base["rank"].iloc[0]) and math.isnan(base["p_best"].iloc[0])
+    assert not ranking.best.is_base and ranking.best.rank == 1
+    assert ranking.base is not None and ranking.base.score > ranking.best.score
+
+
+def test_strengths_filter_and_unknown_strength():
+    results = make_results(checkpoints=3, strengths=(0.5, 0.75, 1.0))
+    ranking = rank(results, strengths=[0.75, 1.0], n_boot=20)
+    assert set(ranking.table["strength"]) == {0.0, 0.75, 1.0}
+    with pytest.raises(ConfigError, match=r"strength 0.6 was not evaluated \(evaluated: 0.5, 0.75, 1\)"):
+        rank(results, strengths=[0.6])
+
+
+def test_point_means_match_results_candidates():
+    """The evidence arrays give the same per-candidate means as the Results frame's own groupby."""
+    results = make_results(checkpoints=3, seeds=2, seed=3)
+    ranking = rank(results, n_boot=10)
+    reference = results.candidates().set_index(["checkpoint", "strength"])
+    table = ranking.table.set_index(["checkpoint", "strength"])
+    for m in METRICS:
+        np.testing.assert_allclose(table[m], reference.loc[table.index, m], rtol=1e-12)
+
+
+def test_results_without_checkpoints_or_renders():
+    results = make_results(checkpoints=2)
+    only_base = Results(
+        renders=results.renders[results.renders["checkpoint"] == BASE],
+        diversity=results.diversity,
+        checkpoints=results.checkpoints.iloc[0:0],
+    )
+    with pytest.raises(ResultsError, match="only the base model"):
+        rank(only_base)
+    empty = Results(
+        renders=results.renders.iloc[0:0],
+        diversity=results.diversity.iloc[0:0],
+        checkpoints=results.checkpoints,
+    )
+    with pytest.raises(ResultsError, match="no renders"):
+        rank(empty)
+
+
+# --------------------------------------------------------------------------- Pareto front
+
+
+def test_pareto_front_on_a_hand_made_set():
+    fidelity = [0.9, 0.8, 0.7, 0.5, 0.5, 0.4, np.nan, 0.95]
+    flexibility = [0.1, 0.2, 0.2, 0.3, 0.3, 0.05, 0.5, 0.0]
+    # (0.7, 0.2) is dominated by (0.8, 0.2); (0.4, 0.05) by several; NaN is never on the front;
+    # the duplicates (0.5, 0.3) do not dominate each other; (0.95, 0.0) is best on fidelity.
+    assert pareto_front(fidelity, flexibility).tolist() == [True, True, False, True, True, False, False, True]
+
+
+def test_ranking_marks_the_pareto_front():
+    rows = [
+        {"checkpoint": "a", "strength": 1.0, "fidelity": 0.9, "flexibility": 0.2, "diversity": 2, "preservation": 1},
+        {"checkpoint": "b", "strength": 1.0, "fidelity": 0.8, "flexibility": 0.3, "diversity": 2, "preservation": 1},
+        {"checkpoint": "c", "strength": 1.0, "fidelity": 0.7, "flexibility": 0.25, "diversity": 2, "preservation": 1},
+    ]  # fmt: skip
+    table = rank(from_table(rows), n_boot=10).table.set_index("label")
+    assert table.loc[["a", "b", "c"], "pareto"].tolist() == [True, True, False]
+    assert not table.loc["base", "pareto"]
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def test_unit_counts_resample_within_each_kind():
+    strata = np.array([0, 0, 0, 1, 1, 2])
+    counts = unit_counts(strata, 500, np.random.default_rng(0))
+    assert counts.shape == (500, 6)
+    np.testing.assert_array_equal(counts[:, :3].sum(axis=1), 3)
+    np.testing.assert_array_equal(counts[:, 3:5].sum(axis=1), 2)
+    np.testing.assert_array_equal(counts[:, 5], 1)
+    assert counts[:, :3].mean() == pytest.approx(1.0, abs=0.1)
+
+
+def test_vectorised_bootstrap_equals_a_naive_loop():
+    """Each round's scores, recomputed with pandas one round at a time, from the same draws."""
+    results = make_results(checkpoints=3, strengths=(0.5, 1.0), prompts_per_kind=2, seeds=3, seed=5)
+    evidence = gather_evidence(results)
+    point = point_means(evidence)
+    norm = fit_normalisation({m: point[m][evidence.contest] for m in METRICS})
+    rng = np.random.default_rng(11)
+    counts = unit_counts(evidence.strata, 25, rng)
+    fast = composite(metric_means(evidence, counts), norm, DEFAULT_WEIGHTS)
+
+    units = evidence.units.assign(u=range(len(evidence.units)))
+    renders = results.renders.merge(units, on=["prompt_id", "seed_index", "kind"])
+    div = results.diversity
+    w = DEFAULT_WEIGHTS.as_dict()
+    for b in range(counts.shape[0]):
+        draw = pd.Series(counts[b], index=units["u"])
+        weight = renders["u"].map(draw)
+        prompt_weight = units.assign(c=counts[b]).groupby("prompt_id")["c"].sum()
+        for c, cand in evidence.candidates.iterrows():
+            mine = (renders["checkpoint"] == cand["checkpoint"]) & (renders["strength"] == cand["strength"])
+            total = 0.0
+            for m in ("fidelity", "flexibility", "preservation"):
+                rows = mine & renders[m].notna()
+                mean = np.average(renders.loc[rows, m], weights=weight[rows])
+                total += w[m] * (mean - norm.low[m]) / (norm.high[m] - norm.low[m])
+            d = div[(div["checkpoint"] == cand["checkpoint"]) & (div["strength"] == cand["strength"])]
+            dmean = np.average(d["diversity"], weights=d["prompt_id"].map(prompt_weight))
+            total += (
+                w["diversity"]
+                * (dmean - norm.low["diversity"])
+                / (norm.high["diversity"] - norm.low["diversity"])
+            )
+            assert fast[b, c] == pytest.approx(total / sum(w.values()), abs=1e-12)
+
+
+def test_clearly_dominant_candidate_has_p_best_near_one():
+    def quality(epoch, strength):
+        good = epoch == 2
+        return {
+            "fidelity": 0.8 if good else 0.7,
+            "flexibility": 0.30 if good else 0.28,
+            "diversity": 2.5,
+            "preservation": 0.9,
+        }
+
+    results = make_results(
+        checkpoints=4, strengths=(1.0,), quality=quality, unit_noise=0.05, render_noise=0.02
+    )
+    ranking = rank(results, n_boot=1000, seed=0)
+    assert ranking.best.label == "zkz-000002"
+    assert ranking.best.p_best > 0.99
+    assert not ranking.best.tied
+    contest = ranking.table[ranking.table["checkpoint"] != BASE]
+    assert contest["p_best"].sum() == pytest.approx(1.0)
+
+
+def test_two_identical_candidates_split_p_best_and_are_tied():
+    rows = [
+        {"checkpoint": "twin1", "strength": 1.0, "fidelity": 0.8, "flexibility": 0.3, "diversity": 2, "preservation": 0.9},
+        {"checkpoint": "twin2", "strength": 1.0, "fidelity": 0.8, "flexibility": 0.3, "diversity": 2, "preservation": 0.9},
+        {"checkpoint": "worse", "strength": 1.0, "fidelity": 0.6, "flexibility": 0.2, "diversity": 2, "preservation": 0.9},
+    ]  # fmt: skip
+    # Large unit noise, shared by the twins: every round they score the same.
+    ranking = rank(from_table(rows, unit_noise=0.2, seed=4), n_boot=500)
+    table = ranking.table.set_index("label")
+    assert table.loc["twin1", "p_best"] == pytest.approx(0.5, abs=1e-9)
+    assert table.loc["twin2", "p_best"] == pytest.approx(0.5, abs=1e-9)
+    assert table.loc["twin1", "rank"] == table.loc["twin2", "rank"] == 1
+    assert table.loc["twin1", "tied"] and table.loc["twin2", "tied"]
+    assert table.loc["worse", "p_best"] == 0.0 and not table.loc["worse", "tied"]
+    assert ranking.best.label == "twin1"  # earlier checkpoint first among equals
+
+
+def test_pairing_separates_candidates_that_unit_noise_would_hide():
+    """a = b + 0.01 on every unit, under unit noise 10x larger: only a paired bootstrap sees it."""
+
+    def quality(epoch, strength):
+        bump = 0.01 if epoch == 1 else 0.0
+        return {"fidelity": 0.7 + bump, "flexibility": 0.3 + bump, "diversity": 2.0, "preservation": 0.9}
+
+    results = make_results(checkpoints=2, strengths=(1.0,), quality=quality, unit_noise=0.1, render_noise=0.0)
+    ranking = rank(results, n_boot=400)
+    assert ranking.best.label == "zkz-000001"
+    assert ranking.best.p_best == 1.0 and not ranking.best.tied
+    # Unpaired reference: each candidate's units resampled independently.
+    evidence = gather_evidence(results)
+    point = point_means(evidence)
+    norm = fit_normalisation({m: point[m][evidence.contest] for m in METRICS})
+    rng = np.random.default_rng(0)
+    independent = np.column_stack(
+        [
+            composite(metric_means(evidence, unit_counts(evidence.strata, 400, rng)), norm, DEFAULT_WEIGHTS)[
+                :, c
+            ]
+            for c in evidence.contest
+        ]
+    )
+    assert 0.2 < p_best(independent)[0] < 0.95  # the noise swamps the difference
+
+
+def test_ties_follow_the_documented_threshold():
+    results = make_results(checkpoints=6, strengths=(0.5, 1.0), unit_noise=0.03, render_noise=0.03, seed=2)
+    ranking = rank(results, n_boot=800, seed=1)
+    contest = ranking.table[ranking.table["checkpoint"] != BASE]
+    others = contest.iloc[1:]
+    np.testing.assert_array_equal(others["tied"], others["win_vs_best"] < TIE_THRESHOLD)
+    assert contest["tied"].iloc[0] == bool(others["tied"].any())
+    assert (contest["score_lo"] <= contest["score"] + 1e-12).all()
+    assert (contest["score"] <= contest["score_hi"] + 1e-12).all()
+
+
+def test_bootstrap_is_seeded():
+    results = make_results(checkpoints=3, seed=9)
+    a = rank(results, n_boot=100, seed=7).table
+    b = rank(results, n_boot=100, seed=7).table
+    c = rank(results, n_boot=100, seed=8).table
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["p_best"].equals(c["p_best"]) or not a["score_lo"].equals(c["score_lo"])
+
+
+def test_bootstrap_speed_30_candidates_200_units():
+    results = make_results(checkpoints=10, strengths=(0.5, 0.75, 1.0), prompts_per_kind=10, seeds=5)
+    evidence = gather_evidence(results)
+    assert len(evidence.contest) == 30 and len(evidence.units) == 200
+    point = point_means(evidence)
+    norm = fit_normalisation({m: point[m][evidence.contest] for m in METRICS})
+    start = time.perf_counter()
+    scores = bootstrap_scores(evidence, norm, DEFAULT_WEIGHTS, 1000, 0)
+    p_best(scores[:, evidence.contest])
+    elapsed = time.perf_counter() - start
+    assert scores.shape == (1000, 31)
+    assert elapsed < 1.0, f"1000 rounds took {elapsed:.2f} s"
+
+
+# --------------------------------------------------------------------------- choose (pick)
+
+
+def test_choose_respects_minimums_and_recomputes_p_best_among_the_eligible():
+    results = make_results(checkpoints=6, strengths=(0.5, 1.0), seed=3)
+    ranking = rank(results, n_boot=300)
+    best = ranking.best
+    free = choose(ranking)
+    assert free.best == best and free.runner_up == ranking.runner_up
+    contest = ranking.table[ranking.table["checkpoint"] != BASE]
+    assert [c.label for c in free.tied_with] == list(contest["label"][contest["tied"]].iloc[1:])
+    # Demand more flexibility than the best has: the pick moves to one that has it.
+    floor = best.metrics["flexibility"] + 1e-6
+    chosen = choose(ranking, min_flexibility=floor)
+    assert chosen.best.metrics["flexibility"] >= floor
+    eligible = ranking.table[(ranking.table["checkpoint"] != BASE) & (ranking.table["flexibility"] >= floor)]
+    assert chosen.eligible == len(eligible)
+    assert (chosen.best.checkpoint, chosen.best.strength) == tuple(
+        eligible.iloc[0][["checkpoint", "strength"]]
+    )
+    # P(best) among fewer competitors can only grow; ties are among the eligible only.
+    assert chosen.best.p_best >= eligible.iloc[0]["p_best"]
+    assert all(c.metrics["flexibility"] >= floor for c in chosen.tied_with)
+
+
+def test_choose_raises_no_candidate_and_checks_the_range():
+    ranking = rank(make_results(checkpoints=2), n_boot=20)
+    with pytest.raises(NoCandidateError, match=r"fidelity >= 0.99") as info:
+        choose(ranking, min_fidelity=0.99)
+    assert info.value.exit_code == 3
+    with pytest.raises(ConfigError, match=r"--min-flexibility 1.5 is outside \[-1, 1\]"):
+        choose(ranking, min_flexibility=1.5)
+
+
+def test_pick_json_has_the_design_fields():
+    ranking = rank(make_results(checkpoints=3), n_boot=50)
+    data = choose(ranking).to_json()
+    fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best"]
+    assert list(data) == [*fields, "runner_up"]
+    assert list(data["runner_up"]) == fields
+    assert set(data["metrics"]) == set(METRICS)
+    assert data["checkpoint"].endswith(ranking.best.checkpoint) and data["checkpoint"].startswith("/")

@@ -1,0 +1,248 @@
+"""`lorasel rank`, `pick`, `report` and `lorasel.pick` through CliRunner, the evaluator replaced."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import lorasel
+from lorasel.cli import app
+from lorasel.errors import ResultsError
+from lorasel.rank import inputs
+from lorasel.results import BASE, METRICS
+from tests.synthetic_results import make_results
+
+runner = CliRunner()
+
+RANK_FIELDS = [
+    "checkpoint", "epoch", "step", "strength", "fidelity", "flexibility", "diversity", "preservation",
+    "score", "rank", "p_best", "loss",
+]  # fmt: skip
+PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best"]
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """An evaluated run: renders in RUN/lorasel, a loss log, the evaluator's store replaced."""
+    root = tmp_path / "run"
+    results = make_results(checkpoints=4, strengths=(0.5, 1.0), seeds=2, state_dir=root / "lorasel", seed=2)
+    (root / "logs").mkdir(parents=True)
+    rows = [
+        {"step": s, "epoch": (s - 1) // 10 + 1, "loss": 1.0 / ((s - 1) // 10 + 1), "lr": 1e-4}
+        for s in range(1, 41)
+    ]
+    pd.DataFrame(rows).to_csv(root / "logs" / "loss.csv", index=False)
+    calls = []
+
+    def fake_load_inputs(path, workdir=None):
+        calls.append((path, workdir))
+        return results
+
+    monkeypatch.setattr(inputs, "load_inputs", fake_load_inputs)
+    return types.SimpleNamespace(root=root, calls=calls, results=results)
+
+
+def test_rank_human_output(run):
+    result = runner.invoke(app, ["rank", str(run.root)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "4 checkpoints x 2 strengths" in out
+    assert "zkz-000001" in out and "base" in out
+    assert "pick: zkz-" in out
+    assert "lowest loss would pick: zkz-000004 at strength 1" in out
+    assert "Spearman rho" in out
+
+
+def test_rank_json_rows_are_design_fields(run):
+    result = runner.invoke(app, ["rank", str(run.root), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 4 * 2 + 1
+    assert all(list(row) == RANK_FIELDS for row in rows)
+    contest = [r for r in rows if r["checkpoint"] != BASE]
+    assert [r["rank"] for r in contest] == sorted(r["rank"] for r in contest)
+    assert contest[0]["rank"] == 1 and contest[0]["checkpoint"].startswith(str(run.root))
+    assert sum(r["p_best"] for r in contest) == pytest.approx(1.0)
+    base = [r for r in rows if r["checkpoint"] == BASE]
+    assert base[0]["rank"] is None and base[0]["p_best"] is None and base[0]["loss"] is None
+    assert all(isinstance(r["loss"], float) for r in contest)
+
+
+def test_rank_csv_and_strengths_filter(run):
+    result = runner.invoke(app, ["rank", str(run.root), "--csv", "--strengths", "1.0"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert len(table) == 4 + 1
+    assert set(table["strength"]) == {0.0, 1.0}
+    for column in (*METRICS, "score", "rank", "p_best", "loss"):
+        assert column in table.columns
+
+
+def test_pick_json_and_python_api_agree(run):
+    result = runner.invoke(app, ["pick", str(run.root), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert list(data) == [*PICK_FIELDS, "runner_up"]
+    assert list(data["runner_up"]) == PICK_FIELDS
+    assert set(data["metrics"]) == set(METRICS)
+    table = lorasel.rank.rank(run.results, loss=lorasel.rank.read_loss(run.root)).table
+    assert (
+        data["checkpoint"]
+        == table["path"].iloc[0]
+        == str(run.root / "checkpoints" / table["checkpoint"].iloc[0])
+    )
+    assert 0.0 < data["p_best"] <= 1.0
+    api = lorasel.pick(run.root)
+    assert api.to_json() == data
+    assert run.calls[-1] == (run.root, None)
+
+
+def test_pick_human_output(run):
+    result = runner.invoke(app, ["pick", str(run.root)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("pick: zkz-")
+    assert "P(best)" in result.stdout and "runner-up:" in result.stdout
+    assert "lowest loss would pick:" in result.stdout
+
+
+def test_pick_minimums_exit_3_when_nothing_meets_them(run):
+    result = runner.invoke(app, ["pick", str(run.root), "--min-fidelity", "0.99", "--min-flexibility", "0.3"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith(
+        "error: no (checkpoint, strength) has fidelity >= 0.99 and flexibility >= 0.3"
+    )
+    assert result.stderr.count("\n") == 1 and "hint:" in result.stderr
+
+
+def test_pick_minimum_moves_the_pick(run):
+    free = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)
+    floor = free["metrics"]["flexibility"] + 1e-9
+    result = runner.invoke(app, ["pick", str(run.root), "--json", "--min-flexibility", repr(floor)])
+    assert result.exit_code == 0, result.output
+    moved = json.loads(result.stdout)
+    assert moved["metrics"]["flexibility"] >= floor
+    assert (moved["checkpoint"], moved["strength"]) != (free["checkpoint"], free["strength"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pick", "--min-fidelity", "1.5"], "--min-fidelity 1.5 is outside [-1, 1]"),
+        (["pick", "--min-flexibility", "-2"], "--min-flexibility -2 is outside [-1, 1]"),
+        (["rank", "--weights", "fidelity=-1"], "weight fidelity=-1 is negative"),
+        (
+            ["pick", "--weights", "fidelity=0,flexibility=0,diversity=0,preservation=0"],
+            "all weights are zero",
+        ),
+        (["report", "--weights", "sharpness=2"], "unknown metric 'sharpness'"),
+        (["rank", "--strengths", "0.6"], "strength 0.6 was not evaluated (evaluated: 0.5, 1)"),
+        (["pick", "--strengths", "half"], "--strengths value 'half' is not a number"),
+        (["rank", "--json", "--csv"], "--json and --csv cannot be combined"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(run, args, message):
+    result = runner.invoke(app, [args[0], str(run.root), *args[1:]])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["rank", "pick", "report"])
+def test_path_never_evaluated_says_which_command_to_run(tmp_path, command):
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    (folder / "a.safetensors").write_bytes(b"")
+    result = runner.invoke(app, [command, str(folder)])
+    assert result.exit_code == 2
+    assert "has not been evaluated yet" in result.stderr
+    assert f"(hint: run `lorasel eval {folder}` first)" in result.stderr
+    assert not (folder / "report").exists()
+
+
+def test_missing_path(tmp_path):
+    result = runner.invoke(app, ["pick", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+
+
+def test_load_inputs_delegates_to_the_evaluator_and_passes_its_errors(tmp_path, monkeypatch):
+    """A corrupt results database: the evaluator's ResultsError reaches the user unchanged."""
+    root = tmp_path / "run"
+    (root / "lorasel").mkdir(parents=True)
+    (root / "lorasel" / "results.sqlite").write_bytes(b"this is not a database")
+    seen = []
+
+    def load_results(path, workdir=None):
+        seen.append((path, workdir))
+        raise ResultsError(
+            f"results database {path}/lorasel/results.sqlite is corrupt", hint="re-run `lorasel eval`"
+        )
+
+    fake = types.ModuleType("lorasel.evaluate")
+    fake.load_results = load_results
+    monkeypatch.setitem(sys.modules, "lorasel.evaluate", fake)
+    with pytest.raises(ResultsError, match="is corrupt"):
+        inputs.load_inputs(root)
+    assert seen == [(root.resolve(), None)]
+    # Through the CLI: one line, exit 2, and an existing report is not overwritten.
+    (root / "report").mkdir()
+    (root / "report" / "report.html").write_text("previous report")
+    result = runner.invoke(app, ["report", str(root)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: results database") and "corrupt" in result.stderr
+    assert (root / "report" / "report.html").read_text() == "previous report"
+    assert not (root / "report" / "scores.csv").exists()
+
+
+def test_report_writes_both_files_by_default(run):
+    result = runner.invoke(app, ["report", str(run.root)])
+    assert result.exit_code == 0, result.output
+    html = (run.root / "report" / "report.html").read_text()
+    assert "lorasel report: run" in html and "Recommendation" in html
+    table = pd.read_csv(run.root / "report" / "scores.csv")
+    assert len(table) == 4 * 2 + 1
+    assert "wrote " in result.stdout and "pick: zkz-" in result.stdout
+    assert not [p for p in (run.root / "report").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_report_custom_paths(run, tmp_path):
+    html, csv = tmp_path / "out" / "r.html", tmp_path / "out" / "s.csv"
+    result = runner.invoke(app, ["report", str(run.root), "--html", str(html), "--csv", str(csv)])
+    assert result.exit_code == 0, result.output
+    assert html.is_file() and csv.is_file()
+    assert not (run.root / "report").exists()
+
+
+def test_unusable_loss_log_is_a_warning_line(run):
+    (run.root / "logs" / "loss.csv").write_text("step,epoch,lr\n1,1,0.1\n")
+    result = runner.invoke(app, ["rank", str(run.root)])
+    assert result.exit_code == 0, result.output
+    assert "warning: loss log" in result.stderr and "lacks column(s) ['loss']" in result.stderr
+    assert "no training loss log found" in result.stdout
+
+
+def test_control_characters_in_names_do_not_reach_the_terminal(tmp_path, monkeypatch):
+    results = make_results(checkpoints=2, labels=["evil\x1b[2J\x07-000001", "ok-000002"])
+    monkeypatch.setattr(inputs, "load_inputs", lambda path, workdir=None: results)
+    (tmp_path / "r").mkdir()
+    result = runner.invoke(app, ["rank", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "evil?[2J?-000001" in result.stdout
+
+
+def test_lorasel_pick_is_lazy():
+    import subprocess
+
+    code = "import sys, lorasel; assert 'lorasel.rank' not in sys.modules; assert callable(lorasel.pick); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    with pytest.raises(AttributeError):
+        lorasel.no_such_thing
