@@ -14,7 +14,7 @@ def test_shipped_sets_are_the_four_documented_ones():
     assert set(builtin_prompt_sets()) >= {"toy", "character", "object", "style"}
 
 
-@pytest.mark.parametrize("name", ["toy", "character", "object", "style"])
+@pytest.mark.parametrize("name", builtin_prompt_sets())
 def test_shipped_set_parses_and_expands(name):
     prompt_set = load_prompt_set(name)
     assert 8 <= len(prompt_set.templates) <= 16
@@ -99,3 +99,33 @@ def test_unknown_set_and_missing_file(tmp_path):
         load_prompt_set("nope")
     with pytest.raises(EvaluationError, match="not found"):
         load_prompt_set(str(tmp_path / "missing.toml"))
+
+
+def test_toy_resolves_to_the_concepts_own_set():
+    from lorasel.evaluate.prompts import resolve_prompt_spec
+
+    assert resolve_prompt_spec("toy", "star") == "toy-star"
+    assert resolve_prompt_spec("toy", "teapot") == "toy"
+    assert resolve_prompt_spec("toy", None) == "toy"
+    assert resolve_prompt_spec("character", "star") == "character"
+
+
+def test_toy_concept_sets_match_the_concepts_training_images():
+    """in_domain = the training colours × backgrounds; out_of_domain = backgrounds never trained on."""
+    concepts = pytest.importorskip("lorasel.toyworld.concepts").CONCEPTS
+    from lorasel.toyworld.world import COLORS
+
+    sets = [name for name in builtin_prompt_sets() if name.startswith("toy-")]
+    assert sorted(sets) == sorted(f"toy-{c.class_word}" for c in concepts.values())
+    for concept in concepts.values():
+        prompts = load_prompt_set(f"toy-{concept.class_word}").expand(concept.trigger, concept.class_word)
+        by_kind = {k: [p.text for p in prompts if p.kind == k] for k in KINDS}
+        expected = {
+            f"a {c} {concept.token} on a {b} background" for c in concept.colors for b in concept.backgrounds
+        }
+        assert set(by_kind["in_domain"]) == expected
+        for text in by_kind["out_of_domain"]:
+            words = text.split()
+            color, background = words[1], words[-2]
+            assert {color, background} <= set(COLORS) and color != background
+            assert background not in concept.backgrounds, text

@@ -116,6 +116,16 @@ def builtin_prompt_sets() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+def resolve_prompt_spec(spec: str | Path, class_word: str | None) -> str | Path:
+    """``toy`` means the toy world's set for the concept evaluated (``toy-<class>``) when one is
+    shipped; any other spec is returned as given."""
+    if isinstance(spec, str) and spec == "toy" and class_word:
+        concept_set = f"toy-{class_word}"
+        if concept_set in builtin_prompt_sets():
+            return concept_set
+    return spec
+
+
 def load_prompt_set(spec: str | Path) -> PromptSet:
     """A shipped set by name (``toy``) or a user's TOML file by path."""
     path = Path(spec).expanduser()

@@ -30,7 +30,7 @@ from lorasel.evaluate.options import (
 from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, shard
 from lorasel.evaluate.processes import Processes, current_processes
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
-from lorasel.evaluate.prompts import load_prompt_set
+from lorasel.evaluate.prompts import load_prompt_set, resolve_prompt_spec
 from lorasel.evaluate.render import Renderer, make_settings
 from lorasel.evaluate.scoring import reference_embeddings, score_plan
 from lorasel.evaluate.store import Store
@@ -146,15 +146,17 @@ def _prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgre
     """Check every input, load the models, and plan: everything that can fail fails here,
     before the first render."""
     infos = find_checkpoints(run, store, reporter.warn)
-    prompt_set = load_prompt_set(prompts if prompts is not None else _default_prompts(base))
     dataset = dataset_path(run)
-    concept = resolve_concept(
-        trigger=trigger,
-        class_word=class_word,
-        metadata=[(info.label, info.metadata) for info in reversed(infos)],
-        dataset=dataset,
-        defaults=(prompt_set.trigger, prompt_set.class_word),
-    )
+    sources = {
+        "trigger": trigger,
+        "class_word": class_word,
+        "metadata": [(info.label, info.metadata) for info in reversed(infos)],
+        "dataset": dataset,
+    }
+    named = resolve_concept(**sources, defaults=(None, None))
+    spec = prompts if prompts is not None else _default_prompts(base)
+    prompt_set = load_prompt_set(resolve_prompt_spec(spec, named.class_word))
+    concept = resolve_concept(**sources, defaults=(prompt_set.trigger, prompt_set.class_word))
     plan_prompts = prompt_set.expand(concept.trigger, concept.class_word)
     reference_dir = Path(reference).expanduser() if reference is not None else dataset
     if reference_dir is None:
