@@ -118,3 +118,20 @@ def test_parse_size():
 def test_bad_options(kwargs, match):
     with pytest.raises(EvaluationError, match=match):
         EvalOptions(**kwargs)
+
+
+def test_config_text_ignores_diffusers_bookkeeping():
+    """diffusers keeps ``_use_default_values`` in set order, which changes between interpreters:
+    a cache key built from it would change on every run."""
+    from diffusers import DDIMScheduler
+
+    from lorasel.evaluate.render import config_text
+
+    a, b = DDIMScheduler().config, DDIMScheduler(steps_offset=1).config
+    shuffled = {
+        **a,
+        "_use_default_values": list(reversed(a["_use_default_values"])),
+        "_diffusers_version": "0",
+    }
+    assert config_text(shuffled) == config_text(a)
+    assert config_text(b) != config_text(a)  # a real setting still counts

@@ -51,9 +51,12 @@ class Processes:
 
 
 def current_processes() -> Processes:
+    """The launch this process is part of: ``accelerate launch`` (or ``torchrun``) sets
+    WORLD_SIZE; without CUDA the processes talk over gloo on the CPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Processes()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     return Processes(state.process_index, state.num_processes, state.device, state)

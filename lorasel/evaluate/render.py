@@ -39,8 +39,7 @@ def pipeline_fingerprint(pipeline) -> str:
             continue
         config = getattr(component, "config", None)
         if config is not None:
-            items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-            digest.update(name.encode() + json.dumps(items, sort_keys=True, default=str).encode())
+            digest.update(name.encode() + config_text(config).encode())
         if isinstance(component, torch.nn.Module):
             for key, tensor in component.state_dict().items():
                 flat = tensor.detach().reshape(-1)
@@ -48,6 +47,15 @@ def pipeline_fingerprint(pipeline) -> str:
                 digest.update(f"{name}.{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
                 digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def config_text(config) -> str:
+    """A component's config as canonical JSON, without diffusers' private keys: they hold
+    bookkeeping like ``_use_default_values``, a list in set order that changes between
+    interpreters and would change every cache key with it."""
+    items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    public = {k: v for k, v in items.items() if not str(k).startswith("_")}
+    return json.dumps(public, sort_keys=True, default=str)
 
 
 def default_size(pipeline) -> tuple[int, int]:
@@ -78,7 +86,7 @@ def make_settings(
     return RenderSettings(
         base=base,
         base_fingerprint=pipeline_fingerprint(pipeline),
-        scheduler=type(scheduler).__name__ + json.dumps(dict(scheduler.config), sort_keys=True, default=str),
+        scheduler=type(scheduler).__name__ + config_text(scheduler.config),
         steps=int(steps),
         guidance=float(guidance),
         width=int(width),

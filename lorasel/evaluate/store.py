@@ -52,6 +52,24 @@ CREATE TABLE IF NOT EXISTS result_checkpoints ({", ".join(CHECKPOINT_COLUMNS)});
 """
 
 
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _while_locked(fn, timeout: float = BUSY_TIMEOUT_S):
+    """Call ``fn`` until it stops failing with SQLITE_BUSY/LOCKED (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 def _disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -100,14 +118,25 @@ class Store:
                     hint="upgrade lorasel, or pass another --workdir",
                 )
             if create:
-                con.execute("PRAGMA journal_mode = WAL")
+                # Several processes may open a new store at once (accelerate launch): switching
+                # to WAL takes an exclusive lock that the busy timeout does not wait for.
+                _while_locked(lambda: con.execute("PRAGMA journal_mode = WAL"))
                 con.execute("PRAGMA synchronous = NORMAL")
-                con.executescript(_SCHEMA)
+                con.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                con.execute("COMMIT")
             else:
                 con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             con.close()
+            if _locked(exc):
+                raise EvaluationError(
+                    f"results database {db_path} stayed locked for {BUSY_TIMEOUT_S:.0f} s",
+                    hint="is another `lorasel eval` of the same folder running? wait for it, or use --workdir",
+                ) from exc
             if _disk_full(exc):
                 raise EvaluationError(
                     f"disk full while opening {db_path}", hint="free some space and rerun"
