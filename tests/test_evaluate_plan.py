@@ -135,3 +135,18 @@ def test_config_text_ignores_diffusers_bookkeeping():
     }
     assert config_text(shuffled) == config_text(a)
     assert config_text(b) != config_text(a)  # a real setting still counts
+
+
+def test_progress_rate_and_eta():
+    from lorasel.evaluate.progress import RenderProgress
+
+    now = [100.0]
+    events = []
+    progress = RenderProgress(events.append, total=30, cached=10, clock=lambda: now[0])
+    now[0] += 4.0
+    progress.advance(8, checkpoint="c", strength=1.0)
+    (event,) = events
+    assert (event.done, event.total, event.cached) == (18, 30, 10)
+    assert event.rate == pytest.approx(2.0) and event.eta_s == pytest.approx(6.0)
+    progress.warn("careful")
+    assert events[-1].phase == "warning" and events[-1].message == "careful"

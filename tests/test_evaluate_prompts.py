@@ -129,3 +129,9 @@ def test_toy_concept_sets_match_the_concepts_training_images():
             color, background = words[1], words[-2]
             assert {color, background} <= set(COLORS) and color != background
             assert background not in concept.backgrounds, text
+
+
+def test_hostile_trigger_is_inserted_literally():
+    ps = parse_prompt_set('[prompts]\ntrigger = ["a {trigger} {class}"]\n', source="t.toml", name="t")
+    (p,) = ps.expand("{class}{0}{__import__}", "x}")
+    assert p.text == "a {class}{0}{__import__} x}"

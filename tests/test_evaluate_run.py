@@ -214,6 +214,19 @@ def test_checkpoint_that_appears_later_is_evaluated_alone(evaluated_copy, monkey
     pd.testing.assert_frame_equal(old, first.renders)
 
 
+def test_identical_checkpoint_files_share_their_renders(evaluated_copy, monkeypatch):
+    run, first = evaluated_copy
+    shutil.copy(
+        run / "checkpoints" / "zkz-000002.safetensors", run / "checkpoints" / "copy-000002.safetensors"
+    )
+    spy = RenderSpy(monkeypatch)
+    second = _eval(run)
+    assert spy.count == 0  # same content hash: the same renders
+    copy = second.renders[second.renders.checkpoint == "checkpoints/copy-000002.safetensors"]
+    original = first.renders[first.renders.checkpoint == "checkpoints/zkz-000002.safetensors"]
+    assert copy.image.tolist() == original.image.tolist() and len(second.checkpoints) == 4
+
+
 def test_unfit_checkpoint_is_skipped_with_a_warning(evaluated_copy):
     run, first = evaluated_copy
     h.write_lora(run / "checkpoints" / "zkz-000009.safetensors", seed=9, scale=1.0, epoch=9, unfit=True)
