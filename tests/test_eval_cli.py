@@ -63,8 +63,11 @@ def test_eval_prints_progress_warnings_and_a_summary_table(run):
     assert "warning: skipping zkz-000009" in result.stderr and "does not fit" in result.stderr
     assert "trigger 'zkz', class 'star'" in result.stderr
     assert (run / "lorasel" / "results.sqlite").is_file()
+    assert "0 of 12 renders already done" in result.stderr  # base + 2 checkpoints, 4 prompts, 1 seed
     again = _invoke(run)
     assert again.exit_code == 0 and "mean per checkpoint" in again.stdout
+    assert "8 of 12 renders already done" in again.stderr  # the unfit one is tried (and skipped) again
+    assert "warning: skipping zkz-000009" in again.stderr
 
 
 def _broken_reference(tmp_path):

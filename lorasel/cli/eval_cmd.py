@@ -107,6 +107,9 @@ class _ProgressBar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._console().print(event.message, markup=False, highlight=False, soft_wrap=True)
+        self._console().print(
+            f"{event.cached} of {event.total} renders already done", markup=False, highlight=False
+        )
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
