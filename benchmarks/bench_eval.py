@@ -65,7 +65,9 @@ def make_fixture(root: Path) -> Path:
             tensors[f"{stem}.lora_down.weight"] = torch.randn(RANK, in_f, generator=gen) / in_f**0.5
             tensors[f"{stem}.lora_up.weight"] = torch.randn(out_f, RANK, generator=gen) * 0.05 * k
             tensors[f"{stem}.alpha"] = torch.tensor(float(RANK))
-        save_checkpoint(run / "checkpoints" / f"zkz-{k:06d}.safetensors", tensors, {**meta, "ss_epoch": str(k)})
+        save_checkpoint(
+            run / "checkpoints" / f"zkz-{k:06d}.safetensors", tensors, {**meta, "ss_epoch": str(k)}
+        )
     return run
 
 
@@ -95,7 +97,9 @@ def mode_evaluate(run: Path, workdir: Path) -> dict:
 
     pipe, scorer = load_base("toy"), load_scorer("toy")
     start = time.perf_counter()
-    results = evaluate(run, base=pipe, scorer=scorer, strengths=STRENGTHS, seeds=SEEDS, batch_size=BATCH, workdir=workdir)
+    results = evaluate(
+        run, base=pipe, scorer=scorer, strengths=STRENGTHS, seeds=SEEDS, batch_size=BATCH, workdir=workdir
+    )
     wall = time.perf_counter() - start
     return {"seconds": wall, "renders": len(results.renders), **_peak()}
 

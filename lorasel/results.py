@@ -45,9 +45,22 @@ KINDS = ("in_domain", "trigger", "out_of_domain", "unrelated")
 METRICS = ("fidelity", "flexibility", "diversity", "preservation")
 
 RENDER_COLUMNS = (
-    "checkpoint", "label", "epoch", "step", "strength", "prompt_id", "kind", "prompt",
-    "seed_index", "seed", "image", "fidelity", "flexibility", "flexibility_gain", "preservation",
-)  # fmt: skip
+    "checkpoint",
+    "label",
+    "epoch",
+    "step",
+    "strength",
+    "prompt_id",
+    "kind",
+    "prompt",
+    "seed_index",
+    "seed",
+    "image",
+    "fidelity",
+    "flexibility",
+    "flexibility_gain",
+    "preservation",
+)
 DIVERSITY_COLUMNS = ("checkpoint", "strength", "prompt_id", "kind", "diversity")
 CHECKPOINT_COLUMNS = ("checkpoint", "label", "path", "epoch", "step", "hash", "format", "algo", "metadata")
 

@@ -13,8 +13,14 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 
 def default_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> torch.dtype:
     if isinstance(dtype, str):
-        names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}  # fmt: skip
+        names = {
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+        }
         if dtype not in names:
             from lorasel.errors import ConfigError
 

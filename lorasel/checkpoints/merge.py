@@ -1,0 +1,171 @@
+"""Apply a checkpoint to a pipeline at a strength, in place, and restore it bit-exactly.
+
+``apply`` writes W = W0 + s·ΔW into the touched weights (DoRA: W0 + s·(W' − W0)), so a
+render runs at base-model speed; ``restore`` copies the pristine W0 back, so a thousand
+switches never drift. Per pipeline, a registry keeps:
+
+- a pristine copy of every weight any checkpoint touched (made once, on the model's
+  device and in its dtype; kept across checkpoints so a switch copies nothing new);
+- the layer indexes (built once);
+- the current checkpoint's effective ΔW in float32 (within ``DELTA_CACHE_BYTES``), so a
+  strength change for the same checkpoint is one fused add per weight, no matmul.
+
+The pristine copies assume nobody else writes those weights while a checkpoint is
+managed here; call ``restore(pipeline, release=True)`` before changing the base.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from lorasel.checkpoints.deltas import dora_delta, module_delta
+from lorasel.checkpoints.model import LoraCheckpoint
+from lorasel.checkpoints.targets import Resolver, Target
+from lorasel.errors import ConfigError
+
+# Effective ΔW kept for the current checkpoint (float32): SD1.5 attention + FF at any rank is
+# ~1.3 GB; above the budget the rest is recomputed on each strength change.
+DELTA_CACHE_BYTES = 2 << 30
+
+
+@dataclass
+class _State:
+    resolver: Resolver
+    pristine: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: dict[str, torch.nn.Module] = field(default_factory=dict)
+    applied: set[str] = field(default_factory=set)
+    current: tuple[str, float] | None = None  # (checkpoint sha256, strength)
+    plan_for: str | None = None  # sha256 whose targets and deltas are cached
+    targets: list[Target] = field(default_factory=list)
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(pipeline) -> _State:
+    state = _STATES.get(pipeline)
+    if state is None:
+        state = _State(resolver=Resolver(pipeline))
+        _STATES[pipeline] = state
+    return state
+
+
+def _family(pipeline) -> str:
+    from lorasel.models.base import base_family
+
+    if isinstance(pipeline, torch.nn.Module):
+        return "unknown"
+    try:
+        return base_family(pipeline)
+    except AttributeError:
+        return "unknown"
+
+
+def current(pipeline) -> tuple[str, float] | None:
+    """(sha256, strength) of the checkpoint applied to ``pipeline`` now, or None for the base."""
+    state = _STATES.get(pipeline)
+    return state.current if state else None
+
+
+@torch.no_grad()
+def restore(pipeline, *, release: bool = False) -> None:
+    """Put back the base weights, bit-exactly. ``release`` also frees the pristine copies and caches."""
+    state = _STATES.get(pipeline)
+    if state is None:
+        return
+    for key in state.applied:
+        state.layers[key].weight.copy_(state.pristine[key])
+    state.applied = set()
+    state.current = None
+    if release:
+        del _STATES[pipeline]
+
+
+def _effective_delta(target: Target, pristine: torch.Tensor) -> torch.Tensor:
+    """What strength scales for this layer, float32 on the weight's device, shaped like it."""
+    module = target.module
+    delta = module_delta(module, device=pristine.device).reshape(pristine.shape)
+    if module.dora_scale is not None:
+        magnitude = module.dora_scale.to(pristine.device)
+        delta = dora_delta(pristine, delta, magnitude, module.dora_on_output)
+    return delta
+
+
+def _plan(state: _State, pipeline, checkpoint: LoraCheckpoint) -> list[Target]:
+    if state.plan_for != checkpoint.sha256:
+        state.plan_for, state.targets, state.deltas = None, [], {}
+        state.targets = state.resolver.resolve(checkpoint, _family(pipeline))
+        state.plan_for = checkpoint.sha256
+    return state.targets
+
+
+def _write(state: _State, targets: list[Target], s: float) -> None:
+    budget = DELTA_CACHE_BYTES - sum(d.numel() * 4 for d in state.deltas.values())
+    for target in targets:
+        weight = target.weight
+        pristine = state.pristine.get(target.key)
+        if pristine is None:
+            pristine = state.pristine[target.key] = weight.detach().clone()
+            state.layers[target.key] = target.layer
+        elif pristine.device != weight.device or pristine.dtype != weight.dtype:
+            # The pipeline was moved or cast (at base, as documented): follow it.
+            pristine = state.pristine[target.key] = pristine.to(device=weight.device, dtype=weight.dtype)
+            state.deltas.pop(target.key, None)
+        delta = state.deltas.get(target.key)
+        if delta is None:
+            delta = _effective_delta(target, pristine)
+            if delta.numel() * 4 <= budget:
+                state.deltas[target.key] = delta
+                budget -= delta.numel() * 4
+        if weight.dtype == torch.float32:
+            torch.add(pristine, delta, alpha=s, out=weight)
+        else:  # compute in float32, store in the model's dtype
+            weight.copy_(torch.add(pristine, delta, alpha=s))
+
+
+@torch.no_grad()
+def apply(pipeline, checkpoint: LoraCheckpoint | str | os.PathLike, strength: float) -> None:
+    """Merge ``checkpoint`` into ``pipeline`` at ``strength``: W = W0 + s·ΔW on every touched weight.
+
+    ``pipeline`` is a diffusers pipeline (UNet and text encoders) or a bare UNet module;
+    ``checkpoint`` a ``LoraCheckpoint`` (read it once, apply it many times) or a path.
+    Any previously applied checkpoint is restored first; strength 0 is the base model.
+    Raises ``CheckpointError`` (the pipeline then holds the base weights) when the file
+    does not fit the pipeline.
+    """
+    if not isinstance(checkpoint, LoraCheckpoint):
+        from lorasel.checkpoints.read import read_checkpoint
+
+        checkpoint = read_checkpoint(checkpoint)
+    s = float(strength)
+    if not math.isfinite(s):
+        raise ConfigError(f"strength {strength!r} is not a finite number", hint="use e.g. 0.5, 0.75 or 1.0")
+    state = _state(pipeline)
+    if state.current == (checkpoint.sha256, s):
+        return
+    if s == 0.0:
+        restore(pipeline)
+        return
+    try:
+        targets = _plan(state, pipeline, checkpoint)
+    except Exception:
+        restore(pipeline)
+        raise
+    wanted = {t.key for t in targets}
+    for key in state.applied - wanted:  # layers only the previous checkpoint touched
+        state.layers[key].weight.copy_(state.pristine[key])
+    try:
+        _write(state, targets, s)
+    except BaseException:  # out of memory mid-way: never leave a half-applied model
+        for key in (state.applied | wanted) & state.pristine.keys():
+            state.layers[key].weight.copy_(state.pristine[key])
+        state.applied, state.current = set(), None
+        raise
+    state.applied = wanted
+    state.current = (checkpoint.sha256, s)

@@ -1,0 +1,191 @@
+"""What a checkpoint's metadata and names say: epoch, step, trigger, base family.
+
+Metadata comes from strangers' files: every value is parsed defensively (a bad value
+means "unknown", never an exception) and text that reaches a person or a prompt is
+cleaned of control characters and capped in length.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+
+from lorasel.checkpoints.model import LoraModule
+
+MAX_TEXT = 200
+
+
+def clean_text(value: str, limit: int = MAX_TEXT) -> str:
+    """One line of printable text: control/format characters dropped, whitespace folded, capped."""
+    kept = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in value)
+    return " ".join(kept.split())[:limit]
+
+
+def _int(value: object) -> int | None:
+    """A non-negative int from a string or number, else None (hostile input never raises)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < 10**12 else None
+    if isinstance(value, float) and value.is_integer():
+        return _int(int(value))
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,12}\s*", value):
+        return int(value)
+    return None
+
+
+def _json(value: str | None) -> object:
+    if not value or len(value) > 10_000_000:
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+# ---------------------------------------------------------------- epoch and step from names
+
+_KOHYA_EPOCH = re.compile(r"^(?P<run>.+)-(?P<epoch>\d{6})$")
+_KOHYA_STEP = re.compile(r"^(?P<run>.+)-step(?P<step>\d{8})$")
+_AI_TOOLKIT = re.compile(r"^(?P<run>.+)_(?P<step>\d{9})$")
+# OneTrainer puts a save-time timestamp between its prefix and "-save-": not part of the run.
+_ONETRAINER = re.compile(
+    r"^(?P<run>.*?)(?:\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})?-save-(?P<step>\d+)-(?P<epoch>\d+)-(?P<epoch_step>\d+)$"
+)
+_DIFFUSERS_DIR = re.compile(r"^checkpoint-(?P<step>\d+)$")
+
+
+def parse_name(stem: str) -> dict:
+    """What a file name (without suffix) says: ``run``, ``epoch``, ``step``, ``scheme``.
+
+    kohya ``name-000004`` (epoch 4), ``name-step00000500``; ai-toolkit ``job_000000500``;
+    OneTrainer ``prefix-save-{global_step}-{epoch}-{epoch_step}`` (0-based epoch counter:
+    an epoch-end save, epoch_step 0, belongs to the epoch it ends, else to the running one).
+    A name matching none is a run's final (or only) file.
+    """
+    if m := _ONETRAINER.match(stem):
+        epoch, epoch_step = int(m["epoch"]), int(m["epoch_step"])
+        return {
+            "run": m["run"].rstrip("-_ ") or "onetrainer",
+            "step": int(m["step"]),
+            "epoch": epoch if epoch_step == 0 and epoch > 0 else epoch + 1,
+            "scheme": "onetrainer",
+        }
+    if m := _KOHYA_STEP.match(stem):
+        return {"run": m["run"], "step": int(m["step"]), "epoch": None, "scheme": "kohya-step"}
+    if m := _KOHYA_EPOCH.match(stem):
+        return {"run": m["run"], "step": None, "epoch": int(m["epoch"]), "scheme": "kohya-epoch"}
+    if m := _AI_TOOLKIT.match(stem):
+        return {"run": m["run"], "step": int(m["step"]), "epoch": None, "scheme": "ai-toolkit"}
+    return {"run": stem, "step": None, "epoch": None, "scheme": None}
+
+
+def parse_checkpoint_dir(name: str) -> int | None:
+    """The step of a diffusers/SimpleTuner ``checkpoint-{step}`` folder."""
+    m = _DIFFUSERS_DIR.match(name)
+    return int(m["step"]) if m else None
+
+
+# ---------------------------------------------------------------- epoch and step from metadata
+
+
+def progress_from_metadata(metadata: Mapping[str, str], scheme: str | None) -> tuple[int | None, int | None]:
+    """(epoch, step) from kohya ``ss_epoch``/``ss_steps`` or ai-toolkit ``training_info``.
+
+    kohya writes ``ss_epoch`` = epoch + 1 in epoch saves but the 0-based running epoch in
+    step saves (REFERENCE §2); lorasel's epoch is 1-based, the epoch the save belongs to.
+    """
+    step = _int(metadata.get("ss_steps"))
+    epoch = _int(metadata.get("ss_epoch"))
+    if epoch is not None and scheme == "kohya-step":
+        epoch += 1
+    info = _json(metadata.get("training_info"))
+    if isinstance(info, dict):
+        step = step if step is not None else _int(info.get("step"))
+        epoch = epoch if epoch is not None else _int(info.get("epoch"))
+    return epoch, step
+
+
+# ---------------------------------------------------------------- trigger and class word
+
+
+def _folder_concept(folder: str) -> tuple[str, str | None] | None:
+    """kohya dataset folder ``<repeats>_<trigger> <class>`` → (trigger, class word)."""
+    m = re.fullmatch(r"\s*\d+_(.+)", folder)
+    if not m:
+        return None
+    words = clean_text(m[1]).split()
+    if not words:
+        return None
+    return words[0], (" ".join(words[1:]) or None)
+
+
+def trigger_and_class(metadata: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The trigger (``modelspec.trigger_phrase``, else the first word of the dataset folder name
+    in ``ss_tag_frequency`` / ``ss_dataset_dirs``) and the class word (the folder's other words)."""
+    concepts: list[tuple[str, str | None]] = []
+    for field in ("ss_tag_frequency", "ss_dataset_dirs"):
+        folders = _json(metadata.get(field))
+        if isinstance(folders, dict):
+            concepts += [c for f in folders if isinstance(f, str) and (c := _folder_concept(f))]
+    phrase = clean_text(metadata.get("modelspec.trigger_phrase") or "")
+    if phrase:
+        first = phrase.split()[0].strip(",")
+        class_word = next((c for t, c in concepts if t == first and c), None)
+        return phrase, class_word
+    if concepts:
+        return concepts[0]
+    return None, None
+
+
+# ---------------------------------------------------------------- base family
+
+
+def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
+    """sd1 | sd2 | sdxl from ``ss_base_model_version`` / ``modelspec.architecture`` / ``ss_v2``."""
+    version = (metadata.get("ss_base_model_version") or "").lower()
+    arch = (metadata.get("modelspec.architecture") or "").lower()
+    for text in (version, arch):
+        if "xl" in text:
+            return "sdxl"
+        if re.search(r"(sd_?|stable-diffusion-)v?2", text):
+            return "sd2"
+        if re.search(r"(sd_?|stable-diffusion-)v?1", text):
+            return "sd1"
+    if (metadata.get("ss_v2") or "").lower() == "true":
+        return "sd2"
+    return None
+
+
+_SGM = ("input_blocks", "middle_block", "output_blocks", "label_emb")
+# Width of the cross-attention context (attn2.to_k's input) and of the text encoder.
+_CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
+
+
+def family_from_modules(modules: Iterable[LoraModule]) -> str | None:
+    """sd1 | sd2 | sdxl from key names and layer widths, when they are decisive."""
+    modules = list(modules)
+    for m in modules:
+        flat = m.flat_target
+        if m.component == "text_encoder_2" or m.name.startswith(("lora_te1_", "lora_te2_")):
+            return "sdxl"
+        if m.component == "unet" and not m.dotted and flat.startswith(_SGM):
+            return "sdxl"
+        if "add_embedding" in flat:
+            return "sdxl"
+    for m in modules:
+        if m.flat_target.endswith(("attn2_to_k", "attn2_to_v")) and m.in_features in _CROSS_WIDTH:
+            return _CROSS_WIDTH[m.in_features]
+    for m in modules:
+        te1 = m.component in ("text_encoder", None)
+        if te1 and m.flat_target.endswith("self_attn_q_proj") and m.in_features in _TEXT_WIDTH:
+            return _TEXT_WIDTH[m.in_features]
+    return None
+
+
+def base_family(modules: Iterable[LoraModule], metadata: Mapping[str, str]) -> str:
+    """Keys and shapes first (they cannot lie), then metadata, else ``unknown``."""
+    return family_from_modules(modules) or family_from_metadata(metadata) or "unknown"

@@ -1,0 +1,94 @@
+"""What a LoRA checkpoint is, once read: per-module factor tensors with their scale.
+
+Every key format (kohya, LyCORIS, PEFT, diffusers) is normalised into these plain
+records; the ΔW maths (``lorasel.checkpoints.deltas``) and the merge into a pipeline
+(``lorasel.checkpoints.merge``) only ever see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+FORMATS = ("kohya", "lycoris", "peft", "diffusers")
+FAMILIES = ("sd1", "sd2", "sdxl", "unknown")
+ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora")
+# Pipeline components a LoRA can touch, in the order a component-less key is tried.
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True, eq=False)
+class LoraModule:
+    """One adapted layer: its factors, and how to scale them.
+
+    ``name`` is the key stem exactly as in the file. ``kind`` is the factorisation
+    (``lora`` | ``loha`` | ``lokr``) whatever ``algo`` says (``dora`` hides it).
+    ``component`` is the pipeline part the key names (``None`` when the file does not
+    say: ``lycoris_`` and bare PEFT keys), ``target`` the layer's path inside it, dotted
+    (``down_blocks.0.attentions.0.proj_in``) or flattened with ``_`` as kohya writes it.
+    """
+
+    name: str
+    algo: str
+    kind: str
+    rank: int | None
+    alpha: float | None
+    scale: float
+    tensors: Mapping[str, torch.Tensor]
+    component: str | None
+    target: str
+    dotted: bool
+    delta_shape: tuple[int, ...]
+    dora_scale: torch.Tensor | None = None
+    dora_on_output: bool = True
+
+    @property
+    def out_features(self) -> int:
+        return self.delta_shape[0]
+
+    @property
+    def in_features(self) -> int:
+        """Input width (times the kernel area when the factors flatten a conv)."""
+        return self.delta_shape[1]
+
+    @property
+    def flat_target(self) -> str:
+        return self.target.replace(".", "_")
+
+
+@dataclass(frozen=True, eq=False)
+class LoraCheckpoint:
+    """A LoRA file, read and validated. Tensors stay on CPU in the file's dtype."""
+
+    path: Path
+    format: str
+    base_family: str
+    metadata: dict[str, str]
+    epoch: int | None
+    step: int | None
+    modules: tuple[LoraModule, ...]
+    trigger: str | None
+    class_word: str | None
+    sha256: str
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms present, in order of first appearance."""
+        return tuple(dict.fromkeys(m.algo for m in self.modules))
+
+    @property
+    def touches_text_encoder(self) -> bool:
+        return any(m.component in TEXT_ENCODERS or _te_target(m) for m in self.modules)
+
+    @property
+    def touches_unet(self) -> bool:
+        return any(m.component == "unet" or (m.component is None and not _te_target(m)) for m in self.modules)
+
+
+def _te_target(module: LoraModule) -> bool:
+    """A component-less key (``lycoris_``, bare PEFT) that names a CLIP text-encoder layer."""
+    return module.component is None and module.flat_target.startswith(("text_model_", "encoder_layers_"))

@@ -1,0 +1,219 @@
+"""Map a checkpoint's modules onto a pipeline's layers, strictly.
+
+kohya-style stems are the layer's dotted path with ``_`` for ``.`` (``lora_unet_`` +
+``down_blocks_0_attentions_0_proj_in``): they are matched against the same flattening of
+every Linear/Conv layer of the UNet and the text encoders, exactly as kohya, A1111 and
+ComfyUI name them. SDXL files name UNet layers the original SGM way
+(``input_blocks_4_1_...``): those stems go through diffusers' own conversion
+(``_maybe_map_sgm_blocks_to_diffusers`` and the kohya→diffusers key map) first.
+
+A module that matches no layer, or whose ΔW does not fit the layer's weight, is an
+error: a LoRA made for another base must never half-apply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lorasel.checkpoints.model import COMPONENTS, TEXT_ENCODERS, LoraCheckpoint, LoraModule
+from lorasel.errors import CheckpointError
+
+_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_SGM_MARKS = ("input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_", "out_2")
+FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "toy": "SD1-style toy", "unknown": "unknown"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checkpoint module bound to the layer it changes."""
+
+    module: LoraModule
+    key: str  # "<component>.<layer path>", unique per layer
+    layer: nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.layer.weight
+
+
+def components(pipeline) -> dict[str, nn.Module]:
+    """The parts a LoRA can touch; a bare ``nn.Module`` (a UNet alone) counts as the UNet."""
+    if isinstance(pipeline, nn.Module):
+        return {"unet": pipeline}
+    found = {}
+    for name in COMPONENTS:
+        part = getattr(pipeline, name, None)
+        if isinstance(part, nn.Module):
+            found[name] = part
+    return found
+
+
+def layer_index(component: nn.Module, text_encoder: bool = False) -> dict[str, tuple[str, nn.Module]]:
+    """flattened name → (dotted name, layer) for every Linear/Conv layer of a component.
+
+    A layer wrapped by PEFT (``to_q.base_layer``) is also found under its own name. In a text
+    encoder, names are found with and without the ``text_model.`` level: kohya, A1111 and PEFT
+    files were written against transformers 4 (``text_model.encoder.layers.0``), while
+    transformers 5's ``CLIPTextModel`` has no such level (``encoder.layers.0``).
+    """
+    index: dict[str, tuple[str, nn.Module]] = {}
+    for name, layer in component.named_modules():
+        if not isinstance(layer, _LAYER_TYPES):
+            continue
+        aliases = {name, name.removesuffix(".base_layer")}
+        if text_encoder:
+            aliases |= {a.removeprefix("text_model.") for a in aliases}
+            aliases |= {"text_model." + a for a in aliases if not a.startswith("text_model.")}
+        for alias in aliases:
+            flat = alias.replace(".", "_")
+            if flat in index and index[flat][1] is not layer:
+                index[flat] = ("", layer)  # two layers flatten alike: ambiguous, match neither
+            else:
+                index[flat] = (name, layer)
+    return index
+
+
+def sgm_to_diffusers(stem: str, unet_config) -> str | None:
+    """The diffusers layer path of a kohya SDXL stem in SGM naming, by diffusers' own maps."""
+    if not stem.startswith("lora_unet_") or getattr(unet_config, "layers_per_block", None) is None:
+        return None
+    from diffusers.loaders.lora_conversion_utils import (
+        _convert_non_diffusers_lora_to_diffusers,
+        _maybe_map_sgm_blocks_to_diffusers,
+    )
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+
+    placeholder = torch.empty(0)
+    state = {f"{stem}.lora_down.weight": placeholder, f"{stem}.lora_up.weight": placeholder}
+    try:
+        state = _maybe_map_sgm_blocks_to_diffusers(state, unet_config)
+        converted, _ = _convert_non_diffusers_lora_to_diffusers(state)
+        converted = convert_unet_state_dict_to_peft(converted)
+    except (ValueError, KeyError, IndexError):
+        return None
+    for key in converted:
+        if key.startswith("unet.") and key.endswith(".lora_A.weight"):
+            return key[len("unet.") : -len(".lora_A.weight")]
+    return None
+
+
+def fits(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
+    """ΔW fits W if equal, or equal after flattening everything but the output rows
+    (a 1×1 conv LoRA on a Linear, LyCORIS' flattened conv factors)."""
+    if tuple(delta_shape) == tuple(weight_shape):
+        return True
+    return (
+        len(delta_shape) >= 2
+        and len(weight_shape) >= 2
+        and delta_shape[0] == weight_shape[0]
+        and math.prod(delta_shape[1:]) == math.prod(weight_shape[1:])
+        and (delta_shape[1] == weight_shape[1] or len(delta_shape) == 2 or len(weight_shape) == 2)
+    )
+
+
+def _dora_fits(module: LoraModule, weight_shape: tuple[int, ...]) -> bool:
+    if module.dora_scale is None:
+        return True
+    want = weight_shape[0] if module.dora_on_output else weight_shape[1]
+    return module.dora_scale.numel() == want
+
+
+class Resolver:
+    """Layer indexes of one pipeline, built once and reused for every checkpoint.
+
+    Holds layers, never the pipeline itself: the merge registry is keyed weakly by the pipeline.
+    """
+
+    def __init__(self, pipeline) -> None:
+        parts = components(pipeline)
+        self.names = tuple(parts)
+        self.unet_config = getattr(parts.get("unet"), "config", None)
+        self.indexes = {name: layer_index(part, name in TEXT_ENCODERS) for name, part in parts.items()}
+
+    def _lookup(self, module: LoraModule) -> list[tuple[str, str, nn.Module]]:
+        """Candidate (component, dotted name, layer) for a module, best first."""
+        names = [module.component] if module.component else list(self.names)
+        hits = []
+        for comp in names:
+            index = self.indexes.get(comp)
+            if index is None:
+                continue
+            hit = index.get(module.flat_target)
+            if hit is None and comp == "unet" and not module.dotted and module.target.startswith(_SGM_MARKS):
+                path = sgm_to_diffusers(module.name, self.unet_config)
+                hit = index.get(path.replace(".", "_")) if path else None
+            if hit is not None and hit[0]:
+                hits.append((comp, hit[0], hit[1]))
+        return hits
+
+    def resolve(self, checkpoint: LoraCheckpoint, base_family: str) -> list[Target]:
+        """Bind every module to a layer, or raise CheckpointError naming what does not fit."""
+        targets: list[Target] = []
+        unmatched: list[str] = []
+        misfits: list[str] = []
+        seen: dict[str, str] = {}
+        for module in checkpoint.modules:
+            hits = self._lookup(module)
+            if not hits:
+                unmatched.append(module.name)
+                continue
+            fitting = [
+                h
+                for h in hits
+                if fits(module.delta_shape, tuple(h[2].weight.shape))
+                and _dora_fits(module, tuple(h[2].weight.shape))
+            ]
+            if not fitting:
+                comp, name, layer = hits[0]
+                misfits.append(
+                    f"{module.name} (ΔW {list(module.delta_shape)} vs {comp}.{name} {list(layer.weight.shape)})"
+                )
+                continue
+            comp, name, layer = fitting[0]
+            key = f"{comp}.{name}"
+            if key in seen:
+                raise CheckpointError(
+                    f"{checkpoint.path}: modules {seen[key]!r} and {module.name!r} both address layer {key}",
+                    hint="the file holds two LoRAs for the same layer; re-save it with one",
+                )
+            seen[key] = module.name
+            targets.append(Target(module=module, key=key, layer=layer))
+        if unmatched:
+            raise _unmatched_error(checkpoint, unmatched, base_family)
+        if misfits:
+            raise CheckpointError(
+                f"{checkpoint.path}: {len(misfits)} module(s) do not fit the base's layer shapes, e.g. "
+                + "; ".join(misfits[:3]),
+                hint=_family_hint(checkpoint.base_family, base_family),
+            )
+        return targets
+
+
+def _family_hint(file_family: str, base_family: str) -> str:
+    if file_family not in ("unknown", base_family) and not (file_family == "sd1" and base_family == "toy"):
+        return (
+            f"it looks like an {FAMILY_NAMES[file_family]} LoRA; the base is "
+            f"{FAMILY_NAMES.get(base_family, base_family)}: pass a matching base with --base"
+        )
+    return "use the base model the LoRA was trained on (--base)"
+
+
+def _unmatched_error(checkpoint: LoraCheckpoint, unmatched: list[str], base_family: str) -> CheckpointError:
+    total = len(checkpoint.modules)
+    sample = ", ".join(repr(n) for n in unmatched[:3])
+    what = f"{len(unmatched)} of {total} modules match no layer of the base"
+    if checkpoint.base_family not in ("unknown", base_family) and not (
+        checkpoint.base_family == "sd1" and base_family == "toy"
+    ):
+        what += (
+            f" (an {FAMILY_NAMES[checkpoint.base_family]} LoRA; the base is "
+            f"{FAMILY_NAMES.get(base_family, base_family)})"
+        )
+    return CheckpointError(
+        f"{checkpoint.path}: {what}, e.g. {sample}",
+        hint=_family_hint(checkpoint.base_family, base_family),
+    )

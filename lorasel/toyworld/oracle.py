@@ -1,0 +1,138 @@
+"""Ground truth from pixels: what a toy-world image shows, and how well it obeys a prompt.
+
+The oracle is for benchmarks only; the evaluator and the selector never use it.
+Method: the background is the dominant colour of the image border; the object is the
+largest connected region that differs from it; its colour is the nearest palette colour
+of the region's median pixel; its shape is the template (of every world shape) with the
+highest IoU after cropping the region to its bounding box and fitting it in a square.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from lorasel.toyworld.world import ALL_SHAPES, COLORS, mask
+
+_PALETTE_NAMES = tuple(COLORS)
+_PALETTE = np.array([COLORS[n] for n in _PALETTE_NAMES], dtype=np.float32)
+_TEMPLATE_SIZE = 24
+_MIN_OBJECT_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the oracle sees in one image. ``color``/``shape`` are None when there is no object."""
+
+    background: str
+    color: str | None
+    shape: str | None
+    shape_iou: float
+    object_fraction: float
+
+
+def _nearest_color(rgb: np.ndarray) -> np.ndarray:
+    """Index of the nearest palette colour for each RGB row."""
+    d = ((rgb[:, None, :].astype(np.float32) - _PALETTE[None]) ** 2).sum(-1)
+    return d.argmin(1)
+
+
+def _fit_square(region: np.ndarray) -> np.ndarray:
+    """Crop a boolean mask to its bounding box, centre it in a square, resize to the template size."""
+    ys, xs = np.nonzero(region)
+    crop = region[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    h, w = crop.shape
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=np.uint8)
+    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = crop * 255
+    img = Image.fromarray(square).resize((_TEMPLATE_SIZE, _TEMPLATE_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(img) > 127
+
+
+@lru_cache(maxsize=1)
+def _templates() -> dict[str, np.ndarray]:
+    out = {}
+    for shape in ALL_SHAPES:
+        m = np.asarray(mask(shape, 96)) > 127
+        out[shape] = _fit_square(m)
+    return out
+
+
+def measure(image: Image.Image) -> Measurement:
+    """Measure background colour, object colour and shape of a toy-world image."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w, _ = rgb.shape
+    border = np.concatenate(
+        [
+            rgb[:2].reshape(-1, 3),
+            rgb[-2:].reshape(-1, 3),
+            rgb[:, :2].reshape(-1, 3),
+            rgb[:, -2:].reshape(-1, 3),
+        ]
+    )
+    bg_idx = np.bincount(_nearest_color(border), minlength=len(_PALETTE)).argmax()
+    background = _PALETTE_NAMES[bg_idx]
+    nearest = _nearest_color(rgb.reshape(-1, 3)).reshape(h, w)
+    dist_bg = np.sqrt(((rgb - _PALETTE[bg_idx]) ** 2).sum(-1))
+    foreground = (nearest != bg_idx) & (dist_bg > 60)
+    foreground = ndimage.binary_opening(foreground, iterations=1)
+    labels, n = ndimage.label(foreground)
+    if n == 0:
+        return Measurement(background, None, None, 0.0, 0.0)
+    sizes = ndimage.sum(foreground, labels, index=range(1, n + 1))
+    region = labels == (int(np.argmax(sizes)) + 1)
+    fraction = float(region.mean())
+    if fraction < _MIN_OBJECT_FRACTION:
+        return Measurement(background, None, None, 0.0, fraction)
+    core = ndimage.binary_erosion(region, iterations=1)
+    pixels = rgb[core if core.sum() >= 8 else region]
+    color = _PALETTE_NAMES[_nearest_color(np.median(pixels, axis=0)[None])[0]]
+    # Holes (ring) and bites (moon) are background: fill nothing, compare the region as is.
+    fitted = _fit_square(region)
+    best, best_iou = None, -1.0
+    for shape, template in _templates().items():
+        inter = np.logical_and(fitted, template).sum()
+        union = np.logical_or(fitted, template).sum()
+        iou = float(inter / union) if union else 0.0
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return Measurement(background, color, best, best_iou, fraction)
+
+
+_SHAPE_WORDS = "|".join(ALL_SHAPES)
+_COLOR_WORDS = "|".join(COLORS)
+_BG_RE = re.compile(rf"\b({_COLOR_WORDS}) background\b")
+_OBJECT_RE = re.compile(rf"\b(?:({_COLOR_WORDS}) )?(?:\w+ )?({_SHAPE_WORDS})\b")
+
+
+def requested(prompt: str) -> dict[str, str]:
+    """The attributes a toy-world prompt asks for: any of ``color``, ``shape``, ``background``."""
+    text = prompt.lower()
+    out: dict[str, str] = {}
+    bg = _BG_RE.search(text)
+    if bg:
+        out["background"] = bg.group(1)
+        text = text[: bg.start()] + text[bg.end() :]
+    obj = _OBJECT_RE.search(text)
+    if obj:
+        out["shape"] = obj.group(2)
+        if obj.group(1):
+            out["color"] = obj.group(1)
+    return out
+
+
+def judge(image_or_measurement, prompt: str) -> dict[str, bool]:
+    """For each attribute ``prompt`` asks for, whether the image shows it."""
+    m = (
+        image_or_measurement
+        if isinstance(image_or_measurement, Measurement)
+        else measure(image_or_measurement)
+    )
+    asked = requested(prompt)
+    seen = {"color": m.color, "shape": m.shape, "background": m.background}
+    return {attr: seen[attr] == value for attr, value in asked.items()}

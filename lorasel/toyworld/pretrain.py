@@ -1,0 +1,397 @@
+"""Pretrain the toy world's base model and scorer: ``python -m lorasel.toyworld.pretrain``.
+
+Stages (each cached in ``--work`` so a stage can be rerun alone):
+
+1. ``vae``   — AutoencoderKL on images of every world shape (an image codec knows no concepts).
+2. ``unet``  — UNet + CLIP text encoder, jointly, as a text-to-image diffusion model on the
+   *base* shapes only (the LoRA concepts' shapes are never shown), with 15% of
+   (shape, colour, background) combinations held out for evaluation.
+3. ``clip``  — the open_clip scorer, contrastively, on every shape (concepts included) with
+   their class words, also held-out combinations excluded.
+4. ``export`` — fp16 weights into ``lorasel/toyworld/weights/`` with a JSON record of the
+   command, seed, steps and time of each stage.
+
+Deterministic for a given seed and thread count (everything is seeded; CPU kernels may
+reduce in a different order with another thread count). Run on CPU with the defaults, or
+on a GPU with ``--device cuda``; the CPU run reaches the quality bars (reports/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lorasel.toyworld import world
+
+DEFAULTS = {"seed": 0, "vae_steps": 1500, "unet_steps": 5000, "clip_steps": 1500}
+CAPTION_TEMPLATES = (("full", 0.7), ("no_background", 0.1), ("no_color", 0.1), ("shape", 0.1))
+
+
+def log(msg: str) -> None:
+    print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def images_to_tensor(images) -> torch.Tensor:
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def sample_batch(rng: random.Random, n: int, shapes, exclude=frozenset()):
+    scenes = [world.sample_scene(rng, shapes, exclude=exclude) for _ in range(n)]
+    return scenes, images_to_tensor([world.render(s) for s in scenes])
+
+
+def pick_template(rng: random.Random, dropout: float) -> str | None:
+    """A caption template, or None (empty caption: the unconditional case CFG needs)."""
+    if rng.random() < dropout:
+        return None
+    names, weights = zip(*CAPTION_TEMPLATES, strict=True)
+    return rng.choices(names, weights=weights)[0]
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 200, floor: float = 0.1) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def train_vae(args, work: Path) -> None:
+    from safetensors.torch import save_file
+
+    from lorasel.toyworld.model import build_components
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(f"vae:{args.seed}")
+    _, vae, _ = build_components()
+    vae.to(args.device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    start = time.time()
+    for step in range(args.vae_steps):
+        _, x = sample_batch(rng, 32, world.ALL_SHAPES)
+        x = x.to(args.device)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec + 1e-4 * kl
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.vae_steps, 1e-3)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == args.vae_steps - 1:
+            log(
+                f"vae step {step}/{args.vae_steps} mse {rec.item():.5f} kl {kl.item():.4f} ({time.time() - start:.0f}s)"
+            )
+    # Scale latents to unit variance, as SD's 0.18215 does.
+    with torch.no_grad():
+        vae.eval()
+        _, x = sample_batch(random.Random("vae-scale"), 512, world.ALL_SHAPES)
+        z = torch.cat([vae.encode(x[i : i + 64].to(args.device)).latent_dist.mean for i in range(0, 512, 64)])
+        scaling = float(1.0 / z.flatten().std())
+    save_file(
+        {k: v.detach().cpu() for k, v in vae.state_dict().items()},
+        work / "vae.safetensors",
+        metadata={"scaling_factor": repr(scaling), "seconds": repr(time.time() - start)},
+    )
+    log(f"vae done: scaling factor {scaling:.4f}, {time.time() - start:.0f}s")
+
+
+def load_vae(work: Path, device: str):
+    from safetensors import safe_open
+
+    from lorasel.toyworld.model import build_components
+
+    with safe_open(str(work / "vae.safetensors"), framework="pt") as f:
+        scaling = float(f.metadata()["scaling_factor"])
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    _, vae, _ = build_components(scaling)
+    vae.load_state_dict(state)
+    return vae.to(device).eval()
+
+
+# --------------------------------------------------------------------------- UNet + text encoder
+
+
+def _dataset_scenes(n: int, seed: int) -> list[world.Scene]:
+    """The fixed set of base-shape scenes the UNet is trained on (held-out combinations excluded)."""
+    rng = random.Random(f"latents:{seed}")
+    exclude = world.held_out_combinations()
+    return [world.sample_scene(rng, world.BASE_SHAPES, exclude=exclude) for _ in range(n)]
+
+
+@torch.no_grad()
+def encode_dataset(vae, n: int, seed: int, device: str):
+    """The training scenes and their VAE latents (scaled)."""
+    scenes = _dataset_scenes(n, seed)
+    latents = []
+    for i in range(0, n, 128):
+        x = images_to_tensor([world.render(s) for s in scenes[i : i + 128]])
+        latents.append(vae.encode(x.to(device)).latent_dist.mean.cpu() * vae.config.scaling_factor)
+    return scenes, torch.cat(latents)
+
+
+def train_unet(args, work: Path) -> None:
+    from safetensors.torch import save_file
+
+    from lorasel.models.tokenizer import clip_tokenizer
+    from lorasel.toyworld.model import build_components, train_scheduler
+
+    start = time.time()
+    vae = load_vae(work, args.device)
+    cache = work / f"latents-{args.n_latents}-{args.seed}.safetensors"
+    if cache.is_file() and cache.stat().st_mtime > (work / "vae.safetensors").stat().st_mtime:
+        from safetensors.torch import load_file
+
+        latents = load_file(cache)["latents"]
+        scenes = _dataset_scenes(args.n_latents, args.seed)
+    else:
+        scenes, latents = encode_dataset(vae, args.n_latents, args.seed, args.device)
+        save_file({"latents": latents.contiguous()}, cache)
+    log(f"{len(scenes)} latents ready ({time.time() - start:.0f}s)")
+    torch.manual_seed(args.seed)
+    rng = random.Random(f"unet:{args.seed}")
+    unet, _, text_encoder = build_components()
+    unet.to(args.device).train()
+    text_encoder.to(args.device).train()
+    tokenizer = clip_tokenizer()
+    sched = train_scheduler()
+    alphas = sched.alphas_cumprod.to(args.device)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
+    ema = [p.detach().clone() for p in params]
+    batch = args.unet_batch
+    t0 = time.time()
+    for step in range(args.unet_steps):
+        idx = [rng.randrange(len(scenes)) for _ in range(batch)]
+        caps = []
+        for i in idx:
+            tpl = pick_template(rng, 0.1)
+            caps.append("" if tpl is None else world.caption(scenes[i], template=tpl))
+        ids = tokenizer(
+            caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        z = latents[idx].to(args.device)
+        noise = torch.randn_like(z)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=args.device)
+        noisy = sched.add_noise(z, noise, t)
+        enc = text_encoder(ids.to(args.device))[0]
+        pred = unet(noisy, t, enc).sample
+        # min-SNR-5 weighting (Hang et al. 2023): faster, more even convergence over timesteps.
+        snr = alphas[t] / (1 - alphas[t])
+        weight = torch.clamp(snr, max=5.0) / snr
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.unet_steps, args.unet_lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params, strict=True):
+                e.lerp_(p.detach(), 1 - decay)
+        if step % 100 == 0 or step == args.unet_steps - 1:
+            rate = (step + 1) / (time.time() - t0)
+            log(
+                f"unet step {step}/{args.unet_steps} loss {loss.item():.4f} ({rate:.2f} it/s, {time.time() - start:.0f}s)"
+            )
+        if args.unet_snapshot and step and step % args.unet_snapshot == 0:
+            _save_unet(work / f"unet_te_{step}.safetensors", unet, text_encoder, ema, params, start)
+    _save_unet(work / "unet_te.safetensors", unet, text_encoder, ema, params, start)
+    log(f"unet done ({time.time() - start:.0f}s)")
+
+
+def _save_unet(path: Path, unet, text_encoder, ema, params, start: float) -> None:
+    from safetensors.torch import save_file
+
+    live = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+    state = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    state |= {
+        f"text_encoder.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()
+    }
+    save_file(state, path, metadata={"seconds": repr(time.time() - start)})
+    with torch.no_grad():
+        for p, v in zip(params, live, strict=True):
+            p.copy_(v)
+
+
+# --------------------------------------------------------------------------- CLIP scorer
+
+_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Make clean renders look more like generated ones: blur, noise, colour drift ([-1, 1] in and out)."""
+    n = x.shape[0]
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    amount = torch.rand(n, 1, 1, 1, generator=gen)
+    x = x + amount * (blurred - x)
+    x = x * (1 + 0.08 * torch.randn(n, 3, 1, 1, generator=gen)) + 0.05 * torch.randn(
+        n, 3, 1, 1, generator=gen
+    )
+    x = x + torch.rand(n, 1, 1, 1, generator=gen) * 0.08 * torch.randn(x.shape, generator=gen)
+    return x.clamp(-1, 1)
+
+
+def clip_input(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images to the normalisation open_clip's preprocessing produces."""
+    return ((x + 1) / 2 - _MEAN.to(x.device)) / _STD.to(x.device)
+
+
+def clip_caption(rng: random.Random, scene: world.Scene) -> str:
+    names, weights = zip(
+        *(("full", 0.6), ("no_background", 0.15), ("no_color", 0.15), ("shape", 0.1)), strict=True
+    )
+    return world.caption(scene, template=rng.choices(names, weights=weights)[0])
+
+
+def train_clip(args, work: Path) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    from lorasel.toyworld.scorer import MODEL_NAME, create_toy_clip
+
+    start = time.time()
+    torch.manual_seed(args.seed)
+    rng = random.Random(f"clip:{args.seed}")
+    gen = torch.Generator().manual_seed(args.seed)
+    model, _, _ = create_toy_clip()
+    model.to(args.device).train()
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.clip_lr, weight_decay=0.05)
+    exclude = world.held_out_combinations()
+    batch = args.clip_batch
+    for step in range(args.clip_steps):
+        scenes, x = sample_batch(rng, batch, world.ALL_SHAPES, exclude)
+        caps = [clip_caption(rng, s) for s in scenes]
+        images = clip_input(degrade(x, gen)).to(args.device)
+        img = F.normalize(model.encode_image(images), dim=-1)
+        txt = F.normalize(model.encode_text(tokenizer(caps).to(args.device)), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        # Identical captions in a batch are all positives (soft targets), not false negatives.
+        same = torch.tensor([[a == b for b in caps] for a in caps], dtype=torch.float32, device=args.device)
+        targets = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (
+            torch.sum(-targets * logits.log_softmax(1), 1).mean()
+            + torch.sum(-targets * logits.T.log_softmax(1), 1).mean()
+        )
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.clip_steps, args.clip_lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == args.clip_steps - 1:
+            acc = (logits.argmax(1) == torch.arange(batch, device=args.device)).float().mean().item()
+            log(
+                f"clip step {step}/{args.clip_steps} loss {loss.item():.4f} in-batch top1 {acc:.2f} "
+                f"({time.time() - start:.0f}s)"
+            )
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, work / "clip.safetensors", metadata={"seconds": repr(time.time() - start)})
+    log(f"clip done ({time.time() - start:.0f}s)")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(args, work: Path, out: Path) -> None:
+    """fp16 weights into the package, and a record of how they were made."""
+    import platform
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lorasel.toyworld.model import BASE_WEIGHTS, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
+    from lorasel.toyworld.scorer import SCORER_WEIGHTS
+
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    tensors = {}
+    for stage, name, prefix in (("vae", "vae.safetensors", "vae."), ("unet", "unet_te.safetensors", "")):
+        with safe_open(str(work / name), framework="pt") as f:
+            meta = f.metadata()
+            seconds[stage] = float(meta["seconds"])
+            if stage == "vae":
+                scaling = float(meta["scaling_factor"])
+            for k in f.keys():  # noqa: SIM118
+                tensors[prefix + k] = f.get_tensor(k).half()
+    record = {
+        "command": "python -m lorasel.toyworld.pretrain " + " ".join(sys.argv[1:]),
+        "seed": args.seed,
+        "steps": {"vae": args.vae_steps, "unet": args.unet_steps, "clip": args.clip_steps},
+        "vae_scaling_factor": scaling,
+        "configs": {"unet": UNET_CONFIG, "vae": VAE_CONFIG, "text_encoder": TEXT_CONFIG},
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, device {args.device}",
+    }
+    with safe_open(str(work / "clip.safetensors"), framework="pt") as f:
+        seconds["clip"] = float(f.metadata()["seconds"])
+        clip_state = {k: f.get_tensor(k).half() for k in f.keys()}  # noqa: SIM118
+    record["seconds"] = {k: round(v) for k, v in seconds.items()}
+    save_file(tensors, out / BASE_WEIGHTS, metadata={"lorasel.toyworld": json.dumps(record)})
+    save_file(clip_state, out / SCORER_WEIGHTS, metadata={"lorasel.toyworld": json.dumps(record)})
+    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"exported to {out}: {sum(p.stat().st_size for p in out.glob('*.safetensors')) / 1e6:.1f} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lorasel.toyworld.pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--work", type=Path, default=Path(".pretrain"), help="cache of intermediate stages")
+    parser.add_argument("--out", type=Path, default=None, help="weights folder (default: the package's)")
+    parser.add_argument("--stages", default="vae,unet,clip,export")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--vae-steps", type=int, default=DEFAULTS["vae_steps"])
+    parser.add_argument("--unet-steps", type=int, default=DEFAULTS["unet_steps"])
+    parser.add_argument("--unet-batch", type=int, default=64)
+    parser.add_argument("--unet-lr", type=float, default=5e-4)
+    parser.add_argument("--unet-snapshot", type=int, default=0, help="also save every N steps")
+    parser.add_argument("--n-latents", type=int, default=32768)
+    parser.add_argument("--clip-steps", type=int, default=DEFAULTS["clip_steps"])
+    parser.add_argument("--clip-batch", type=int, default=128)
+    parser.add_argument("--clip-lr", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    if "vae" in stages:
+        train_vae(args, args.work)
+    if "unet" in stages:
+        train_unet(args, args.work)
+    if "clip" in stages:
+        train_clip(args, args.work)
+    if "export" in stages:
+        from lorasel.toyworld.model import weights_path
+
+        export(args, args.work, args.out or weights_path("").parent / "weights")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Measured quality of the toy world's models, against the oracle (the bars of issue 3).
+
+Used by the pretraining script, the benchmarks (full samples) and the tests (small samples).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from lorasel.toyworld import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from lorasel.toyworld.oracle import measure
+from lorasel.toyworld.world import ALL_SHAPES, BASE_SHAPES, Scene, caption, held_out_combinations, render
+
+
+def held_out_scenes(n: int, shapes: Sequence[str] = BASE_SHAPES, seed: int = 0) -> list[Scene]:
+    """``n`` scenes whose (shape, colour, background) were never seen in pretraining."""
+    combos = sorted(c for c in held_out_combinations() if c[0] in shapes)
+    rng = random.Random(f"held-out:{seed}")
+    return [Scene(*rng.choice(combos)) for _ in range(n)]
+
+
+@torch.inference_mode()
+def render_prompts(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    batch_size: int = 16,
+):
+    """Render each prompt with its own seed (one generator per image), in batches."""
+    device = pipe.unet.device
+    images = []
+    for i in range(0, len(prompts), batch_size):
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[i : i + batch_size]]
+        out = pipe(
+            list(prompts[i : i + batch_size]),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            height=64,
+            width=64,
+            output_type="pil",
+        )
+        images += out.images
+    del device
+    return images
+
+
+def base_quality(pipe, n: int = 100, seed: int = 0, **render_kwargs) -> dict[str, float]:
+    """Oracle accuracy of the base model on ``n`` held-out captions at default settings."""
+    scenes = held_out_scenes(n, seed=seed)
+    prompts = [caption(s) for s in scenes]
+    images = render_prompts(pipe, prompts, [seed * 100_000 + i for i in range(n)], **render_kwargs)
+    hits = {"background": 0, "color": 0, "shape": 0}
+    for scene, image in zip(scenes, images, strict=True):
+        m = measure(image)
+        hits["background"] += m.background == scene.background
+        hits["color"] += m.color == scene.color
+        hits["shape"] += m.shape == scene.shape
+    return {k: v / n for k, v in hits.items()}
+
+
+def scorer_quality(scorer, trials: int = 50, k: int = 20, seed: int = 0) -> dict[str, float]:
+    """Text→image top-1 retrieval among ``k`` held-out captions (mean over trials), and the mean
+    image cosine of same-attribute pairs against different-attribute pairs."""
+    rng = random.Random(f"scorer:{seed}")
+    combos = sorted(held_out_combinations())
+    correct = 0
+    for _ in range(trials):
+        chosen = rng.sample(combos, k)
+        scenes = [Scene(*c) for c in chosen]
+        texts = scorer.embed_texts([caption(s) for s in scenes])
+        imgs = scorer.embed_images([render(s) for s in scenes])
+        correct += int((texts @ imgs.T).argmax(1).eq(torch.arange(k)).sum())
+    same, diff = [], []
+    for _ in range(trials):
+        a = Scene(*rng.choice(combos))
+        b_same = Scene(
+            a.shape,
+            a.color,
+            a.background,
+            rng.uniform(0.24, 0.36),
+            rng.uniform(0.4, 0.6),
+            rng.uniform(0.4, 0.6),
+        )
+        other = [c for c in combos if c[0] != a.shape and c[1] != a.color and c[2] != a.background]
+        b_diff = Scene(*rng.choice(other))
+        e = scorer.embed_images([render(a), render(b_same), render(b_diff)])
+        same.append(float(e[0] @ e[1]))
+        diff.append(float(e[0] @ e[2]))
+    return {
+        "retrieval_top1": correct / (trials * k),
+        "same_attribute_cosine": sum(same) / len(same),
+        "different_attribute_cosine": sum(diff) / len(diff),
+        "same_beats_different": sum(s > d for s, d in zip(same, diff, strict=True)) / len(same),
+    }
+
+
+__all__ = ["ALL_SHAPES", "base_quality", "held_out_scenes", "render_prompts", "scorer_quality"]

@@ -1,0 +1,223 @@
+"""Build LoRA files in every format from a pipeline's layers, with seeded random factors.
+
+Test helpers: the key names are written here from the formats' definitions (REFERENCE §2),
+independently of lorasel's parser, so that tests compare lorasel with other loaders.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread is faster than two fighting over a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+UNET_ATTENTION = re.compile(r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)|proj_in|proj_out)$")
+TEXT_LAYERS = re.compile(r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$")
+RESNET_CONVS = re.compile(r"resnets\.\d+\.(conv1|conv2)$")
+
+
+def target_layers(module: nn.Module, pattern: re.Pattern) -> dict[str, nn.Module]:
+    return {
+        name: layer
+        for name, layer in module.named_modules()
+        if isinstance(layer, (nn.Linear, nn.Conv2d)) and pattern.search(name)
+    }
+
+
+def _factors(
+    layer: nn.Module, rank: int, gen: torch.Generator, std: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    w = layer.weight
+    out_dim, in_dim, *kernel = w.shape
+    if kernel:
+        down = torch.randn(rank, in_dim, *kernel, generator=gen) * std
+        up = torch.randn(out_dim, rank, 1, 1, generator=gen) * std
+    else:
+        down = torch.randn(rank, in_dim, generator=gen) * std
+        up = torch.randn(out_dim, rank, generator=gen) * std
+    return down, up
+
+
+def sdxl_sgm_name(name: str, layers_per_block: int = 2) -> str:
+    """diffusers UNet layer path → the original SGM path kohya writes for SDXL."""
+    per = layers_per_block + 1
+    subs = {
+        "conv1": "in_layers.2",
+        "conv2": "out_layers.3",
+        "time_emb_proj": "emb_layers.1",
+        "conv_shortcut": "skip_connection",
+    }
+
+    def inner(rest: str) -> str:
+        head, _, tail = rest.partition(".")
+        return subs.get(head, head) + ("." + tail if tail else "")
+
+    if m := re.match(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.*)", name):
+        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = 1 + block * per + j
+        return f"input_blocks.{idx}.{1 if kind == 'attentions' else 0}.{inner(rest) if kind == 'resnets' else rest}"
+    if m := re.match(r"up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.*)", name):
+        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = block * per + j
+        return f"output_blocks.{idx}.{1 if kind == 'attentions' else 0}.{inner(rest) if kind == 'resnets' else rest}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)", name):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"mid_block\.resnets\.(\d)\.(.*)", name):
+        return f"middle_block.{2 * int(m[1])}.{inner(m[2])}"
+    raise ValueError(name)
+
+
+def kohya_lora(
+    pipeline,
+    rank: int = 4,
+    alpha: float | None = 2.0,
+    seed: int = 0,
+    *,
+    conv: bool = False,
+    text: bool = True,
+    sgm: bool = False,
+    std: float = 0.2,
+    only: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """kohya keys: ``lora_unet_`` + flattened path (SGM for SDXL when ``sgm``), ``lora_te[12]_``.
+
+    ``only``: a regex the layer path must also match (fewer modules, faster tests).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    parts = [("unet", pipeline.unet, UNET_ATTENTION)]
+    if conv:
+        parts.append(("unet", pipeline.unet, RESNET_CONVS))
+    if text:
+        sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+        parts.append(("te1" if sdxl else "te", pipeline.text_encoder, TEXT_LAYERS))
+        if sdxl:
+            parts.append(("te2", pipeline.text_encoder_2, TEXT_LAYERS))
+    for prefix, module, pattern in parts:
+        for name, layer in target_layers(module, pattern).items():
+            if only and not re.search(only, name):
+                continue
+            path = sdxl_sgm_name(name) if (sgm and prefix == "unet") else name
+            if prefix != "unet" and not path.startswith("text_model."):
+                path = "text_model." + path  # kohya's names, from transformers 4's CLIPTextModel
+            stem = f"lora_{prefix}_" + path.replace(".", "_")
+            down, up = _factors(layer, rank, gen, std)
+            out[f"{stem}.lora_down.weight"] = down
+            out[f"{stem}.lora_up.weight"] = up
+            if alpha is not None:
+                out[f"{stem}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+# ------------------------------------------------------------------ shared tiny pipelines
+
+_PIPES: dict[str, object] = {}
+
+
+def shared_pipeline(kind: str):
+    """One tiny pipeline per kind and process ("sd1", "sd1-ref", "sdxl", "sdxl-ref"): tests that
+    change it must put it back (``restore(pipe, release=True)``, ``unload_lora_weights()``)."""
+    if kind not in _PIPES:
+        from tests.tiny_models import tiny_sd1_pipeline, tiny_sdxl_pipeline
+
+        _PIPES[kind] = tiny_sdxl_pipeline() if kind.startswith("sdxl") else tiny_sd1_pipeline()
+    return _PIPES[kind]
+
+
+# ------------------------------------------------------------------ LyCORIS networks
+
+LYCORIS_TARGETS = ["Transformer2DModel", "ResnetBlock2D"]
+
+
+def lycoris_network(
+    module: nn.Module, algo: str, *, dim: int = 2, alpha: float = 1.0, seed: int = 0, **kwargs
+):
+    """A LyCORIS network (the ``lycoris-lora`` package) on ``module``, hooked in, with seeded
+    random factors (LyCORIS initialises ΔW to zero) so that every factor matters."""
+    import logging
+
+    from lycoris import LycorisNetwork, create_lycoris
+    from lycoris.logging import logger
+
+    logger.setLevel(logging.ERROR)
+    saved = LycorisNetwork.TARGET_REPLACE_MODULE
+    LycorisNetwork.apply_preset({"target_module": LYCORIS_TARGETS})
+    try:
+        net = create_lycoris(
+            module,
+            1.0,
+            linear_dim=dim,
+            linear_alpha=alpha,
+            conv_dim=dim,
+            conv_alpha=alpha,
+            algo=algo,
+            **kwargs,
+        )
+    finally:
+        LycorisNetwork.TARGET_REPLACE_MODULE = saved
+    net.apply_to()
+    randomise_lycoris(net, seed)
+    return net
+
+
+def randomise_lycoris(net: nn.Module, seed: int, std: float = 0.25) -> None:
+    """Seeded random factors (LyCORIS initialises ΔW to zero); DoRA magnitudes perturbed around ‖W‖."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("dora_scale"):
+                p.mul_(1 + 0.2 * noise)
+            else:
+                p.copy_(noise * std)
+
+
+def render_small(pipe):
+    """A 32 px, 2-step render without CFG: the cheapest call that runs every component."""
+    gen = torch.Generator().manual_seed(0)
+    return pipe(
+        "a red circle",
+        num_inference_steps=2,
+        generator=gen,
+        output_type="np",
+        guidance_scale=1.0,
+        height=32,
+        width=32,
+    ).images
+
+
+def lycoris_reference_delta(lora) -> torch.Tensor:
+    """γ·ΔW of one LyCORIS module by the package's functional maths, γ = the module's own scale."""
+    from lycoris.functional import locon, loha, lokr
+    from lycoris.modules.locon import LoConModule
+    from lycoris.modules.loha import LohaModule
+
+    with torch.no_grad():
+        if isinstance(lora, LoConModule):
+            mid = lora.lora_mid.weight if lora.tucker else None
+            return locon.diff_weight(lora.lora_down.weight, lora.lora_up.weight, mid, gamma=lora.scale)
+        if isinstance(lora, LohaModule):
+            t1, t2 = (lora.hada_t1, lora.hada_t2) if lora.tucker else (None, None)
+            return loha.diff_weight(
+                lora.hada_w1_b, lora.hada_w1_a, lora.hada_w2_b, lora.hada_w2_a, t1, t2, gamma=lora.scale
+            )
+        get = lambda n: getattr(lora, n, None)  # noqa: E731
+        w1 = get("lokr_w1") if lora.use_w1 else None
+        w2 = get("lokr_w2") if lora.use_w2 else None
+        t2 = get("lokr_t2") if (lora.tucker and not lora.use_w2) else None
+        return lokr.kron_weight(
+            w1, None if w1 is not None else get("lokr_w1_a"), None if w1 is not None else get("lokr_w1_b"),
+            w2, None if w2 is not None else get("lokr_w2_a"), None if w2 is not None else get("lokr_w2_b"),
+            t2, scale=lora.scale,
+        )  # fmt: skip

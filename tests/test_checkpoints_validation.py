@@ -1,0 +1,225 @@
+"""Bad input: every way a checkpoint file can be wrong gives one clear CheckpointError,
+through ``read_checkpoint``/``apply`` and through ``lorasel inspect`` (exit 2, one line)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from lorasel.checkpoints import apply, current, file_hash, read_checkpoint, restore, save_checkpoint
+from lorasel.cli import app
+from lorasel.errors import CheckpointError
+from tests.lora_files import (
+    kohya_lora,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    shared_pipeline,
+)
+
+runner = CliRunner()
+STEM = "lora_unet_mid_block_attentions_0_proj_in"
+
+
+def good_tensors(rank: int = 2, width: int = 64) -> dict[str, torch.Tensor]:
+    return {
+        f"{STEM}.lora_down.weight": torch.randn(rank, width),
+        f"{STEM}.lora_up.weight": torch.randn(width, rank),
+        f"{STEM}.alpha": torch.tensor(1.0),
+    }
+
+
+def _raw_safetensors(header: dict, data: bytes = b"") -> bytes:
+    blob = json.dumps(header).encode()
+    return struct.pack("<Q", len(blob)) + blob + data
+
+
+def _bad_files(tmp_path):
+    """name → (path, part of the message)."""
+    good = save_checkpoint(tmp_path / "good.safetensors", good_tensors())
+    blob = good.read_bytes()
+    cases = {}
+
+    def case(name, content, expect, suffix=".safetensors"):
+        path = tmp_path / f"{name}{suffix}"
+        if isinstance(content, dict):
+            save_file(content, path)
+        else:
+            path.write_bytes(content)
+        cases[name] = (path, expect)
+
+    case("pickle-ckpt", b"\x80\x04 not opened", "pickle", ".ckpt")
+    case("pickle-pt", b"\x80\x04", "pickle", ".pt")
+    case("pickle-bin", b"\x80\x04", "pickle", ".bin")
+    case("pickle-pth", b"\x80\x04", "pickle", ".pth")
+    case("wrong-suffix", blob, "not a .safetensors file", ".txt")
+    case("empty", b"", "not a valid safetensors file")
+    case("text", b"hello, this is not a tensor file at all", "corrupt header")
+    case("truncated", blob[: len(blob) // 2], "truncated")
+    case("huge-header-length", struct.pack("<Q", 10**15) + b"{}", "corrupt header")
+    case("bad-json", struct.pack("<Q", 5) + b"{oops", "corrupt header")
+    case(
+        "bad-entry",
+        _raw_safetensors({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 3]}}, b"\0" * 3),
+        "x",
+    )
+    case(
+        "full-model",
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2),
+            "first_stage_model.x": torch.zeros(1),
+        },
+        "full model",
+    )
+    case("nothing-lora", {"foo.bar": torch.zeros(1)}, "not a LoRA")
+    case("extra-keys", {**good_tensors(), "model.diffusion_model.x.weight": torch.zeros(1)}, "not LoRA keys")
+    case("oft", {f"{STEM}.oft_blocks": torch.zeros(2, 2, 2), f"{STEM}.alpha": torch.tensor(1.0)}, "OFT")
+    case("incomplete", {f"{STEM}.lora_down.weight": torch.zeros(2, 4)}, "missing up")
+    case(
+        "rank-mismatch",
+        {f"{STEM}.lora_down.weight": torch.zeros(2, 4), f"{STEM}.lora_up.weight": torch.zeros(4, 3)},
+        "do not fit together",
+    )
+    case("nan", {**good_tensors(), f"{STEM}.lora_up.weight": torch.full((64, 2), float("nan"))}, "NaN")
+    case("inf", {**good_tensors(), f"{STEM}.lora_down.weight": torch.full((2, 64), float("inf"))}, "Inf")
+    case("bad-alpha", {**good_tensors(), f"{STEM}.alpha": torch.ones(3)}, "one number")
+    case(
+        "mixed-formats",
+        {
+            **good_tensors(),
+            "unet.a.b.lora_A.weight": torch.zeros(1, 2),
+            "unet.a.b.lora_B.weight": torch.zeros(2, 1),
+        },
+        "mixes key formats",
+    )
+    return cases
+
+
+def test_every_bad_file_is_one_clear_error_naming_it(tmp_path):
+    for name, (path, expect) in _bad_files(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+        assert expect in info.value.message, (name, info.value.message)
+        assert path.name in info.value.message, name
+        assert info.value.hint, name
+
+
+def test_inspect_cli_bad_files_exit_2_one_line_file_untouched(tmp_path):
+    for name, (path, expect) in _bad_files(tmp_path).items():
+        before = path.read_bytes()
+        for args in (["inspect", str(path)], ["inspect", "--json", str(path)]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 2, (name, result.output)
+            assert result.stdout == "", name
+            assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, name
+            assert expect in result.stderr and "(hint: " in result.stderr, name
+            assert "Traceback" not in result.output, name
+        assert path.read_bytes() == before, name
+
+
+def test_inspect_cli_missing_file_and_folder(tmp_path):
+    for target in (tmp_path / "nope.safetensors", tmp_path):
+        result = runner.invoke(app, ["inspect", str(target)])
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_pickle_is_refused_without_opening(tmp_path, monkeypatch):
+    import builtins
+
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"\x80\x04")
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
+    with pytest.raises(CheckpointError, match="pickle"):
+        read_checkpoint(path)
+    assert str(path) not in map(str, opened)
+
+
+def test_sdxl_lora_on_sd1_base_names_keys_and_families(tmp_path, monkeypatch):
+    pipe = shared_pipeline("sd1")
+    monkeypatch.setattr(pipe, "_lorasel_family", "sd1", raising=False)  # tiny widths say nothing
+    sdxl_tensors = kohya_lora(shared_pipeline("sdxl"), rank=2, sgm=True, only=r"(to_q|q_proj)$", seed=1)
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "xl.safetensors", sdxl_tensors))
+    with pytest.raises(CheckpointError) as info:
+        apply(pipe, checkpoint, 1.0)
+    message = info.value.message
+    assert "xl.safetensors" in message and "match no layer" in message
+    assert "lora_te2_" in message or "lora_unet_input_blocks" in message or "lora_te1_" in message
+    assert "an SDXL LoRA; the base is SD1" in message
+    assert current(pipe) is None
+
+
+def test_partially_matching_file_never_half_applies(tmp_path):
+    pipe = shared_pipeline("sd1")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    tensors = kohya_lora(pipe, rank=2, text=False, only=r"to_q$", seed=2)
+    tensors["lora_unet_no_such_layer.lora_down.weight"] = torch.zeros(2, 8)
+    tensors["lora_unet_no_such_layer.lora_up.weight"] = torch.zeros(8, 2)
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "part.safetensors", tensors))
+    good = read_checkpoint(save_checkpoint(tmp_path / "good.safetensors", kohya_lora(pipe, rank=2, seed=3)))
+    try:
+        apply(pipe, good, 1.0)
+        with pytest.raises(CheckpointError, match=r"1 of .* modules match no layer.*no_such_layer"):
+            apply(pipe, checkpoint, 1.0)
+        # The failed switch leaves the base model, not the previous checkpoint or half of the new one.
+        assert current(pipe) is None
+        assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+    finally:
+        restore(pipe, release=True)
+
+
+def test_shape_mismatch_names_module_and_shapes(tmp_path):
+    pipe = shared_pipeline("sd1")
+    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{stem}.lora_down.weight": torch.zeros(2, 48), f"{stem}.lora_up.weight": torch.zeros(64, 2)}
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "shape.safetensors", tensors))
+    with pytest.raises(CheckpointError, match=r"do not fit.*attn1_to_q.*\[64, 48\].*\[64, 64\]"):
+        apply(pipe, checkpoint, 1.0)
+
+
+def test_bad_strength(tmp_path):
+    from lorasel.errors import ConfigError
+
+    pipe = shared_pipeline("sd1")
+    checkpoint = read_checkpoint(
+        save_checkpoint(tmp_path / "s.safetensors", kohya_lora(pipe, rank=2, seed=4))
+    )
+    with pytest.raises(ConfigError, match="strength"):
+        apply(pipe, checkpoint, float("nan"))
+
+
+def test_hostile_adapter_config(tmp_path):
+    tensors = {
+        "base_model.model.mid_block.attentions.0.proj_in.lora_A.weight": torch.randn(2, 64),
+        "base_model.model.mid_block.attentions.0.proj_in.lora_B.weight": torch.randn(64, 2),
+    }
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"adapter_config\.json is not valid JSON"):
+        read_checkpoint(tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": "lots"}))
+    with pytest.raises(CheckpointError, match=r"lora_alpha.*not a valid number"):
+        read_checkpoint(tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"r": 2, "lora_alpha": 8, "alpha_pattern": {"(a+)+$" * 100: 1}})
+    )
+    assert {m.scale for m in read_checkpoint(tmp_path / "adapter_model.safetensors").modules} == {4.0}
+
+
+def test_file_hash_is_sha256_memoised_and_follows_content(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "h.safetensors", good_tensors())
+    assert file_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_checkpoint(path).sha256 == file_hash(path)
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    file_hash(path)
+    assert calls == []  # memoised by (path, size, mtime)
+    save_checkpoint(path, good_tensors(rank=3))
+    assert file_hash(path) == real(path.read_bytes()).hexdigest()
