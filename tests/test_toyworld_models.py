@@ -64,9 +64,7 @@ def test_scorer_embeddings_are_normalised(toy_scorer):
 
 def test_unknown_words_tokenize_and_render(toy_pipe):
     g = [torch.Generator().manual_seed(0)]
-    out = toy_pipe(
-        "a qwzx flurble on a café background", num_inference_steps=2, generator=g, height=64, width=64
-    )
+    out = toy_pipe("a qwzx flurble on a café background", num_inference_steps=2, generator=g, height=64, width=64)
     assert out.images[0].size == (64, 64)
 
 
