@@ -1,16 +1,8 @@
-"""Helpers for the evaluator's tests: a tiny scorer, tiny kohya LoRA files, a run folder.
-
-``FakeCheckpoints`` is a minimal stand-in for ``lorasel.checkpoints`` (discover, read, hash,
-apply, restore for plain kohya LoRA on Linear layers) used only until the real checkpoint
-reader lands on main; it lives in the tests, never in the library.
-"""
+"""Helpers for the evaluator's tests: a tiny scorer, tiny kohya LoRA files, a run folder."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +10,6 @@ import numpy as np
 import torch
 
 from lorasel.checkpoints.write import save_checkpoint
-from lorasel.errors import CheckpointError
 
 TRIGGER, CLASS_WORD = "zkz", "star"
 UNET_TARGETS = (
@@ -125,104 +116,3 @@ trigger = ["{trigger} {class}"]
 out_of_domain = ["a {trigger} {class} on a blue background"]
 unrelated = ["a yellow square on a green background"]
 """
-
-
-# -- a stand-in for lorasel.checkpoints until it lands -------------------------------------
-@dataclass
-class FakeEntry:
-    path: Path
-    run: str
-    epoch: int | None
-    step: int | None
-    label: str
-    final: bool = False
-
-
-@dataclass
-class FakeCheckpoint:
-    path: Path
-    format: str
-    base_family: str
-    metadata: dict[str, str]
-    epoch: int | None
-    step: int | None
-    modules: list = field(default_factory=list)
-    trigger: str | None = None
-    touches_text_encoder: bool = False
-    tensors: dict = field(default_factory=dict, repr=False)
-
-
-@dataclass
-class FakeModule:
-    name: str
-    algo: str = "lora"
-
-
-class FakeCheckpoints:
-    """discover / read_checkpoint / file_hash / apply / restore for plain kohya LoRA."""
-
-    def discover(self, path):
-        files = sorted(
-            p
-            for p in Path(path).rglob("*.safetensors")
-            if "lorasel" not in p.parts and not p.name.startswith(".")
-        )
-        out = []
-        for p in files:
-            m = re.search(r"-(\d{6})$", p.stem)
-            out.append(FakeEntry(p, "zkz", int(m.group(1)) if m else None, None, p.stem))
-        return out
-
-    def read_checkpoint(self, path):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path} is not a safetensors file: {exc}", hint="re-save it") from exc
-        stems = sorted({k.split(".")[0] for k in tensors})
-        if not stems:
-            raise CheckpointError(f"{path} has no LoRA keys", hint="pass a LoRA")
-        return FakeCheckpoint(
-            Path(path), "kohya", "sd1", metadata, None, None, [FakeModule(s) for s in stems],
-            metadata.get("modelspec.trigger_phrase"), any(s.startswith("lora_te") for s in stems), tensors,
-        )  # fmt: skip
-
-    def file_hash(self, path):
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-    def _modules(self, pipe):
-        table = {}
-        for prefix, model in (("lora_unet", pipe.unet), ("lora_te_text_model", pipe.text_encoder)):
-            for name, module in model.named_modules():
-                if isinstance(module, torch.nn.Linear):
-                    table[_stem(prefix, name)] = module
-        return table
-
-    def apply(self, pipe, checkpoint, strength):
-        self.restore(pipe)
-        table = self._modules(pipe)
-        deltas = []
-        for module in checkpoint.modules:
-            t = checkpoint.tensors
-            down, up = t[f"{module.name}.lora_down.weight"], t[f"{module.name}.lora_up.weight"]
-            alpha = float(t.get(f"{module.name}.alpha", torch.tensor(down.shape[0])))
-            layer = table.get(module.name)
-            delta = (alpha / down.shape[0]) * (up @ down)
-            if layer is None or layer.weight.shape != delta.shape:
-                raise CheckpointError(
-                    f"{checkpoint.path.name} does not fit the base at {module.name}", hint="check --base"
-                )
-            deltas.append((layer, delta))
-        pristine = {}
-        for layer, delta in deltas:
-            pristine[id(layer)] = (layer, layer.weight.data.clone())
-            layer.weight.data += strength * delta.to(layer.weight.dtype)
-        pipe._fake_pristine = pristine
-
-    def restore(self, pipe):
-        for layer, weight in getattr(pipe, "_fake_pristine", {}).values():
-            layer.weight.data.copy_(weight)
-        pipe._fake_pristine = {}

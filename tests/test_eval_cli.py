@@ -9,7 +9,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import lorasel.checkpoints
 from lorasel import models
 from lorasel.cli import app
 from tests import evaluate_helpers as h
@@ -30,10 +29,6 @@ def tiny_models(monkeypatch):
         "load_scorer",
         lambda spec, **kw: h.tiny_scorer() if spec == "toy" else real_load_scorer(spec, **kw),
     )
-    if not hasattr(lorasel.checkpoints, "apply"):
-        fake = h.FakeCheckpoints()
-        for name in ("discover", "read_checkpoint", "file_hash", "apply", "restore"):
-            monkeypatch.setattr(lorasel.checkpoints, name, getattr(fake, name), raising=False)
     yield
     torch.set_num_threads(before)
 

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-import lorasel.checkpoints
 from lorasel.errors import EvaluationError, ResultsError
 from lorasel.evaluate import evaluate, load_results
 from lorasel.evaluate import runner as runner_module
@@ -36,18 +35,7 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def checkpoint_api():
-    """The real checkpoint reader once it exists on main; until then the tests' stand-in."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not hasattr(lorasel.checkpoints, "apply"):
-            fake = h.FakeCheckpoints()
-            for name in ("discover", "read_checkpoint", "file_hash", "apply", "restore"):
-                mp.setattr(lorasel.checkpoints, name, getattr(fake, name), raising=False)
-        yield lorasel.checkpoints
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, checkpoint_api):
+def evaluated(tmp_path_factory):
     """One complete three-checkpoint evaluation, shared (read-only) by the tests below."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -60,7 +48,7 @@ def evaluated(tmp_path_factory, checkpoint_api):
 
 
 @pytest.fixture
-def run(tmp_path, checkpoint_api):
+def run(tmp_path):
     """A fresh run folder (nothing evaluated) with three checkpoints."""
     root = h.make_run(tmp_path / "run")
     (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
@@ -161,6 +149,32 @@ def test_base_render_matches_a_plain_diffusers_call(evaluated):
     ).images[0]  # fmt: skip
     expected = np.round(reference * 255).astype(np.int16)
     assert np.abs(ours - expected).max() <= 1
+
+
+def test_checkpoint_render_matches_diffusers_own_lora_loading(evaluated):
+    """Independent reference for the whole chain (merge at a strength, seed, cached text
+    embeddings): diffusers' kohya loader + ``fuse_lora(lora_scale=s)`` on a copy of the base."""
+    import copy
+
+    from PIL import Image
+
+    run, results, _ = evaluated
+    r = results.renders
+    rows = r[(r.checkpoint == "checkpoints/zkz-000003.safetensors") & (r.strength == 0.5)]
+    row = rows[rows.kind == "in_domain"].iloc[0]
+    base_row = r[(r.checkpoint == BASE) & (r.prompt == row.prompt) & (r.seed_index == row.seed_index)].iloc[0]
+    pipe = copy.deepcopy(h.tiny_pipeline())
+    pipe.load_lora_weights(str(run / row.checkpoint))
+    pipe.fuse_lora(lora_scale=0.5)
+    reference = pipe(
+        prompt=row.prompt, num_inference_steps=2, guidance_scale=5.0, height=16, width=16,
+        generator=torch.Generator().manual_seed(int(row.seed)), output_type="np",
+    ).images[0]  # fmt: skip
+    ours = np.asarray(Image.open(run / "lorasel" / row.image), dtype=np.int16)
+    base = np.asarray(Image.open(run / "lorasel" / base_row.image), dtype=np.int16)
+    expected = np.round(reference * 255).astype(np.int16)
+    assert np.abs(ours - expected).max() <= 1
+    assert np.abs(base - expected).max() > 1  # the LoRA visibly changed the image
 
 
 def test_rerun_renders_nothing(evaluated_copy, monkeypatch):
@@ -295,14 +309,14 @@ def test_two_shards_render_the_union_of_the_plan(evaluated, tmp_path, monkeypatc
     assert _png_bytes(shared, both.renders) == _png_bytes(run / "lorasel", single.renders)
 
 
-def test_no_checkpoints_is_an_error(tmp_path, checkpoint_api):
+def test_no_checkpoints_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EvaluationError, match="no LoRA checkpoints") as info:
         _eval(tmp_path / "empty", reference=tmp_path)
     assert info.value.hint
 
 
-def test_foreign_folder_needs_reference_images(tmp_path, checkpoint_api):
+def test_foreign_folder_needs_reference_images(tmp_path):
     h.write_lora(tmp_path / "loras" / "x.safetensors", seed=1, scale=0.1, epoch=1)
     (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
     with pytest.raises(EvaluationError, match="no reference images") as info:
