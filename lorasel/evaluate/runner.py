@@ -44,10 +44,12 @@ def _default_prompts(base: object) -> str:
 
 
 def _render_defaults(base: object) -> tuple[int, float]:
+    """Steps and guidance when not given: the toy world's own, else real SD's usual."""
     if base == "toy":
-        from lorasel import toyworld
+        from lorasel.toyworld import DEFAULT_GUIDANCE as TOY_GUIDANCE
+        from lorasel.toyworld import DEFAULT_STEPS as TOY_STEPS
 
-        return int(getattr(toyworld, "DEFAULT_STEPS", 20)), float(getattr(toyworld, "DEFAULT_GUIDANCE", 5.0))
+        return TOY_STEPS, TOY_GUIDANCE
     return DEFAULT_STEPS, DEFAULT_GUIDANCE
 
 
