@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -147,3 +148,23 @@ def test_disk_full(run, monkeypatch):
     result = _invoke(run)
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines()[-1].startswith("error: disk full while writing")
+
+
+def test_toy_world_end_to_end(tmp_path, monkeypatch):
+    """The bundled toy world through the CLI, at reduced size: a trainer-style run with the star
+    concept's dataset and three checkpoints; trigger, class word, prompt set and references all
+    found on their own; then `lorasel rank` reads the results."""
+    from benchmarks.bench_eval import make_fixture
+
+    monkeypatch.undo()  # the real loaders: load_base("toy"), load_scorer("toy")
+    run = make_fixture(tmp_path)
+    result = runner.invoke(app, ["eval", str(run), "--size", "32x32", "--steps", "2", "--seeds", "1",
+                                 "--strengths", "1", "--batch-size", "8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "trigger 'zkz', class 'star'" in result.stderr
+    assert "0 of 56 renders already done" in result.stderr  # (base + 3) × 14 prompts of toy-star
+    for label in ("base", "zkz-000001", "zkz-000002", "zkz-000003"):
+        assert label in result.stdout
+    ranked = runner.invoke(app, ["rank", str(run), "--json"])
+    assert ranked.exit_code == 0, ranked.output
+    assert len(json.loads(ranked.stdout)) == 4

@@ -150,3 +150,15 @@ def test_progress_rate_and_eta():
     assert event.rate == pytest.approx(2.0) and event.eta_s == pytest.approx(6.0)
     progress.warn("careful")
     assert events[-1].phase == "warning" and events[-1].message == "careful"
+
+
+def test_toy_defaults_apply_to_a_loaded_toy_pipeline_too():
+    from types import SimpleNamespace
+
+    from lorasel.evaluate.runner import _default_prompts, _render_defaults
+    from lorasel.toyworld import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    loaded_toy = SimpleNamespace(_lorasel_family="toy")
+    assert _render_defaults(loaded_toy) == _render_defaults("toy") == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    assert _default_prompts(loaded_toy) == "toy"
+    assert _render_defaults("org/some-sd15") == (30, 7.0) and _default_prompts("./sd15") == "object"

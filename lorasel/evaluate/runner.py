@@ -39,13 +39,25 @@ from lorasel.results import Results
 from lorasel.rundir import RunDir
 
 
+def _is_toy(base: object) -> bool:
+    """The bundled toy world, by spec or as a loaded pipeline."""
+    if isinstance(base, str):
+        return base == "toy"
+    from lorasel.models import base_family
+
+    try:
+        return base_family(base) == "toy"
+    except AttributeError:
+        return False
+
+
 def _default_prompts(base: object) -> str:
-    return "toy" if base == "toy" else "object"
+    return "toy" if _is_toy(base) else "object"
 
 
 def _render_defaults(base: object) -> tuple[int, float]:
     """Steps and guidance when not given: the toy world's own, else real SD's usual."""
-    if base == "toy":
+    if _is_toy(base):
         from lorasel.toyworld import DEFAULT_GUIDANCE as TOY_GUIDANCE
         from lorasel.toyworld import DEFAULT_STEPS as TOY_STEPS
 
