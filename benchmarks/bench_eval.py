@@ -138,24 +138,28 @@ def mode_grid(run: Path) -> dict:
     pipe = load_base("toy")
     prompts = [p.text for p in _prompts(run)][:GRID_PROMPTS]
     files = sorted((run / "checkpoints").glob("*.safetensors"))
-    n = 0
+    n, switching = 0, 0.0
     start = time.perf_counter()
     for file in files:
         for strength in STRENGTHS:
             for prompt in prompts:
                 for i in range(SEEDS):
+                    t0 = time.perf_counter()
                     pipe.load_lora_weights(str(file))
                     pipe.fuse_lora(lora_scale=strength)
+                    t1 = time.perf_counter()
                     pipe(
                         prompt=prompt,
                         generator=torch.Generator().manual_seed(render_seed(prompt, i)),
                         num_inference_steps=DEFAULT_STEPS,
                         guidance_scale=DEFAULT_GUIDANCE,
                     )
+                    t2 = time.perf_counter()
                     pipe.unfuse_lora()
                     pipe.unload_lora_weights()
+                    switching += (t1 - t0) + (time.perf_counter() - t2)
                     n += 1
-    return {"seconds": time.perf_counter() - start, "renders": n, **_peak()}
+    return {"seconds": time.perf_counter() - start, "switching": switching, "renders": n, **_peak()}
 
 
 def _child(mode: str, **kwargs) -> dict:
@@ -209,6 +213,7 @@ def run(out_dir: Path) -> str:
         f"| rerun with everything cached | {cached['seconds']:.2f} s |",
         f"| (b) X/Y/Z-style grid: reload + fuse the LoRA per cell, batch 1 ({grid['renders']} cells measured) "
         f"| {per_grid * 1000:.0f} ms/image |",
+        f"| (b) of which loading, fusing and unloading the LoRA | {grid['switching'] / grid['renders'] * 1000:.0f} ms/image |",
         f"| (b) evaluate | {per_eval * 1000:.0f} ms/image |",
         f"| (b) **speed-up** over the grid | **{per_grid / per_eval:.1f}×** (target ≥ 3×) |",
         f"| (c) peak RSS: evaluate / bare / grid | {evals[0]['max_rss_mb']:.0f} / {bares[0]['max_rss_mb']:.0f} / "
