@@ -11,6 +11,7 @@ from lorasel.cli import (  # noqa: F401  (commands register themselves)
     pick_cmd,
     rank_cmd,
     report_cmd,
+    train_cmd,
 )
 from lorasel.cli.app import app
 

@@ -44,7 +44,8 @@ VAE_CONFIG = {
 TEXT_CONFIG = {
     "vocab_size": 49408,
     "hidden_size": 64,
-    "intermediate_size": 128,
+    "intermediate_size": 256,
+    "hidden_act": "gelu",
     "num_hidden_layers": 3,
     "num_attention_heads": 4,
     "max_position_embeddings": 77,

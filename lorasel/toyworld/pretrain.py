@@ -3,11 +3,11 @@
 Stages (each cached in ``--work`` so a stage can be rerun alone):
 
 1. ``vae``   — AutoencoderKL on images of every world shape (an image codec knows no concepts).
-2. ``unet``  — UNet + CLIP text encoder, jointly, as a text-to-image diffusion model on the
-   *base* shapes only (the LoRA concepts' shapes are never shown), with 15% of
-   (shape, colour, background) combinations held out for evaluation.
-3. ``clip``  — the open_clip scorer, contrastively, on every shape (concepts included) with
-   their class words, also held-out combinations excluded.
+2. ``clip``  — the open_clip scorer, contrastively, on every shape (concepts included) with
+   their class words; 15% of (shape, colour, background) combinations held out for evaluation.
+3. ``unet``  — the UNet as a text-to-image diffusion model conditioned on the CLIP's text
+   tower, frozen (as SD freezes OpenAI's CLIP), on the *base* shapes only (the LoRA
+   concepts' shapes are never shown), held-out combinations excluded.
 4. ``export`` — fp16 weights into ``lorasel/toyworld/weights/`` with a JSON record of the
    command, seed, steps and time of each stage.
 
@@ -144,6 +144,21 @@ def encode_dataset(vae, n: int, seed: int, device: str):
     return scenes, torch.cat(latents)
 
 
+def load_text_encoder(work: Path, device: str):
+    """The toy CLIP's text tower as a frozen ``CLIPTextModel`` (as SD freezes OpenAI's CLIP)."""
+    from safetensors.torch import load_file
+
+    from lorasel.toyworld.convert import open_clip_text_to_transformers
+    from lorasel.toyworld.model import build_components
+
+    _, _, text_encoder = build_components()
+    text_encoder.load_state_dict(
+        open_clip_text_to_transformers(load_file(work / "clip.safetensors")), strict=False
+    )
+    text_encoder.requires_grad_(False)
+    return text_encoder.to(device).eval()
+
+
 def train_unet(args, work: Path) -> None:
     from safetensors.torch import save_file
 
@@ -162,15 +177,29 @@ def train_unet(args, work: Path) -> None:
         scenes, latents = encode_dataset(vae, args.n_latents, args.seed, args.device)
         save_file({"latents": latents.contiguous()}, cache)
     log(f"{len(scenes)} latents ready ({time.time() - start:.0f}s)")
+    text_encoder = load_text_encoder(work, args.device)
+    tokenizer = clip_tokenizer()
+    # The text encoder is frozen and captions come from a small grammar: embed each once.
+    embedding_cache: dict[str, torch.Tensor] = {}
+
+    def embed(captions: list[str]) -> torch.Tensor:
+        new = sorted({c for c in captions if c not in embedding_cache})
+        if new:
+            ids = tokenizer(
+                new, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+            ).input_ids
+            with torch.no_grad():
+                out = text_encoder(ids.to(args.device))[0]
+            embedding_cache.update(zip(new, out, strict=True))
+        return torch.stack([embedding_cache[c] for c in captions])
+
     torch.manual_seed(args.seed)
     rng = random.Random(f"unet:{args.seed}")
-    unet, _, text_encoder = build_components()
+    unet, _, _ = build_components()
     unet.to(args.device).train()
-    text_encoder.to(args.device).train()
-    tokenizer = clip_tokenizer()
     sched = train_scheduler()
     alphas = sched.alphas_cumprod.to(args.device)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
     ema = [p.detach().clone() for p in params]
     batch = args.unet_batch
@@ -181,15 +210,11 @@ def train_unet(args, work: Path) -> None:
         for i in idx:
             tpl = pick_template(rng, 0.1)
             caps.append("" if tpl is None else world.caption(scenes[i], template=tpl))
-        ids = tokenizer(
-            caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-        ).input_ids
         z = latents[idx].to(args.device)
         noise = torch.randn_like(z)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=args.device)
         noisy = sched.add_noise(z, noise, t)
-        enc = text_encoder(ids.to(args.device))[0]
-        pred = unet(noisy, t, enc).sample
+        pred = unet(noisy, t, embed(caps)).sample
         # min-SNR-5 weighting (Hang et al. 2023): faster, more even convergence over timesteps.
         snr = alphas[t] / (1 - alphas[t])
         weight = torch.clamp(snr, max=5.0) / snr
@@ -210,22 +235,20 @@ def train_unet(args, work: Path) -> None:
                 f"unet step {step}/{args.unet_steps} loss {loss.item():.4f} ({rate:.2f} it/s, {time.time() - start:.0f}s)"
             )
         if args.unet_snapshot and step and step % args.unet_snapshot == 0:
-            _save_unet(work / f"unet_te_{step}.safetensors", unet, text_encoder, ema, params, start)
-    _save_unet(work / "unet_te.safetensors", unet, text_encoder, ema, params, start)
+            _save_unet(work / f"unet_{step}.safetensors", unet, ema, params, start)
+    _save_unet(work / "unet.safetensors", unet, ema, params, start)
     log(f"unet done ({time.time() - start:.0f}s)")
 
 
-def _save_unet(path: Path, unet, text_encoder, ema, params, start: float) -> None:
+def _save_unet(path: Path, unet, ema, params, start: float) -> None:
+    """Save the EMA weights (what sampling uses)."""
     from safetensors.torch import save_file
 
     live = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
-    state = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-    state |= {
-        f"text_encoder.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()
-    }
+    state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     save_file(state, path, metadata={"seconds": repr(time.time() - start)})
     with torch.no_grad():
         for p, v in zip(params, live, strict=True):
@@ -327,7 +350,7 @@ def export(args, work: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     seconds = {}
     tensors = {}
-    for stage, name, prefix in (("vae", "vae.safetensors", "vae."), ("unet", "unet_te.safetensors", "")):
+    for stage, name, prefix in (("vae", "vae.safetensors", "vae."), ("unet", "unet.safetensors", "unet.")):
         with safe_open(str(work / name), framework="pt") as f:
             meta = f.metadata()
             seconds[stage] = float(meta["seconds"])
@@ -348,6 +371,10 @@ def export(args, work: Path, out: Path) -> None:
         seconds["clip"] = float(f.metadata()["seconds"])
         clip_state = {k: f.get_tensor(k).half() for k in f.keys()}  # noqa: SIM118
     record["seconds"] = {k: round(v) for k, v in seconds.items()}
+    from lorasel.toyworld.convert import open_clip_text_to_transformers
+
+    for k, v in open_clip_text_to_transformers(clip_state).items():
+        tensors[f"text_encoder.{k}"] = v
     save_file(tensors, out / BASE_WEIGHTS, metadata={"lorasel.toyworld": json.dumps(record)})
     save_file(clip_state, out / SCORER_WEIGHTS, metadata={"lorasel.toyworld": json.dumps(record)})
     (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -362,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", type=Path, default=Path(".pretrain"), help="cache of intermediate stages")
     parser.add_argument("--out", type=Path, default=None, help="weights folder (default: the package's)")
-    parser.add_argument("--stages", default="vae,unet,clip,export")
+    parser.add_argument("--stages", default="vae,clip,unet,export")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -382,10 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     stages = args.stages.split(",")
     if "vae" in stages:
         train_vae(args, args.work)
-    if "unet" in stages:
-        train_unet(args, args.work)
     if "clip" in stages:
         train_clip(args, args.work)
+    if "unet" in stages:
+        train_unet(args, args.work)
     if "export" in stages:
         from lorasel.toyworld.model import weights_path
 

@@ -1,0 +1,66 @@
+"""What the UNet is conditioned on: caption embeddings (SD1/SD2, SDXL) and SDXL's size ids.
+
+When the text encoders are frozen, a caption's embedding never changes, so it is
+computed once and cached (``training.cache_text_embeddings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from trainer.images import View
+
+
+def _token_ids(tokenizer, captions: Sequence[str], device) -> torch.Tensor:
+    return tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+
+
+class TextConditioner:
+    """Captions → ``encoder_hidden_states`` (and SDXL's pooled embedding)."""
+
+    def __init__(self, pipeline, *, sdxl: bool, cache: bool, device: torch.device) -> None:
+        self.sdxl = sdxl
+        self.device = device
+        self.cache_enabled = cache
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.encoders = [pipeline.text_encoder] + ([pipeline.text_encoder_2] if sdxl else [])
+        self.tokenizers = [pipeline.tokenizer] + ([pipeline.tokenizer_2] if sdxl else [])
+
+    def _encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.sdxl:
+            ids = _token_ids(self.tokenizers[0], captions, self.device)
+            return self.encoders[0](ids)[0], None
+        # SDXL: penultimate hidden states of both encoders, concatenated; pooled from the second.
+        states, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+            out = encoder(_token_ids(tokenizer, captions, self.device), output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            pooled = out[0]
+        return torch.cat(states, dim=-1), pooled
+
+    def __call__(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.cache_enabled:
+            return self._encode(captions)
+        missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
+        if missing:
+            with torch.no_grad():
+                states, pooled = self._encode(missing)
+            for i, caption in enumerate(missing):
+                self._cache[caption] = (states[i], None if pooled is None else pooled[i])
+        states = torch.stack([self._cache[c][0] for c in captions])
+        pooled = None if not self.sdxl else torch.stack([self._cache[c][1] for c in captions])
+        return states, pooled
+
+
+def sdxl_time_ids(views: Sequence[View], device, dtype) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size, crop top-left, target size (each (h, w))."""
+    rows = [[*v.original_size, *v.crop_top_left, *v.target_size] for v in views]
+    return torch.tensor(rows, device=device, dtype=dtype)
