@@ -84,6 +84,7 @@ BAD_INPUT = {
     "strength above 2": (lambda t: ["--strengths", "2.5"], "outside [0, 2]"),
     "zero seeds": (lambda t: ["--seeds", "0"], "seeds must be a whole number"),
     "bad size": (lambda t: ["--size", "16by16"], "is not WIDTHxHEIGHT"),
+    "zero threads": (lambda t: ["--threads", "0"], "threads must be a whole number"),
     "unknown kind": (
         lambda t: ["--prompts", str(_prompt_file(t, '[prompts]\nweird = ["a {trigger}"]\n'))],
         "unknown prompt kind prompts.weird",
@@ -108,6 +109,18 @@ def test_bad_input_is_one_line_with_exit_2(run, tmp_path, case):
     assert "(hint: " in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.output
     assert not list((run / "lorasel" / "renders").rglob("*.png")) if (run / "lorasel").exists() else True
+
+
+def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):
+    specs = []
+    monkeypatch.setattr(models, "load_base", lambda spec, **kw: specs.append(spec) or h.tiny_pipeline())
+    (run / "run.toml").write_text('[model]\nbase = "org/my-sd15"\n[dataset]\npath = "dataset"\n')
+    torch.set_num_threads(2)
+    result = _invoke(run, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert specs == ["org/my-sd15"] and torch.get_num_threads() == 2
+    result = _invoke(run, "--base", "other/base")
+    assert specs[-1] == "other/base"
 
 
 def test_no_checkpoints(tmp_path):

@@ -17,8 +17,12 @@ METRIC_FORMAT = "{:.3f}"
 def eval_command(
     path: Annotated[Path, typer.Argument(help="A lorasel run directory or any folder of LoRA checkpoints.")],
     base: Annotated[
-        str, typer.Option(help="Base model: toy, a diffusers folder, a hub id or a .safetensors file.")
-    ] = "toy",
+        str | None,
+        typer.Option(
+            help="Base model: toy, a diffusers folder, a hub id or a .safetensors file. "
+            "[default: the run's (run.toml), else toy]"
+        ),
+    ] = None,
     prompts: Annotated[
         str | None,
         typer.Option(
@@ -49,6 +53,10 @@ def eval_command(
         str | None, typer.Option("--class", help="Class word. [default: from checkpoint metadata]")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images rendered per batch.")] = 8,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for rendering on CPU. [default: 1 for the toy world, else torch's]"),
+    ] = None,
     workdir: Annotated[
         Path | None, typer.Option(help="Where to keep renders and results. [default: PATH/lorasel]")
     ] = None,
@@ -75,6 +83,7 @@ def eval_command(
             workdir=workdir,
             progress=bar.update,
             batch_size=batch_size,
+            threads=threads,
         )
     if show:
         _summary(results)

@@ -84,23 +84,35 @@ def concept_from_metadata(metadata: Mapping[str, str]) -> tuple[str | None, str 
     return phrase, folder_class
 
 
+def run_config(run: RunDir) -> dict:
+    """``run.toml`` of a lorasel run as a dict ({} for a foreign folder)."""
+    if not run.config.is_file():
+        return {}
+    try:
+        return tomllib.loads(run.config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise EvaluationError(
+            f"cannot read the run config {run.config}: {exc}", hint="fix or remove run.toml"
+        ) from exc
+
+
+def base_of_run(run: RunDir) -> str | None:
+    """The base model a lorasel run was trained on (``run.toml`` ``[model] base``)."""
+    model = run_config(run).get("model", {})
+    base = model.get("base") if isinstance(model, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
 def dataset_path(run: RunDir) -> Path | None:
     """The run's training images: ``run.toml`` ``[dataset] path``, else ``RUN_DIR/dataset``."""
-    if run.config.is_file():
-        try:
-            config = tomllib.loads(run.config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise EvaluationError(
-                f"cannot read the run config {run.config}: {exc}", hint="fix or remove run.toml"
-            ) from exc
-        dataset = config.get("dataset", {})
-        path = dataset.get("path") if isinstance(dataset, dict) else None
-        if isinstance(path, str) and path:
-            candidate = Path(path).expanduser()
-            if not candidate.is_absolute():
-                candidate = run.root / candidate
-            if candidate.is_dir():
-                return candidate
+    dataset = run_config(run).get("dataset", {})
+    path = dataset.get("path") if isinstance(dataset, dict) else None
+    if isinstance(path, str) and path:
+        candidate = Path(path).expanduser()
+        if not candidate.is_absolute():
+            candidate = run.root / candidate
+        if candidate.is_dir():
+            return candidate
     return run.dataset if run.dataset.is_dir() else None
 
 

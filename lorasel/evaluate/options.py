@@ -79,6 +79,7 @@ class EvalOptions:
     guidance: float | None = None
     size: tuple[int, int] | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", check_strengths(self.strengths))
@@ -86,6 +87,8 @@ class EvalOptions:
         if self.steps is not None:
             _positive_int("steps", self.steps, "e.g. --steps 20")
         _positive_int("batch size", self.batch_size, "e.g. --batch-size 8")
+        if self.threads is not None:
+            _positive_int("threads", self.threads, "e.g. --threads 1")
         if self.guidance is not None and (
             not isinstance(self.guidance, (int, float))
             or not math.isfinite(self.guidance)

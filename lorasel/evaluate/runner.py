@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lorasel.errors import CheckpointError, EvaluationError
 from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
-from lorasel.evaluate.concept import dataset_path, reference_images, resolve_concept
+from lorasel.evaluate.concept import base_of_run, dataset_path, reference_images, resolve_concept
 from lorasel.evaluate.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_GUIDANCE,
@@ -68,7 +70,7 @@ def _render_defaults(base: object) -> tuple[int, float]:
 def evaluate(
     path: str | os.PathLike,
     *,
-    base: str | Any = "toy",
+    base: str | Any | None = None,
     prompts: str | os.PathLike | None = None,
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
     seeds: int = DEFAULT_SEEDS,
@@ -84,13 +86,17 @@ def evaluate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | None = None,
     dtype: str | None = None,
+    threads: int | None = None,
 ) -> Results:
     """Evaluate every checkpoint under ``path`` at every strength; return the results.
 
     ``base`` and ``scorer`` are specs for ``lorasel.models.load_base`` / ``load_scorer``, or
-    already-loaded objects (a diffusers pipeline, a ``Scorer``) to reuse. ``prompts`` is a
-    shipped prompt set's name or a TOML file (default: ``toy`` for the toy base, else
-    ``object``). ``steps``, ``guidance`` and ``size`` default to the base model's own.
+    already-loaded objects (a diffusers pipeline, a ``Scorer``) to reuse; ``base`` defaults to the
+    run's (``run.toml`` ``[model] base``), else ``toy``. ``prompts`` is a shipped prompt set's
+    name or a TOML file (default: ``toy`` for the toy base, else ``object``). ``steps``,
+    ``guidance`` and ``size`` default to the base model's own. ``threads``: torch CPU threads
+    while rendering on CPU (default 1 for the toy world, whose small ops are fastest on one
+    thread; otherwise torch's own); restored afterwards.
     """
     options = EvalOptions(
         strengths=tuple(strengths),
@@ -99,12 +105,38 @@ def evaluate(
         guidance=guidance,
         size=size,
         batch_size=batch_size,
+        threads=threads,
     )
     run = RunDir.at(path, workdir)
     if not run.root.is_dir():
         raise EvaluationError(
             f"{run.root} is not a folder", hint="pass a run directory or a folder of checkpoints"
         )
+    if base is None:
+        base = base_of_run(run) or "toy"
+    cpu_threads = _cpu_threads(options.threads, base, device)
+    before = torch.get_num_threads()
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    try:
+        return _evaluate(run, options, base=base, prompts=prompts, scorer=scorer, reference=reference,
+                         trigger=trigger, class_word=class_word, progress=progress, device=device, dtype=dtype)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cpu_threads(threads: int | None, base: object, device) -> int | None:
+    from lorasel.models.devices import default_device
+
+    if default_device(device).type != "cpu":
+        return None
+    if threads is not None:
+        return threads
+    return 1 if _is_toy(base) else None
+
+
+def _evaluate(run: RunDir, options: EvalOptions, *, base, prompts, scorer, reference, trigger, class_word,
+              progress, device, dtype) -> Results:  # fmt: skip
     procs = current_processes()
     reporter = RenderProgress(progress, total=0, cached=0)
     with Store.open(run.results_db) as store:
