@@ -144,6 +144,9 @@ class _ProgressBar:
             self.progress.update(
                 self.task, description="scoring", total=event.total, completed=event.done, rate=""
             )
+        elif event.phase == "done" and self.task is not None:
+            total = self.progress.tasks[0].total
+            self.progress.update(self.task, description="done", completed=total, rate="")
 
 
 def _summary(results) -> None:
