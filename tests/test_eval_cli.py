@@ -119,7 +119,7 @@ def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):
     result = _invoke(run, "--threads", "1")
     assert result.exit_code == 0, result.output
     assert specs == ["org/my-sd15"] and torch.get_num_threads() == 2
-    result = _invoke(run, "--base", "other/base")
+    result = _invoke(run, "--base", "other/base", "--threads", "1")
     assert specs[-1] == "other/base"
 
 
