@@ -97,9 +97,8 @@ def _sd15_pipeline():
 def _toy_pipeline_and_data(workdir: Path):
     """The toy world (base model + a concept's dataset) when it is installed, else the tiny SD1 test pipeline."""
     try:
-        from lorasel.toyworld.concepts import make_dataset
-
         from lorasel.models import load_base
+        from lorasel.toyworld.concepts import make_dataset
 
         pipe = load_base("toy", device="cpu")
         return pipe, make_dataset("star", workdir / "data", repeats=5), 64, "toy world"

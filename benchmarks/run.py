@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "benchmarks.md"
 FIGURES = ROOT / "reports" / "figures"
 # Order of the sections in the report.
-SECTIONS = ["toyworld", "switch", "trainer", "eval", "rank", "selection"]
+SECTIONS = ["toyworld", "switch", "trainer", "eval", "rank", "tui", "selection"]
 MARK = "<!-- section: {} -->"
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Never reach a model hub from a test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,3 +23,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
+
+
+@pytest.fixture
+def anyio_backend():
+    """Async tests (the TUI's pilot) run on asyncio, the loop Textual uses."""
+    return "asyncio"

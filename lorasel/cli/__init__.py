@@ -12,6 +12,7 @@ from lorasel.cli import (  # noqa: F401  (commands register themselves)
     rank_cmd,
     report_cmd,
     train_cmd,
+    tui_cmd,
 )
 from lorasel.cli.app import app
 

@@ -147,5 +147,8 @@ def load_toy_pipeline(device=None, dtype=None, path: str | Path | None = None):
                 hint="rebuild them with `python -m lorasel.toyworld.pretrain`",
             )
     pipe = assemble_pipeline(unet, vae, text_encoder)
-    pipe.to(device=device or "cpu", dtype=dtype or torch.float32)
+    if dtype not in (None, torch.float32):
+        pipe.to(dtype=dtype)
+    if device is not None and torch.device(device).type != "cpu":
+        pipe.to(device=device)
     return pipe

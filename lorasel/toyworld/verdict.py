@@ -1,0 +1,39 @@
+"""The oracle's verdict on evaluated (checkpoint, strength) candidates: ground truth.
+
+For every render of an evaluation, the oracle measures what the image shows and scores the
+fraction of the attributes its prompt asked for that it shows (shape — the concept's shape
+for a trigger prompt —, object colour, background). A candidate's oracle quality is the mean
+over prompt kinds (in-domain, trigger, out-of-domain, unrelated) of the mean over that kind's
+renders: a good LoRA draws its concept when asked, still obeys the rest of the prompt, and
+leaves prompts without its trigger alone. Benchmarks and the demo use it to judge the pick;
+the selector never sees it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from lorasel.toyworld.oracle import judge, measure
+
+
+def render_verdicts(renders: pd.DataFrame, state_dir: str | Path) -> pd.Series:
+    """Per render (aligned with ``renders``): the fraction of asked attributes shown, or NaN."""
+    state = Path(state_dir)
+    out = []
+    for image, prompt in zip(renders["image"], renders["prompt"], strict=True):
+        with Image.open(state / image) as im:
+            verdict = judge(measure(im), prompt)
+        out.append(np.mean(list(verdict.values())) if verdict else np.nan)
+    return pd.Series(out, index=renders.index, name="oracle")
+
+
+def candidate_quality(renders: pd.DataFrame, state_dir: str | Path) -> pd.DataFrame:
+    """Per (checkpoint, strength): oracle quality, and its per-kind parts."""
+    frame = renders.assign(oracle=render_verdicts(renders, state_dir))
+    per_kind = frame.groupby(["checkpoint", "strength", "kind"])["oracle"].mean().unstack("kind")
+    per_kind["oracle_quality"] = per_kind.mean(axis=1, skipna=True)
+    return per_kind.reset_index()
