@@ -55,6 +55,7 @@ def test_user_file_with_concept(tmp_path):
     )
     ps = load_prompt_set(str(path))
     assert (ps.trigger, ps.class_word, ps.negative, ps.name) == ("ohwx", "man", "blurry", "mine")
+    assert load_prompt_set(ps.spec) == ps and load_prompt_set(load_prompt_set("toy").spec).name == "toy"
     assert [p.text for p in ps.expand(ps.trigger, ps.class_word)] == ["ohwx man"]
 
 

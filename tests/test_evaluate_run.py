@@ -117,6 +117,10 @@ def test_three_checkpoints_end_to_end(evaluated):
     groups = r[["checkpoint", "strength"]].drop_duplicates().values
     assert set(results.settings["centroid_distance"]) == {f"{c}@{s:g}" for c, s in groups}
     assert results.settings["trigger"] == "zkz" and results.settings["class_word"] == "star"
+    # The settings record what evaluate() takes again (the TUI continues an evaluation with them).
+    assert results.settings["prompt_set"] == str((run.parent / "prompts.toml").resolve())
+    assert results.settings["scorer_name"] == h.TINY_SCORER and results.settings["size"] == "16x16"
+    assert (results.settings["steps"], results.settings["seeds"]) == (2, SEEDS)
     # A LoRA changes the images; the stored results are what evaluate returned.
     ckpt = r[(r.checkpoint == "checkpoints/zkz-000003.safetensors") & (r.strength == 1.0)]
     assert not np.allclose(ckpt.preservation.dropna(), 1.0)

@@ -66,6 +66,7 @@ class PromptSet:
 
     name: str
     source: str  # the file it came from, for messages
+    spec: str  # what load_prompt_set takes to load it again: a shipped name or an absolute path
     trigger: str | None
     class_word: str | None
     negative: str
@@ -140,7 +141,7 @@ def load_prompt_set(spec: str | Path) -> PromptSet:
             raise EvaluationError(
                 f"cannot read prompt set {path}: {exc}", hint="pass a UTF-8 TOML file"
             ) from exc
-        return parse_prompt_set(text, source=str(path), name=path.stem)
+        return parse_prompt_set(text, source=str(path), name=path.stem, spec=str(path.resolve()))
     name = str(spec)
     if name not in builtin_prompt_sets():
         raise EvaluationError(
@@ -148,10 +149,10 @@ def load_prompt_set(spec: str | Path) -> PromptSet:
             hint=f"use one of {', '.join(builtin_prompt_sets())} or a path to a .toml file",
         )
     text = resources.files(_SETS_PACKAGE).joinpath(f"{name}.toml").read_text(encoding="utf-8")
-    return parse_prompt_set(text, source=f"{name}.toml", name=name)
+    return parse_prompt_set(text, source=f"{name}.toml", name=name, spec=name)
 
 
-def parse_prompt_set(text: str, *, source: str, name: str) -> PromptSet:
+def parse_prompt_set(text: str, *, source: str, name: str, spec: str | None = None) -> PromptSet:
     """Parse and validate a prompt set; every error names the file and the key at fault."""
     try:
         data = tomllib.loads(text)
@@ -206,6 +207,7 @@ def parse_prompt_set(text: str, *, source: str, name: str) -> PromptSet:
     return PromptSet(
         name=str(data.get("name", name)),
         source=source,
+        spec=spec or source,
         trigger=_clean(concept.get("trigger")),
         class_word=_clean(concept.get("class")),
         negative=concept.get("negative", "").strip(),

@@ -53,6 +53,13 @@ def _is_toy(base: object) -> bool:
         return False
 
 
+def _base_spec(base: object) -> str:
+    """The base as a spec for the settings record ("toy" for a loaded toy pipeline)."""
+    if isinstance(base, str):
+        return base
+    return "toy" if _is_toy(base) else f"<{type(base).__name__}>"
+
+
 def _default_prompts(base: object) -> str:
     return "toy" if _is_toy(base) else "object"
 
@@ -171,7 +178,8 @@ class _Job:
     """Everything planned before rendering starts."""
 
     infos: list[CheckpointInfo]
-    prompt_source: str
+    prompt_spec: str
+    scorer_spec: str
     trigger: str | None
     class_word: str | None
     reference_dir: Path
@@ -219,7 +227,7 @@ def _prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgre
     default_steps, default_guidance = _render_defaults(base)
     settings = make_settings(
         pipeline,
-        base=base if isinstance(base, str) else type(base).__name__,
+        base=_base_spec(base),
         steps=options.steps or default_steps,
         guidance=default_guidance if options.guidance is None else options.guidance,
         size=options.size,
@@ -239,18 +247,20 @@ def _prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgre
         f"{len(infos)} checkpoints × {len(options.strengths)} strengths × {len(plan_prompts)} prompts × "
         f"{options.seeds} seeds; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
     )
+    scorer_spec = scorer if isinstance(scorer, str) else getattr(score_model, "name", "")
     return _Job(
-        infos=infos, prompt_source=prompt_set.source, trigger=concept.trigger, class_word=concept.class_word,
-        reference_dir=reference_dir, scorer=score_model, reference_vectors=reference_vectors, pipeline=pipeline,
-        settings=settings, options=options, plan=plan, all_keys=all_keys, done=done,
-        pending=_pending(plan, done), summary=summary,
+        infos=infos, prompt_spec=prompt_set.spec, scorer_spec=scorer_spec, trigger=concept.trigger,
+        class_word=concept.class_word, reference_dir=reference_dir, scorer=score_model,
+        reference_vectors=reference_vectors, pipeline=pipeline, settings=settings, options=options, plan=plan,
+        all_keys=all_keys, done=done, pending=_pending(plan, done), summary=summary,
     )  # fmt: skip
 
 
 def _finish(job: _Job, store: Store, skipped: set[str], reporter: RenderProgress) -> Results:
     """Score, compute the metrics and store the results (main process)."""
-    record = _settings_record(job.settings, job.options, job.prompt_source, job.trigger, job.class_word)
-    record.update(scorer=job.scorer.name, references=str(job.reference_dir))
+    record = _settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
+    # Specs that evaluate() takes again (the TUI continues an evaluation with them).
+    record.update(scorer=job.scorer_spec, scorer_name=job.scorer.name, references=str(job.reference_dir))
     results = score_plan(
         job.plan, job.infos, skipped, store, job.scorer, job.reference_vectors, reporter, settings=record
     )
