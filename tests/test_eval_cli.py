@@ -123,6 +123,12 @@ def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):
     assert specs[-1] == "other/base"
 
 
+def test_path_that_is_not_a_folder(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "nowhere"), *FAST])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'nowhere'} is not a folder (hint: ")
+
+
 def test_no_checkpoints(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
