@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from lorasel.toyworld import world
 
-DEFAULTS = {"seed": 0, "vae_steps": 1500, "unet_steps": 5000, "clip_steps": 1500}
+DEFAULTS = {"seed": 0, "vae_steps": 1500, "unet_steps": 3000, "clip_steps": 1500}
 CAPTION_TEMPLATES = (("full", 0.7), ("no_background", 0.1), ("no_color", 0.1), ("shape", 0.1))
 
 
@@ -337,6 +337,21 @@ def train_clip(args, work: Path) -> None:
 # --------------------------------------------------------------------------- export
 
 
+def _non_stage_args(argv: list[str]) -> list[str]:
+    """The command line without --stages/--note (which do not change the weights)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--stages", "--note"):
+            skip = True
+            continue
+        if not a.startswith(("--stages=", "--note=")):
+            out.append(a)
+    return out
+
+
 def export(args, work: Path, out: Path) -> None:
     """fp16 weights into the package, and a record of how they were made."""
     import platform
@@ -359,9 +374,11 @@ def export(args, work: Path, out: Path) -> None:
             for k in f.keys():  # noqa: SIM118
                 tensors[prefix + k] = f.get_tensor(k).half()
     record = {
-        "command": "python -m lorasel.toyworld.pretrain " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m lorasel.toyworld.pretrain", *_non_stage_args(sys.argv[1:])]),
+        "note": args.note,
         "seed": args.seed,
-        "steps": {"vae": args.vae_steps, "unet": args.unet_steps, "clip": args.clip_steps},
+        "steps": {"vae": args.vae_steps, "clip": args.clip_steps, "unet": args.unet_steps},
+        "unet": {"batch": args.unet_batch, "lr": args.unet_lr, "latents": args.n_latents},
         "vae_scaling_factor": scaling,
         "configs": {"unet": UNET_CONFIG, "vae": VAE_CONFIG, "text_encoder": TEXT_CONFIG},
         "torch": torch.__version__,
@@ -391,14 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="weights folder (default: the package's)")
     parser.add_argument("--stages", default="vae,clip,unet,export")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--note", default="", help="free text recorded with the exported weights")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--vae-steps", type=int, default=DEFAULTS["vae_steps"])
     parser.add_argument("--unet-steps", type=int, default=DEFAULTS["unet_steps"])
-    parser.add_argument("--unet-batch", type=int, default=64)
-    parser.add_argument("--unet-lr", type=float, default=5e-4)
+    parser.add_argument("--unet-batch", type=int, default=32)
+    parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--unet-snapshot", type=int, default=0, help="also save every N steps")
-    parser.add_argument("--n-latents", type=int, default=32768)
+    parser.add_argument("--n-latents", type=int, default=16384)
     parser.add_argument("--clip-steps", type=int, default=DEFAULTS["clip_steps"])
     parser.add_argument("--clip-batch", type=int, default=128)
     parser.add_argument("--clip-lr", type=float, default=1e-3)
