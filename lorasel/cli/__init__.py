@@ -5,7 +5,15 @@ Each command is a module of this package that registers itself on ``app``.
 
 from __future__ import annotations
 
-from lorasel.cli import inspect_cmd, pick_cmd, rank_cmd, report_cmd, train_cmd, tui_cmd  # noqa: F401  (commands register themselves)
+from lorasel.cli import (  # noqa: F401  (commands register themselves)
+    eval_cmd,
+    inspect_cmd,
+    pick_cmd,
+    rank_cmd,
+    report_cmd,
+    train_cmd,
+    tui_cmd,
+)
 from lorasel.cli.app import app
 
 

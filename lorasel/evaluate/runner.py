@@ -1,0 +1,366 @@
+"""``evaluate``: plan, render what is missing, score, and store the results.
+
+One call does the whole job and can be repeated at will: renders, embeddings and checkpoint
+hashes are cached in the state folder, so a rerun renders nothing already done, an interrupted
+run resumes, and a checkpoint that appears later is evaluated alone.
+
+Under ``accelerate launch`` every process renders its contiguous share of the missing batches
+into the same store; the main process then scores and writes the results.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorasel.errors import CheckpointError, EvaluationError
+from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
+from lorasel.evaluate.concept import base_of_run, dataset_path, reference_images, resolve_concept
+from lorasel.evaluate.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SEEDS,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTHS,
+    EvalOptions,
+)
+from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, shard
+from lorasel.evaluate.processes import Processes, current_processes
+from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
+from lorasel.evaluate.prompts import load_prompt_set, resolve_prompt_spec
+from lorasel.evaluate.render import Renderer, make_settings
+from lorasel.evaluate.scoring import reference_embeddings, score_plan
+from lorasel.evaluate.store import Store
+from lorasel.evaluate.writer import BatchWriter
+from lorasel.results import Results
+from lorasel.rundir import RunDir
+
+
+def _is_toy(base: object) -> bool:
+    """The bundled toy world, by spec or as a loaded pipeline."""
+    if isinstance(base, str):
+        return base == "toy"
+    from lorasel.models import base_family
+
+    try:
+        return base_family(base) == "toy"
+    except AttributeError:
+        return False
+
+
+def _base_spec(base: object) -> str:
+    """The base as a spec for the settings record ("toy" for a loaded toy pipeline)."""
+    if isinstance(base, str):
+        return base
+    return "toy" if _is_toy(base) else f"<{type(base).__name__}>"
+
+
+def _default_prompts(base: object) -> str:
+    return "toy" if _is_toy(base) else "object"
+
+
+def _render_defaults(base: object) -> tuple[int, float]:
+    """Steps and guidance when not given: the toy world's own, else real SD's usual."""
+    if _is_toy(base):
+        from lorasel.toyworld import DEFAULT_GUIDANCE as TOY_GUIDANCE
+        from lorasel.toyworld import DEFAULT_STEPS as TOY_STEPS
+
+        return TOY_STEPS, TOY_GUIDANCE
+    return DEFAULT_STEPS, DEFAULT_GUIDANCE
+
+
+def evaluate(
+    path: str | os.PathLike,
+    *,
+    base: str | Any | None = None,
+    prompts: str | os.PathLike | None = None,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    seeds: int = DEFAULT_SEEDS,
+    steps: int | None = None,
+    guidance: float | None = None,
+    size: tuple[int, int] | None = None,
+    scorer: str | Any = "toy",
+    reference: str | os.PathLike | None = None,
+    trigger: str | None = None,
+    class_word: str | None = None,
+    workdir: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+) -> Results:
+    """Evaluate every checkpoint under ``path`` at every strength; return the results.
+
+    ``base`` and ``scorer`` are specs for ``lorasel.models.load_base`` / ``load_scorer``, or
+    already-loaded objects (a diffusers pipeline, a ``Scorer``) to reuse; ``base`` defaults to the
+    run's (``run.toml`` ``[model] base``), else ``toy``. ``prompts`` is a shipped prompt set's
+    name or a TOML file (default: ``toy`` for the toy base, else ``object``). ``steps``,
+    ``guidance`` and ``size`` default to the base model's own. ``threads``: torch CPU threads
+    while rendering on CPU (default 1 for the toy world, whose small ops are fastest on one
+    thread; otherwise torch's own); restored afterwards.
+    """
+    options = EvalOptions(
+        strengths=tuple(strengths),
+        seeds=seeds,
+        steps=steps,
+        guidance=guidance,
+        size=size,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    run = RunDir.at(path, workdir)
+    if not run.root.is_dir():
+        raise EvaluationError(
+            f"{run.root} is not a folder", hint="pass a run directory or a folder of checkpoints"
+        )
+    if base is None:
+        base = base_of_run(run) or "toy"
+    cpu_threads = _cpu_threads(options.threads, base, device)
+    before = torch.get_num_threads()
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    try:
+        return _evaluate(run, options, base=base, prompts=prompts, scorer=scorer, reference=reference,
+                         trigger=trigger, class_word=class_word, progress=progress, device=device, dtype=dtype)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cpu_threads(threads: int | None, base: object, device) -> int | None:
+    from lorasel.models.devices import default_device
+
+    if default_device(device).type != "cpu":
+        return None
+    if threads is not None:
+        return threads
+    return 1 if _is_toy(base) else None
+
+
+def _evaluate(run: RunDir, options: EvalOptions, *, base, prompts, scorer, reference, trigger, class_word,
+              progress, device, dtype) -> Results:  # fmt: skip
+    procs = current_processes()
+    reporter = RenderProgress(progress, total=0, cached=0)
+    with Store.open(run.results_db) as store:
+        job = procs.step(
+            lambda: _prepare(
+                run, store, procs, reporter, options, base=base, prompts=prompts, scorer=scorer,
+                reference=reference, trigger=trigger, class_word=class_word, device=device, dtype=dtype,
+            )
+        )  # fmt: skip
+        # Every process has planned from the same store before anyone writes to it.
+        mine = shard(job.pending, procs.index, procs.count)
+        if procs.count > 1:
+            mine_keys = {k for batch in mine for k in batch.keys}
+            reporter.total, reporter.cached = len(mine_keys), len(mine_keys & job.done)
+        else:
+            reporter.total, reporter.cached = len(job.all_keys), len(job.done)
+        reporter.done = reporter.cached
+        reporter.emit(
+            ProgressEvent("start", reporter.done, reporter.total, reporter.cached, message=job.summary)
+        )
+        labels = {info.checkpoint: info.label for info in job.infos}
+        skipped = procs.step(
+            lambda: _render(job.pipeline, job.settings, job.infos, mine, job.done, store, reporter, labels)
+        )
+        results = procs.step(lambda: _finish(job, store, skipped, reporter) if procs.is_main else None)
+        reporter.emit(ProgressEvent("done", reporter.done, reporter.total, reporter.cached))
+        return results if procs.is_main else store.load_results()
+
+
+@dataclass
+class _Job:
+    """Everything planned before rendering starts."""
+
+    infos: list[CheckpointInfo]
+    prompt_spec: str
+    scorer_spec: str
+    trigger: str | None
+    class_word: str | None
+    reference_dir: Path
+    scorer: Any  # None outside the main process
+    reference_vectors: Any
+    pipeline: Any
+    settings: RenderSettings
+    options: EvalOptions
+    plan: list[Batch]
+    all_keys: list[str]
+    done: set[str]
+    pending: list[Batch]
+    summary: str
+
+
+def _prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgress, options: EvalOptions, *,
+             base, prompts, scorer, reference, trigger, class_word, device, dtype) -> _Job:  # fmt: skip
+    """Check every input, load the models, and plan: everything that can fail fails here,
+    before the first render."""
+    infos = find_checkpoints(run, store, reporter.warn)
+    dataset = dataset_path(run)
+    sources = {
+        "trigger": trigger,
+        "class_word": class_word,
+        "metadata": [(info.label, info.metadata) for info in reversed(infos)],
+        "dataset": dataset,
+    }
+    named = resolve_concept(**sources, defaults=(None, None))
+    spec = prompts if prompts is not None else _default_prompts(base)
+    prompt_set = load_prompt_set(resolve_prompt_spec(spec, named.class_word))
+    concept = resolve_concept(**sources, defaults=(prompt_set.trigger, prompt_set.class_word))
+    plan_prompts = prompt_set.expand(concept.trigger, concept.class_word)
+    reference_dir = Path(reference).expanduser() if reference is not None else dataset
+    if reference_dir is None:
+        raise EvaluationError(
+            f"no reference images for fidelity: {run.root} is not a lorasel run with a dataset",
+            hint="pass --reference DIR with the training images",
+        )
+    references = reference_images(reference_dir)
+    score_model = reference_vectors = None
+    if procs.is_main:  # scoring happens on the main process only
+        score_model = _load_scorer(scorer, device or procs.device)
+        reference_vectors = reference_embeddings(score_model, store, references)
+    pipeline = _load_base(base, device or procs.device, dtype)
+    default_steps, default_guidance = _render_defaults(base)
+    settings = make_settings(
+        pipeline,
+        base=_base_spec(base),
+        steps=options.steps or default_steps,
+        guidance=default_guidance if options.guidance is None else options.guidance,
+        size=options.size,
+        negative=prompt_set.negative,
+    )
+    plan = build_plan(
+        [Candidate(info.checkpoint, info.hash) for info in infos],
+        options.strengths,
+        plan_prompts,
+        options.seeds,
+        options.batch_size,
+        settings.key(),
+    )
+    all_keys = list(dict.fromkeys(k for batch in plan for k in batch.keys))
+    done = store.done(all_keys)
+    summary = (
+        f"{len(infos)} checkpoints × {len(options.strengths)} strengths × {len(plan_prompts)} prompts × "
+        f"{options.seeds} seeds; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
+    )
+    scorer_spec = scorer if isinstance(scorer, str) else getattr(score_model, "name", "")
+    return _Job(
+        infos=infos, prompt_spec=prompt_set.spec, scorer_spec=scorer_spec, trigger=concept.trigger,
+        class_word=concept.class_word, reference_dir=reference_dir, scorer=score_model,
+        reference_vectors=reference_vectors, pipeline=pipeline, settings=settings, options=options, plan=plan,
+        all_keys=all_keys, done=done, pending=_pending(plan, done), summary=summary,
+    )  # fmt: skip
+
+
+def _finish(job: _Job, store: Store, skipped: set[str], reporter: RenderProgress) -> Results:
+    """Score, compute the metrics and store the results (main process)."""
+    record = _settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
+    # Specs that evaluate() takes again (the TUI continues an evaluation with them).
+    record.update(scorer=job.scorer_spec, scorer_name=job.scorer.name, references=str(job.reference_dir))
+    results = score_plan(
+        job.plan, job.infos, skipped, store, job.scorer, job.reference_vectors, reporter, settings=record
+    )
+    store.save_results(results)
+    return results
+
+
+def load_results(path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> Results:
+    """The results of the last complete ``evaluate`` of ``path`` (``ResultsError`` if none)."""
+    run = RunDir.at(path, workdir)
+    with Store.open(run.results_db, create=False) as store:
+        return store.load_results()
+
+
+def _load_scorer(spec: str | Any, device):
+    if not isinstance(spec, str):
+        return spec
+    from lorasel import models
+
+    return models.load_scorer(spec, device=device)
+
+
+def _load_base(spec: str | Any, device, dtype):
+    if not isinstance(spec, str):
+        return spec
+    from lorasel import models
+
+    return models.load_base(spec, device=device, dtype=dtype)
+
+
+def _pending(plan: Sequence[Batch], done: set[str]) -> list[Batch]:
+    """Batches with at least one render missing, each distinct batch once."""
+    seen: set[tuple[str, ...]] = set()
+    pending = []
+    for batch in plan:
+        keys = batch.keys
+        if keys in seen or all(k in done for k in keys):
+            continue
+        seen.add(keys)
+        pending.append(batch)
+    return pending
+
+
+def _render(
+    pipeline,
+    settings: RenderSettings,
+    infos: Sequence[CheckpointInfo],
+    batches: Sequence[Batch],
+    done: set[str],
+    store: Store,
+    reporter: RenderProgress,
+    labels: dict[str, str],
+) -> set[str]:
+    """Render ``batches``; a background writer records each finished batch while the next
+    renders. Returns the checkpoints skipped because they do not fit the base."""
+    renderer = Renderer(pipeline, settings, infos)
+    writer = BatchWriter(store, settings, labels, done)
+    skipped: set[str] = set()
+
+    def report(finished) -> None:
+        for batch, n in finished:
+            reporter.advance(n, checkpoint=batch.checkpoint, strength=batch.strength)
+
+    try:
+        for batch in batches:
+            if batch.checkpoint in skipped:
+                continue
+            try:
+                images = renderer.render(batch)
+            except CheckpointError as exc:
+                skipped.add(batch.checkpoint)
+                reporter.warn(f"skipping {labels.get(batch.checkpoint, batch.checkpoint)}: {exc.message}")
+                continue
+            writer.submit(batch, images)
+            report(writer.finished(wait=True))
+        report(writer.drain())
+    finally:
+        writer.close()
+        renderer.close()
+    return skipped
+
+
+def _settings_record(
+    settings: RenderSettings, options: EvalOptions, prompt_set: str, trigger, class_word
+) -> dict:
+    return {
+        "base": settings.base,
+        "base_fingerprint": settings.base_fingerprint,
+        "scheduler": settings.scheduler.split("{", 1)[0],
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "size": f"{settings.width}x{settings.height}",
+        "negative": settings.negative,
+        "seeds": options.seeds,
+        "strengths": list(options.strengths),
+        "batch_size": options.batch_size,
+        "prompt_set": prompt_set,
+        "trigger": trigger,
+        "class_word": class_word,
+        "render_settings": settings.key(),
+        "dtype": settings.dtype,
+        "device": settings.device_type,
+    }

@@ -1,0 +1,189 @@
+"""`lorasel eval` through the CLI: progress, summary table, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lorasel import models
+from lorasel.cli import app
+from tests import evaluate_helpers as h
+
+runner = CliRunner()
+FAST = ["--steps", "2", "--size", "16x16", "--seeds", "1", "--strengths", "1", "--batch-size", "4"]
+
+
+@pytest.fixture(autouse=True)
+def tiny_models(monkeypatch):
+    """The CLI loads models by spec; here every spec gives the tiny test models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(models, "load_base", lambda spec, **kw: h.tiny_pipeline())
+    real_load_scorer = models.load_scorer
+    monkeypatch.setattr(
+        models,
+        "load_scorer",
+        lambda spec, **kw: h.tiny_scorer() if spec == "toy" else real_load_scorer(spec, **kw),
+    )
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run(tmp_path):
+    root = h.make_run(tmp_path / "run", n_checkpoints=1, references=2)
+    (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
+    return root
+
+
+def _invoke(run, *args):
+    return runner.invoke(app, ["eval", str(run), "--prompts", str(run.parent / "prompts.toml"), *FAST, *args])
+
+
+def test_eval_prints_progress_warnings_and_a_summary_table(run):
+    h.write_lora(run / "checkpoints" / "zkz-000009.safetensors", seed=9, scale=1.0, epoch=9, unfit=True)
+    result = _invoke(run)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any("mean per checkpoint × strength" in line for line in lines)
+    header = next(line for line in lines if "fidelity" in line)
+    for column in ("checkpoint", "strength", "fidelity", "flexibility", "diversity", "preservation"):
+        assert column in header
+    rows = [line for line in lines if "zkz-000001" in line or " base " in line]
+    assert len(rows) == 2 and not any("zkz-000009" in line for line in lines)
+    assert "warning: skipping zkz-000009: " in result.stderr
+    assert "trigger 'zkz', class 'star'" in result.stderr
+    assert (run / "lorasel" / "results.sqlite").is_file()
+    assert "0 of 12 renders already done" in result.stderr  # base + 2 checkpoints, 4 prompts, 1 seed
+    again = _invoke(run)
+    assert again.exit_code == 0 and "mean per checkpoint" in again.stdout
+    assert "8 of 12 renders already done" in again.stderr  # the unfit one is tried (and skipped) again
+    assert "warning: skipping zkz-000009" in again.stderr
+
+
+def _broken_reference(tmp_path):
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    return folder
+
+
+def _prompt_file(tmp_path, text):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    return path
+
+
+BAD_INPUT = {
+    "unparsable strength": (lambda t: ["--strengths", "0.5,x"], "strength 'x'"),
+    "strength above 2": (lambda t: ["--strengths", "2.5"], "outside [0, 2]"),
+    "zero seeds": (lambda t: ["--seeds", "0"], "seeds must be a whole number"),
+    "bad size": (lambda t: ["--size", "16by16"], "is not WIDTHxHEIGHT"),
+    "zero threads": (lambda t: ["--threads", "0"], "threads must be a whole number"),
+    "unknown kind": (
+        lambda t: ["--prompts", str(_prompt_file(t, '[prompts]\nweird = ["a {trigger}"]\n'))],
+        "unknown prompt kind prompts.weird",
+    ),
+    "bad placeholder": (
+        lambda t: ["--prompts", str(_prompt_file(t, '[prompts]\ntrigger = ["a {trigger} {colour}"]\n'))],
+        "prompts.trigger[0] uses unknown placeholder {colour}",
+    ),
+    "unknown scorer": (lambda t: ["--scorer", "nosuch"], "unknown scorer 'nosuch'"),
+    "unknown open_clip model": (lambda t: ["--scorer", "NoSuchViT:openai"], "unknown open_clip model"),
+    "unreadable reference": (lambda t: ["--reference", str(_broken_reference(t))], "broken.png"),
+    "unknown prompt set": (lambda t: ["--prompts", "nosuchset"], "unknown prompt set"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_with_exit_2(run, tmp_path, case):
+    make_args, expected = BAD_INPUT[case]
+    result = _invoke(run, *make_args(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert "(hint: " in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.output
+    assert not list((run / "lorasel" / "renders").rglob("*.png")) if (run / "lorasel").exists() else True
+
+
+def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):
+    specs = []
+    monkeypatch.setattr(models, "load_base", lambda spec, **kw: specs.append(spec) or h.tiny_pipeline())
+    (run / "run.toml").write_text('[model]\nbase = "org/my-sd15"\n[dataset]\npath = "dataset"\n')
+    torch.set_num_threads(2)
+    result = _invoke(run, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert specs == ["org/my-sd15"] and torch.get_num_threads() == 2
+    result = _invoke(run, "--base", "other/base", "--threads", "1")
+    assert specs[-1] == "other/base"
+
+
+def test_path_that_is_not_a_folder(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "nowhere"), *FAST])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'nowhere'} is not a folder (hint: ")
+
+
+def test_no_checkpoints(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
+    result = _invoke(tmp_path / "empty")
+    assert result.exit_code == 2
+    assert "error: no LoRA checkpoints (.safetensors) found under" in result.stderr
+
+
+def test_no_trigger_anywhere(tmp_path):
+    from lorasel.checkpoints.write import save_checkpoint
+
+    save_checkpoint(tmp_path / "loras" / "x.safetensors", h.lora_tensors(1, 0.1), {})
+    (tmp_path / "loras" / "prompts.toml").write_text(h.TEST_PROMPTS)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    result = runner.invoke(app, ["eval", str(tmp_path / "loras"), "--prompts", str(tmp_path / "loras" / "prompts.toml"),
+                                 "--reference", str(refs), *FAST])  # fmt: skip
+    assert result.exit_code == 2
+    assert "needs a trigger word" in result.stderr and "--trigger" in result.stderr
+
+
+def test_corrupt_database(run):
+    (run / "lorasel").mkdir()
+    (run / "lorasel" / "results.sqlite").write_bytes(b"garbage" * 50)
+    result = _invoke(run)
+    assert result.exit_code == 2
+    assert "is corrupt or not a lorasel database" in result.stderr
+    assert (run / "lorasel" / "results.sqlite").read_bytes() == b"garbage" * 50
+
+
+def test_disk_full(run, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = _invoke(run)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1].startswith("error: disk full while writing")
+
+
+def test_toy_world_end_to_end(tmp_path, monkeypatch):
+    """The bundled toy world through the CLI, at reduced size: a trainer-style run with the star
+    concept's dataset and three checkpoints; trigger, class word, prompt set and references all
+    found on their own; then `lorasel rank` reads the results."""
+    from benchmarks.bench_eval import make_fixture
+
+    monkeypatch.undo()  # the real loaders: load_base("toy"), load_scorer("toy")
+    run = make_fixture(tmp_path)
+    result = runner.invoke(app, ["eval", str(run), "--size", "32x32", "--steps", "2", "--seeds", "1",
+                                 "--strengths", "1", "--batch-size", "8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "trigger 'zkz', class 'star'" in result.stderr
+    assert "0 of 56 renders already done" in result.stderr  # (base + 3) × 14 prompts of toy-star
+    for label in ("base", "zkz-000001", "zkz-000002", "zkz-000003"):
+        assert label in result.stdout
+    ranked = runner.invoke(app, ["rank", str(run), "--json"])
+    assert ranked.exit_code == 0, ranked.output
+    assert len(json.loads(ranked.stdout)) == 4

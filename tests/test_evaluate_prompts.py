@@ -1,0 +1,138 @@
+"""Prompt sets: the shipped ones parse and expand; bad ones fail naming the key at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorasel.errors import EvaluationError
+from lorasel.evaluate import builtin_prompt_sets, load_prompt_set
+from lorasel.evaluate.prompts import parse_prompt_set
+from lorasel.results import KINDS
+
+
+def test_shipped_sets_are_the_four_documented_ones():
+    assert set(builtin_prompt_sets()) >= {"toy", "character", "object", "style"}
+
+
+@pytest.mark.parametrize("name", builtin_prompt_sets())
+def test_shipped_set_parses_and_expands(name):
+    prompt_set = load_prompt_set(name)
+    assert 8 <= len(prompt_set.templates) <= 16
+    assert {t.kind for t in prompt_set.templates} == set(KINDS)
+    prompts = prompt_set.expand("zkz", prompt_set.class_word or "thing")
+    assert len({p.text for p in prompts}) == len(prompts)
+    for p in prompts:
+        assert "{" not in p.text and "}" not in p.text
+        assert ("zkz" in p.text) == (p.kind != "unrelated"), p
+        assert "zkz" not in p.scoring_text, p  # flexibility never sees the trigger
+    ids = [p.prompt_id for p in prompts]
+    assert ids[0] == "in_domain/0" and len(set(ids)) == len(ids)
+
+
+def test_toy_set_uses_the_toy_grammar():
+    prompts = load_prompt_set("toy").expand("zkz", "star")
+    by_kind = {k: [p.text for p in prompts if p.kind == k] for k in KINDS}
+    assert by_kind["in_domain"][0] == "a red zkz star on a white background"
+    assert all(t.endswith(("white background", "black background")) for t in by_kind["in_domain"])
+    assert not any(t.endswith(("white background", "black background")) for t in by_kind["out_of_domain"])
+
+
+def test_scoring_text_replaces_trigger_by_class_word():
+    ps = parse_prompt_set(
+        '[prompts]\nout_of_domain = ["a {trigger} {class} in the snow", "{trigger} in pixel art"]\n',
+        source="t.toml",
+        name="t",
+    )
+    a, b = ps.expand("zkz", "dog")
+    assert (a.text, a.scoring_text) == ("a zkz dog in the snow", "a dog in the snow")
+    assert (b.text, b.scoring_text) == ("zkz in pixel art", "dog in pixel art")
+
+
+def test_user_file_with_concept(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        '[concept]\ntrigger = "ohwx"\nclass = "man"\nnegative = "blurry"\n[prompts]\ntrigger = "{trigger} {class}"\n'
+    )
+    ps = load_prompt_set(str(path))
+    assert (ps.trigger, ps.class_word, ps.negative, ps.name) == ("ohwx", "man", "blurry", "mine")
+    assert load_prompt_set(ps.spec) == ps and load_prompt_set(load_prompt_set("toy").spec).name == "toy"
+    assert [p.text for p in ps.expand(ps.trigger, ps.class_word)] == ["ohwx man"]
+
+
+BAD = [
+    ('[prompts]\nsideways = ["a {trigger}"]\n', "prompts.sideways"),
+    ('[prompts]\nin_domain = ["a {subject} {trigger}"]\n', "prompts.in_domain[0]"),
+    ('[prompts]\nin_domain = ["ok {trigger}", "a {trigger"]\n', "prompts.in_domain[1]"),
+    ('[prompts]\nin_domain = ["a {trigger!r}"]\n', "prompts.in_domain[0]"),
+    ('[prompts]\nin_domain = ["a {}"]\n', "prompts.in_domain[0]"),
+    ('[prompts]\ntrigger = ["a {class}"]\n', "prompts.trigger[0]"),
+    ('[prompts]\nunrelated = ["a {trigger} cat"]\n', "prompts.unrelated[0]"),
+    ('[prompts]\nunrelated = [""]\n', "prompts.unrelated[0]"),
+    ("[prompts]\nunrelated = [3]\n", "prompts.unrelated[0]"),
+    ('[prompts]\nunrelated = ["a", "a"]\n', "prompts.unrelated[1]"),
+    ('[concept]\ntriger = "zkz"\n[prompts]\nunrelated = ["a"]\n', "concept.triger"),
+    ('[concept]\ntrigger = 3\n[prompts]\nunrelated = ["a"]\n', "concept.trigger"),
+    ('colour = 1\n[prompts]\nunrelated = ["a"]\n', "colour"),
+    ("[concept]\n", "[prompts]"),
+    ("[prompts\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "named"), BAD)
+def test_bad_prompt_set_names_the_key(text, named):
+    with pytest.raises(EvaluationError) as info:
+        parse_prompt_set(text, source="bad.toml", name="bad")
+    assert named in info.value.message and "bad.toml" in info.value.message
+    assert info.value.hint
+
+
+def test_missing_trigger_or_class_is_an_error():
+    ps = load_prompt_set("toy")
+    with pytest.raises(EvaluationError, match="needs a trigger") as info:
+        ps.expand(None, "star")
+    assert "--trigger" in info.value.hint
+    with pytest.raises(EvaluationError, match="class word"):
+        ps.expand("zkz", None)
+
+
+def test_unknown_set_and_missing_file(tmp_path):
+    with pytest.raises(EvaluationError, match="unknown prompt set 'nope'"):
+        load_prompt_set("nope")
+    with pytest.raises(EvaluationError, match="not found"):
+        load_prompt_set(str(tmp_path / "missing.toml"))
+
+
+def test_toy_resolves_to_the_concepts_own_set():
+    from lorasel.evaluate.prompts import resolve_prompt_spec
+
+    assert resolve_prompt_spec("toy", "star") == "toy-star"
+    assert resolve_prompt_spec("toy", "teapot") == "toy"
+    assert resolve_prompt_spec("toy", None) == "toy"
+    assert resolve_prompt_spec("character", "star") == "character"
+
+
+def test_toy_concept_sets_match_the_concepts_training_images():
+    """in_domain = the training colours × backgrounds; out_of_domain = backgrounds never trained on."""
+    concepts = pytest.importorskip("lorasel.toyworld.concepts").CONCEPTS
+    from lorasel.toyworld.world import COLORS
+
+    sets = [name for name in builtin_prompt_sets() if name.startswith("toy-")]
+    assert sorted(sets) == sorted(f"toy-{c.class_word}" for c in concepts.values())
+    for concept in concepts.values():
+        prompts = load_prompt_set(f"toy-{concept.class_word}").expand(concept.trigger, concept.class_word)
+        by_kind = {k: [p.text for p in prompts if p.kind == k] for k in KINDS}
+        expected = {
+            f"a {c} {concept.token} on a {b} background" for c in concept.colors for b in concept.backgrounds
+        }
+        assert set(by_kind["in_domain"]) == expected
+        for text in by_kind["out_of_domain"]:
+            words = text.split()
+            color, background = words[1], words[-2]
+            assert {color, background} <= set(COLORS) and color != background
+            assert background not in concept.backgrounds, text
+
+
+def test_hostile_trigger_is_inserted_literally():
+    ps = parse_prompt_set('[prompts]\ntrigger = ["a {trigger} {class}"]\n', source="t.toml", name="t")
+    (p,) = ps.expand("{class}{0}{__import__}", "x}")
+    assert p.text == "a {class}{0}{__import__} x}"
