@@ -34,6 +34,7 @@ class Snapshot:
     concept_rate: float  # in-domain prompts: fraction of renders that show the concept's shape
     ood_background: float  # out-of-domain prompts: fraction with the asked-for background
     ood_concept: float  # out-of-domain prompts: fraction that still show the concept
+    strength: float = 1.0
 
 
 def probe_prompts(concept: Concept) -> tuple[list[str], list[str]]:
@@ -62,6 +63,17 @@ def measure_concept(
     return concept_rate, ood_bg, ood_concept
 
 
+def _set_strength(pipe, strength: float, text_encoder: bool) -> None:
+    """The LoRA's multiplier, as A1111's <lora:name:strength> sets it (UNet and text encoder)."""
+    pipe.unet.set_adapters(["default"], weights=[strength])
+    if text_encoder:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in pipe.text_encoder.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.set_scale("default", strength)
+
+
 def train_plain_lora(
     pipe,
     concept: str | Concept,
@@ -76,6 +88,7 @@ def train_plain_lora(
     targets: list[str] | None = None,
     train_text_encoder: bool = True,
     on_snapshot=None,
+    strengths: tuple[float, ...] = (1.0,),
 ) -> list[Snapshot]:
     """Train a peft LoRA on ``concept`` in place on ``pipe`` and probe it with the oracle."""
     from peft import LoraConfig
@@ -95,8 +108,13 @@ def train_plain_lora(
     ids = pipe.tokenizer(
         captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
     ).input_ids
+    # Only the LoRA trains: freeze the base model first (adapters are added trainable).
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
     pipe.unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=targets or LOCON_TARGETS, init_lora_weights="gaussian")
+        LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=targets or LOCON_TARGETS, init_lora_weights="gaussian"
+        )
     )
     if train_text_encoder:
         pipe.text_encoder.add_adapter(
@@ -123,8 +141,11 @@ def train_plain_lora(
         if step % snapshot_every == 0:
             pipe.unet.eval()
             pipe.text_encoder.eval()
-            rate, bg, oc = measure_concept(pipe, concept, seeds=probe_seeds)
-            snapshots.append(Snapshot(step, sum(losses) / len(losses), rate, bg, oc))
+            for strength in strengths:
+                _set_strength(pipe, strength, train_text_encoder)
+                rate, bg, oc = measure_concept(pipe, concept, seeds=probe_seeds)
+                snapshots.append(Snapshot(step, sum(losses) / len(losses), rate, bg, oc, strength))
+            _set_strength(pipe, 1.0, train_text_encoder)
             if on_snapshot is not None:
                 on_snapshot(snapshots[-1], pipe)
             losses = []
