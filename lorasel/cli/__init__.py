@@ -6,6 +6,7 @@ Each command is a module of this package that registers itself on ``app``.
 from __future__ import annotations
 
 from lorasel.cli import (  # noqa: F401  (commands register themselves)
+    demo_cmd,
     eval_cmd,
     inspect_cmd,
     pick_cmd,

@@ -4,7 +4,9 @@ The oracle is for benchmarks only; the evaluator and the selector never use it.
 Method: the background is the dominant colour of the image border; the object is the
 largest connected region that differs from it; its colour is the nearest palette colour
 of the region's median pixel; its shape is the template (of every world shape) with the
-highest IoU after cropping the region to its bounding box and fitting it in a square.
+best match after cropping the region to its bounding box and fitting it in a square: IoU
+with the template minus a penalty for a different solidity (area over convex-hull area), so
+that a blurred star (the points rounded off, IoU close to a diamond's) is still a star.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from lorasel.toyworld.world import ALL_SHAPES, COLORS, mask
 
@@ -23,6 +26,9 @@ _PALETTE_NAMES = tuple(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _PALETTE_NAMES], dtype=np.float32)
 _TEMPLATE_SIZE = 24
 _MIN_OBJECT_FRACTION = 0.02
+_SOLIDITY_WEIGHT = 0.6
+_TEMPLATE_OBJECT_PX = 40  # an object's typical width in a 64 px image (size 0.32)
+_TEMPLATE_BLURS = (0.0, 1.5, 2.5, 3.5)  # px of Gaussian softening
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,32 @@ def _fit_square(region: np.ndarray) -> np.ndarray:
     return np.asarray(img) > 127
 
 
+def _solidity(region: np.ndarray) -> float:
+    """Area over convex-hull area of a boolean mask (pixels as unit squares)."""
+    ys, xs = np.nonzero(region)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]).astype(
+        np.float64
+    )
+    try:
+        hull = ConvexHull(corners)
+    except QhullError:  # degenerate (a line of pixels)
+        return 1.0
+    return float(len(xs) / hull.volume) if hull.volume > 0 else 1.0
+
+
 @lru_cache(maxsize=1)
-def _templates() -> dict[str, np.ndarray]:
+def _templates() -> dict[str, list[tuple[np.ndarray, float]]]:
+    """Per shape: (fitted mask, solidity) as a rendered object shows it — at its size in a
+    64 px image, sharp and softened to several degrees (a sampler and a VAE round off sharp
+    points: a softened star is a fat star, not a diamond)."""
     out = {}
     for shape in ALL_SHAPES:
-        m = np.asarray(mask(shape, 96)) > 127
-        out[shape] = _fit_square(m)
+        small = np.asarray(mask(shape, _TEMPLATE_OBJECT_PX), dtype=np.float32) / 255.0
+        variants = []
+        for blur in _TEMPLATE_BLURS:
+            soft = (ndimage.gaussian_filter(small, blur) if blur else small) > 0.5
+            variants.append((_fit_square(soft), _solidity(soft)))
+        out[shape] = variants
     return out
 
 
@@ -91,16 +117,20 @@ def measure(image: Image.Image) -> Measurement:
         return Measurement(background, None, None, 0.0, fraction)
     core = ndimage.binary_erosion(region, iterations=1)
     pixels = rgb[core if core.sum() >= 8 else region]
-    color = _PALETTE_NAMES[_nearest_color(np.median(pixels, axis=0)[None])[0]]
+    color_idx = _nearest_color(np.median(pixels, axis=0)[None])[0]
+    color = _PALETTE_NAMES[color_idx]
     # Holes (ring) and bites (moon) are background: fill nothing, compare the region as is.
     fitted = _fit_square(region)
-    best, best_iou = None, -1.0
-    for shape, template in _templates().items():
-        inter = np.logical_and(fitted, template).sum()
-        union = np.logical_or(fitted, template).sum()
-        iou = float(inter / union) if union else 0.0
-        if iou > best_iou:
-            best, best_iou = shape, iou
+    solidity = _solidity(region)
+    best, best_iou, best_score = None, -1.0, -np.inf
+    for shape, variants in _templates().items():
+        for template, template_solidity in variants:
+            inter = np.logical_and(fitted, template).sum()
+            union = np.logical_or(fitted, template).sum()
+            iou = float(inter / union) if union else 0.0
+            score = iou - _SOLIDITY_WEIGHT * abs(solidity - template_solidity)
+            if score > best_score:
+                best, best_iou, best_score = shape, iou, score
     return Measurement(background, color, best, best_iou, fraction)
 
 

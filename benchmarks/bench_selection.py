@@ -1,0 +1,235 @@
+"""Selection quality on the toy world, with the oracle as ground truth.
+
+For each concept × training seed: train the ``toyworld`` preset (a checkpoint every epoch,
+enough epochs to overfit), evaluate every checkpoint at three strengths, rank, and ask the
+oracle how good each selector's choice is:
+
+- lorasel's pick (the default weights);
+- the lowest training loss and the lowest validation loss (held-out images of the concept), at
+  strength 1.0 — what people use today;
+- the last epoch and a fixed middle epoch, at strength 1.0.
+
+Regret = (oracle's best quality - the choice's quality) / (oracle's best - oracle's worst), over
+every evaluated (checkpoint, strength). Runs are cached under ``BENCH_DIR`` (default
+``.bench/selection``): a rerun re-ranks without training or rendering again.
+
+Alone: ``python -m benchmarks.run selection``; env ``LORASEL_BENCH_CONCEPTS`` (comma-separated)
+and ``LORASEL_BENCH_SEEDS`` (count) shrink it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CONCEPTS = ("star", "heart", "cross", "moon", "ring")
+TRAIN_SEEDS = 2
+SELECTORS = ("lorasel", "lowest_loss", "lowest_val_loss", "last_epoch", "middle_epoch")
+LABELS = {
+    "lorasel": "lorasel pick",
+    "lowest_loss": "lowest training loss @1.0",
+    "lowest_val_loss": "lowest validation loss @1.0",
+    "last_epoch": "last epoch @1.0",
+    "middle_epoch": "middle epoch @1.0",
+}
+
+
+def bench_dir() -> Path:
+    return Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parents[1] / ".bench")) / "selection"
+
+
+def one_run(concept: str, seed: int, base, scorer) -> dict:
+    """Train (cached), evaluate (cached), rank and judge one concept × seed."""
+    from lorasel import demo
+    from lorasel.evaluate import evaluate
+    from lorasel.rank import rank, read_loss
+
+    run_dir = bench_dir() / f"{concept}-seed{seed}"
+    t0 = time.perf_counter()
+    demo.train_concept(run_dir, concept=concept, overrides=[f"training.seed={seed}"])
+    t1 = time.perf_counter()
+    results = evaluate(
+        run_dir, base=base, scorer=scorer, strengths=demo.DEMO_STRENGTHS, seeds=demo.DEMO_SEEDS
+    )
+    t2 = time.perf_counter()
+    ranking = rank(results, loss=read_loss(run_dir))
+    outcome = demo.judge_selection(run_dir, results, ranking)
+    return {"concept": concept, "seed": seed, "outcome": outcome, "train_s": t1 - t0, "eval_s": t2 - t1}
+
+
+def summarise(runs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        verdicts = r["outcome"].verdicts
+        best = verdicts["oracle"]
+        for name in SELECTORS:
+            v = verdicts.get(name)
+            if v is None:
+                continue
+            rows.append(
+                {
+                    "concept": r["concept"],
+                    "seed": r["seed"],
+                    "selector": name,
+                    "choice": f"e{v.epoch}@{v.strength:g}",
+                    "quality": v.quality,
+                    "regret": v.regret,
+                    "oracle_best": f"e{best.epoch}@{best.strength:g}",
+                    "oracle_best_quality": best.quality,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def weight_sweep(runs: list[dict]) -> pd.DataFrame:
+    """Mean regret of lorasel's pick under other weights (justifies the default)."""
+    from lorasel.demo import judge_selection
+    from lorasel.rank import Weights, rank, read_loss
+
+    grid = {
+        "default (1, 1, 0.25, 0.25)": None,
+        "fidelity only": Weights(1, 0, 0, 0),
+        "flexibility only": Weights(0, 1, 0, 0),
+        "fidelity + flexibility": Weights(1, 1, 0, 0),
+        "fidelity 2, flexibility 1": Weights(2, 1, 0.25, 0.25),
+        "fidelity 1, flexibility 2": Weights(1, 2, 0.25, 0.25),
+        "all equal": Weights(1, 1, 1, 1),
+    }
+    rows = []
+    for label, weights in grid.items():
+        regrets = []
+        for r in runs:
+            o = r["outcome"]
+            ranking = rank(o.results, weights=weights, loss=read_loss(o.run_dir), n_boot=200)
+            regrets.append(judge_selection(o.run_dir, o.results, ranking).verdicts["lorasel"].regret)
+        rows.append(
+            {"weights": label, "mean_regret": float(np.mean(regrets)), "max_regret": float(np.max(regrets))}
+        )
+    return pd.DataFrame(rows)
+
+
+def figure(runs: list[dict], out_dir: Path) -> str:
+    """Oracle quality and lorasel score per epoch at strength 1.0, with the training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = runs[0]
+    o = r["outcome"]
+    table = o.ranking.table
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for strength in sorted(o.oracle["strength"].unique()):
+        rows = o.oracle[o.oracle["strength"] == strength].sort_values("epoch")
+        axes[0].plot(
+            rows["epoch"], rows["oracle_quality"], marker="o", label=f"oracle, strength {strength:g}"
+        )
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("oracle quality")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"{r['concept']}, seed {r['seed']}: ground truth")
+    at_one = table[(table["strength"] == 1.0) & (table["checkpoint"] != "base")].sort_values("epoch")
+    axes[1].plot(at_one["epoch"], at_one["loss"], marker="o", color="tab:red", label="training loss")
+    if at_one["val_loss"].notna().any():
+        axes[1].plot(
+            at_one["epoch"], at_one["val_loss"], marker="s", color="tab:orange", label="validation loss"
+        )
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("loss")
+    axes[1].legend(fontsize=8)
+    axes[1].set_title("what loss-based selection sees")
+    fig.tight_layout()
+    path = out_dir / "selection.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def run(out_dir: Path) -> str:
+    from lorasel.models import load_base, load_scorer
+
+    concepts = [c for c in os.environ.get("LORASEL_BENCH_CONCEPTS", ",".join(CONCEPTS)).split(",") if c]
+    n_seeds = int(os.environ.get("LORASEL_BENCH_SEEDS", TRAIN_SEEDS))
+    base, scorer = load_base("toy"), load_scorer("toy")
+    start = time.perf_counter()
+    runs = []
+    for concept in concepts:
+        for seed in range(n_seeds):
+            print(f"[selection] {concept} seed {seed}", flush=True)
+            runs.append(one_run(concept, seed, base, scorer))
+    frame = summarise(runs)
+    per_selector = (
+        frame.groupby("selector", sort=False)
+        .agg(
+            mean_quality=("quality", "mean"),
+            mean_regret=("regret", "mean"),
+            max_regret=("regret", "max"),
+            zero_regret=("regret", lambda s: int((s < 1e-9).sum())),
+        )
+        .reindex([s for s in SELECTORS if s in set(frame["selector"])])
+    )
+    sweep = weight_sweep(runs)
+    fig = figure(runs, out_dir)
+    lorasel_regret = per_selector.loc["lorasel", "mean_regret"]
+    loss_based = per_selector.loc[[s for s in ("lowest_loss", "lowest_val_loss") if s in per_selector.index]]
+    verdict = (
+        "met" if lorasel_regret <= 0.05 and (loss_based["mean_regret"] > lorasel_regret).all() else "NOT met"
+    )
+    lines = [
+        "## Selection quality against the oracle (toy world)",
+        "",
+        f"{len(concepts)} concepts × {n_seeds} training seeds = {len(runs)} runs of the `toyworld` preset; each "
+        f"checkpoint evaluated at strengths {', '.join(f'{s:g}' for s in sorted(runs[0]['outcome'].oracle['strength'].unique()))} "
+        "with the concept's prompt set and 2 seeds. The oracle measures every render (shape, colour, "
+        "background against the prompt); a candidate's quality is the mean over prompt kinds of the "
+        "fraction of asked-for attributes shown. Regret is the shortfall from the oracle's best "
+        "candidate as a share of the oracle's range (best − worst) in that run.",
+        "",
+        "| selector | mean oracle quality | mean regret | worst regret | runs with zero regret |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in per_selector.iterrows():
+        lines.append(
+            f"| {LABELS[name]} | {row.mean_quality:.3f} | {100 * row.mean_regret:.1f}% | "
+            f"{100 * row.max_regret:.1f}% | {row.zero_regret}/{len(runs)} |"
+        )
+    lines += [
+        "",
+        f"Target (lorasel's mean regret ≤ 5% and below every loss-based selector): **{verdict}**.",
+        "",
+        "Per run (choice as epoch@strength):",
+        "",
+        "| concept | seed | oracle's best | " + " | ".join(LABELS[s] for s in SELECTORS) + " |",
+        "|---|---:|---|" + "---|" * len(SELECTORS),
+    ]
+    for (concept, seed), rows in frame.groupby(["concept", "seed"], sort=False):
+        cells = []
+        for s in SELECTORS:
+            hit = rows[rows["selector"] == s]
+            cells.append("-" if hit.empty else f"{hit.iloc[0].choice} ({100 * hit.iloc[0].regret:.0f}%)")
+        best = f"{rows.iloc[0].oracle_best} ({rows.iloc[0].oracle_best_quality:.3f})"
+        lines.append(f"| {concept} | {seed} | {best} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mean regret of lorasel's pick under other composite weights (fidelity, flexibility, diversity, "
+        "preservation), on the same renders (200 bootstrap rounds):",
+        "",
+        "| weights | mean regret | worst regret |",
+        "|---|---:|---:|",
+    ]
+    for row in sweep.itertuples(index=False):
+        lines.append(f"| {row.weights} | {100 * row.mean_regret:.1f}% | {100 * row.max_regret:.1f}% |")
+    train_s = sum(r["train_s"] for r in runs)
+    eval_s = sum(r["eval_s"] for r in runs)
+    lines += [
+        "",
+        f"![oracle quality and loss per epoch](figures/{fig})",
+        "",
+        f"Wall time {time.perf_counter() - start:.0f} s (training {train_s:.0f} s, evaluation {eval_s:.0f} s; "
+        "cached runs cost nothing). Reproduce: `python -m benchmarks.run selection`.",
+    ]
+    return "\n".join(lines)

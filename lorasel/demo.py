@@ -1,0 +1,168 @@
+"""`lorasel demo`: the whole product on the toy world, with the oracle's verdict.
+
+Trains a LoRA on a toy-world concept with a checkpoint every epoch (enough epochs to overfit),
+evaluates every checkpoint at three strengths, ranks them, writes the CSV and HTML report, and
+asks the toy world's oracle — ground truth that lorasel's ranking never sees — how good lorasel's
+pick and the lowest-loss pick really are. The selection benchmark (``benchmarks/bench_selection``)
+runs the same chain over several concepts and seeds.
+
+Everything is cached: a second run reuses the trained checkpoints and the renders.
+The trainer is imported inside :func:`train_concept` (the core does not depend on it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lorasel.errors import ConfigError
+from lorasel.rundir import RunDir
+
+# What `lorasel demo` does by default: sized to finish in about 5 minutes on 2 CPU cores.
+DEMO_CONCEPT = "star"
+DEMO_STRENGTHS = (0.5, 0.75, 1.0)
+DEMO_SEEDS = 2
+VALIDATION_SEED = 10_000  # the held-out images' seed: the training seed plus this
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The oracle's judgement of one (checkpoint, strength) candidate."""
+
+    checkpoint: str
+    label: str
+    epoch: int | None
+    strength: float
+    quality: float  # oracle quality in [0, 1]: the fraction of asked-for attributes shown
+    regret: float  # (oracle best - quality) / (oracle best - oracle worst), in [0, 1]
+
+
+@dataclass
+class SelectionOutcome:
+    """One evaluated run, ranked, with the oracle's judgement of every selector's choice."""
+
+    run_dir: Path
+    ranking: Any  # lorasel.rank.Ranking
+    results: Any  # lorasel.results.Results
+    oracle: pd.DataFrame  # per (checkpoint, strength): oracle_quality and its per-kind parts
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # selector name -> verdict
+
+    @property
+    def oracle_best(self) -> Verdict:
+        return self.verdicts["oracle"]
+
+
+def train_concept(
+    run_dir: str | Path,
+    *,
+    concept: str = DEMO_CONCEPT,
+    overrides: Sequence[str] = (),
+    progress: Callable[[Any], None] | None = None,
+    pipeline=None,
+    validation: bool = True,
+) -> Path:
+    """Train the ``toyworld`` preset on ``concept`` into ``run_dir``; reuse a finished run.
+
+    A run directory that already holds this run's last checkpoint is kept as it is; one that
+    was interrupted is resumed. Returns the run directory.
+    """
+    import trainer
+    from lorasel.toyworld.concepts import make_dataset
+
+    run = RunDir.at(run_dir)
+    resume = run.config.is_file()
+    settings = [f"dataset.toy_concept={concept}", *overrides]
+    if validation and not resume:
+        # Held-out images of the same concept (other positions and sizes): a validation loss
+        # for the lowest-validation-loss selector, computed as kohya's sd-scripts does.
+        seed = trainer.load_config("toyworld", settings).training.seed
+        held_out = make_dataset(concept, run.root / "validation", repeats=1, seed=seed + VALIDATION_SEED)
+        settings.append(f"validation.path={held_out}")
+    config = trainer.load_config(run.config if resume else "toyworld", settings)
+    if resume and _finished(run, config):
+        return run.root
+    trainer.train(config, output=run.root, progress=progress, resume=resume, pipeline=pipeline)
+    return run.root
+
+
+def _finished(run: RunDir, config) -> bool:
+    name = config.save.name
+    return (run.root / "checkpoints" / f"{name}-{config.training.epochs:06d}.safetensors").is_file()
+
+
+def judge_selection(
+    run_dir: str | Path, results, ranking, *, middle_epoch: int | None = None
+) -> SelectionOutcome:
+    """The oracle's quality for every candidate, and the verdict on each selector's choice.
+
+    Selectors: ``lorasel`` (the ranking's pick), ``lowest_loss`` / ``lowest_val_loss`` (the
+    checkpoint with the lowest training / validation loss, at strength 1.0), ``last_epoch``
+    and ``middle_epoch`` (at strength 1.0), and ``oracle`` (the best candidate by ground truth).
+    """
+    from lorasel.results import BASE
+    from lorasel.toyworld.verdict import candidate_quality
+
+    run = RunDir.at(run_dir)
+    renders = results.renders[results.renders["checkpoint"] != BASE]
+    oracle = candidate_quality(renders, run.state)
+    table = ranking.table[ranking.table["checkpoint"] != BASE]
+    info = table[["checkpoint", "label", "epoch", "strength", "loss", "val_loss"]]
+    oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
+    best_q = float(oracle["oracle_quality"].max())
+    worst_q = float(oracle["oracle_quality"].min())
+    span = best_q - worst_q
+
+    def verdict(row: pd.Series) -> Verdict:
+        q = float(row["oracle_quality"])
+        return Verdict(
+            checkpoint=str(row["checkpoint"]),
+            label=str(row["label"]),
+            epoch=None if pd.isna(row["epoch"]) else int(row["epoch"]),
+            strength=float(row["strength"]),
+            quality=q,
+            regret=(best_q - q) / span if span > 0 else 0.0,
+        )
+
+    def at(checkpoint: str, strength: float) -> Verdict:
+        rows = oracle[(oracle["checkpoint"] == checkpoint) & (oracle["strength"] == strength)]
+        return verdict(rows.iloc[0])
+
+    def full_strength(rows: pd.DataFrame) -> pd.DataFrame:
+        target = rows.loc[(rows["strength"] - 1.0).abs().idxmin(), "strength"]
+        return rows[rows["strength"] == target]
+
+    out = SelectionOutcome(run.root, ranking, results, oracle)
+    out.verdicts["oracle"] = verdict(oracle.loc[oracle["oracle_quality"].idxmax()])
+    best = ranking.best
+    out.verdicts["lorasel"] = at(best.checkpoint, best.strength)
+    at_one = full_strength(oracle)
+    for name, column in (("lowest_loss", "loss"), ("lowest_val_loss", "val_loss")):
+        known = at_one[at_one[column].notna()]
+        if not known.empty:
+            out.verdicts[name] = verdict(known.loc[known[column].idxmin()])
+    by_epoch = at_one.dropna(subset=["epoch"]).sort_values("epoch")
+    if not by_epoch.empty:
+        out.verdicts["last_epoch"] = verdict(by_epoch.iloc[-1])
+        epochs = by_epoch["epoch"].astype(int).tolist()
+        middle = middle_epoch if middle_epoch in epochs else epochs[(len(epochs) - 1) // 2]
+        out.verdicts["middle_epoch"] = verdict(by_epoch[by_epoch["epoch"] == middle].iloc[0])
+    return out
+
+
+def check_concept(concept: str) -> str:
+    from lorasel.toyworld.concepts import CONCEPTS
+
+    if concept not in CONCEPTS:
+        raise ConfigError(
+            f"unknown toy-world concept {concept!r}", hint=f"choose one of {', '.join(sorted(CONCEPTS))}"
+        )
+    return concept
+
+
+def format_regret(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.0f}%"

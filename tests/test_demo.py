@@ -1,0 +1,103 @@
+"""`lorasel demo` end to end at a reduced size: trains, evaluates, ranks, reports, judges."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from typer.testing import CliRunner
+
+from lorasel.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    args = ["demo", "--workdir", str(workdir), "--epochs", "2", "--seeds", "1", "--steps", "4", "--no-tui"]
+    first = runner.invoke(app, args)
+    return workdir, args, first
+
+
+def test_demo_completes_with_a_pick_and_a_report(demo_run):
+    workdir, _, result = demo_run
+    assert result.exit_code == 0, result.output
+    run = workdir / "run"
+    checkpoints = sorted((run / "checkpoints").glob("*.safetensors"))
+    assert [p.name for p in checkpoints] == ["toy-000001.safetensors", "toy-000002.safetensors"]
+    html = (run / "report" / "report.html").read_text()
+    assert "toy-000001" in html and "toy-000002" in html
+    with open(run / "report" / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # 2 checkpoints × 3 strengths, and the base model.
+    assert len(rows) == 7
+    out = result.stdout
+    assert "lorasel pick" in out and "lowest training loss" in out and "oracle's best" in out
+    assert "toy-000001 @" in out or "toy-000002 @" in out
+    # No terminal: the ranked table is printed instead of opening the TUI.
+    assert "P(best)" in out and "base" in out
+
+
+def test_demo_rerun_reuses_checkpoints_and_renders(demo_run):
+    workdir, args, first = demo_run
+    assert first.exit_code == 0, first.output
+    checkpoint = workdir / "run" / "checkpoints" / "toy-000002.safetensors"
+    before = checkpoint.stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert checkpoint.stat().st_mtime_ns == before
+    assert "98 of 98 renders already done" in again.output
+
+
+def test_demo_verdicts_agree_with_the_oracle_and_the_ranking(demo_run):
+    from lorasel import demo
+    from lorasel.evaluate import load_results
+    from lorasel.rank import rank, read_loss
+    from lorasel.toyworld.oracle import judge, measure
+
+    workdir, _, first = demo_run
+    assert first.exit_code == 0, first.output
+    run = workdir / "run"
+    results = load_results(run)
+    ranking = rank(results, loss=read_loss(run))
+    outcome = demo.judge_selection(run, results, ranking)
+    v = outcome.verdicts
+    assert v["oracle"].regret == 0.0
+    assert v["oracle"].quality == pytest.approx(outcome.oracle["oracle_quality"].max())
+    assert all(0.0 <= x.regret <= 1.0 for x in v.values())
+    assert (v["lorasel"].checkpoint, v["lorasel"].strength) == (
+        ranking.best.checkpoint,
+        ranking.best.strength,
+    )
+    assert v["last_epoch"].epoch == 2 and v["last_epoch"].strength == 1.0
+    lowest = ranking.lowest_loss
+    assert (v["lowest_loss"].checkpoint, v["lowest_loss"].strength) == (lowest.checkpoint, lowest.strength)
+    # The lorasel pick's quality, recomputed from its own renders with the oracle directly.
+    from PIL import Image
+
+    renders = results.renders
+    mine = renders[
+        (renders["checkpoint"] == v["lorasel"].checkpoint) & (renders["strength"] == v["lorasel"].strength)
+    ]
+    per_kind: dict[str, list[float]] = {}
+    for image, prompt, kind in zip(mine["image"], mine["prompt"], mine["kind"], strict=True):
+        with Image.open(run / "lorasel" / image) as im:
+            shown = judge(measure(im), prompt)
+        per_kind.setdefault(kind, []).append(sum(shown.values()) / len(shown))
+    expected = sum(sum(x) / len(x) for x in per_kind.values()) / len(per_kind)
+    assert v["lorasel"].quality == pytest.approx(expected)
+
+
+def test_demo_bad_concept_is_one_line(tmp_path):
+    result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--concept", "dragon"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: unknown toy-world concept 'dragon'")
+    assert "hint:" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_bad_seeds_is_one_line(tmp_path):
+    result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--seeds", "0"])
+    assert result.exit_code == 2
+    assert "error: --seeds must be at least 1" in result.output
