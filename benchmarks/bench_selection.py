@@ -50,10 +50,17 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
 
     run_dir = bench_dir() / f"{concept}-seed{seed}"
     t0 = time.perf_counter()
-    demo.train_concept(run_dir, concept=concept, overrides=[f"training.seed={seed}"])
+    threads = demo.default_threads()
+    overrides = [f"training.seed={seed}", f"training.cpu_threads={threads}"]
+    demo.train_concept(run_dir, concept=concept, overrides=overrides, pipeline=None)
     t1 = time.perf_counter()
     results = evaluate(
-        run_dir, base=base, scorer=scorer, strengths=demo.DEMO_STRENGTHS, seeds=demo.DEMO_SEEDS
+        run_dir,
+        base=base,
+        scorer=scorer,
+        strengths=demo.DEMO_STRENGTHS,
+        seeds=demo.DEMO_SEEDS,
+        threads=threads,
     )
     t2 = time.perf_counter()
     ranking = rank(results, loss=read_loss(run_dir))
@@ -105,7 +112,8 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
         for r in runs:
             o = r["outcome"]
             ranking = rank(o.results, weights=weights, loss=read_loss(o.run_dir), n_boot=200)
-            regrets.append(judge_selection(o.run_dir, o.results, ranking).verdicts["lorasel"].regret)
+            judged = judge_selection(o.run_dir, o.results, ranking, oracle=o.oracle)
+            regrets.append(judged.verdicts["lorasel"].regret)
         rows.append(
             {"weights": label, "mean_regret": float(np.mean(regrets)), "max_regret": float(np.max(regrets))}
         )

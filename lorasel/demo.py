@@ -96,23 +96,30 @@ def _finished(run: RunDir, config) -> bool:
 
 
 def judge_selection(
-    run_dir: str | Path, results, ranking, *, middle_epoch: int | None = None
+    run_dir: str | Path,
+    results,
+    ranking,
+    *,
+    middle_epoch: int | None = None,
+    oracle: pd.DataFrame | None = None,
 ) -> SelectionOutcome:
     """The oracle's quality for every candidate, and the verdict on each selector's choice.
 
     Selectors: ``lorasel`` (the ranking's pick), ``lowest_loss`` / ``lowest_val_loss`` (the
     checkpoint with the lowest training / validation loss, at strength 1.0), ``last_epoch``
     and ``middle_epoch`` (at strength 1.0), and ``oracle`` (the best candidate by ground truth).
+    ``oracle``: the per-candidate frame of an earlier call on the same results (skips measuring).
     """
     from lorasel.results import BASE
     from lorasel.toyworld.verdict import candidate_quality
 
     run = RunDir.at(run_dir)
-    renders = results.renders[results.renders["checkpoint"] != BASE]
-    oracle = candidate_quality(renders, run.state)
-    table = ranking.table[ranking.table["checkpoint"] != BASE]
-    info = table[["checkpoint", "label", "epoch", "strength", "loss", "val_loss"]]
-    oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
+    if oracle is None:
+        renders = results.renders[results.renders["checkpoint"] != BASE]
+        oracle = candidate_quality(renders, run.state)
+        table = ranking.table[ranking.table["checkpoint"] != BASE]
+        info = table[["checkpoint", "label", "epoch", "strength", "loss", "val_loss"]]
+        oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
     best_q = float(oracle["oracle_quality"].max())
     worst_q = float(oracle["oracle_quality"].min())
     span = best_q - worst_q
@@ -162,6 +169,13 @@ def check_concept(concept: str) -> str:
             f"unknown toy-world concept {concept!r}", hint=f"choose one of {', '.join(sorted(CONCEPTS))}"
         )
     return concept
+
+
+def default_threads() -> int:
+    """CPU threads for a demo or benchmark that has the machine to itself: the cores, at most 4."""
+    import os
+
+    return min(4, os.cpu_count() or 1)
 
 
 def format_regret(value: float) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -64,7 +63,7 @@ def demo_command(
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1 (got {seeds})", hint="use --seeds 2")
     if threads is None:
-        threads = min(4, os.cpu_count() or 1)
+        threads = demo.default_threads()
     elif threads < 1:
         raise ConfigError(f"--threads must be at least 1 (got {threads})", hint="omit it to use the cores")
     run_dir = workdir / "run"
