@@ -130,7 +130,7 @@ def figure(runs: list[dict], out_dir: Path) -> str:
     r = runs[0]
     o = r["outcome"]
     table = o.ranking.table
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     for strength in sorted(o.oracle["strength"].unique()):
         rows = o.oracle[o.oracle["strength"] == strength].sort_values("epoch")
         axes[0].plot(
@@ -150,6 +150,13 @@ def figure(runs: list[dict], out_dir: Path) -> str:
     axes[1].set_ylabel("loss")
     axes[1].legend(fontsize=8)
     axes[1].set_title("what loss-based selection sees")
+    for strength in sorted(o.oracle["strength"].unique()):
+        rows = table[(table["strength"] == strength) & (table["checkpoint"] != "base")].sort_values("epoch")
+        axes[2].plot(rows["epoch"], rows["score"], marker="o", label=f"strength {strength:g}")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("lorasel score")
+    axes[2].legend(fontsize=8)
+    axes[2].set_title("what lorasel sees (CLIP scores)")
     fig.tight_layout()
     path = out_dir / "selection.png"
     fig.savefig(path, dpi=110)
@@ -203,7 +210,7 @@ def run(out_dir: Path) -> str:
     for name, row in per_selector.iterrows():
         lines.append(
             f"| {LABELS[name]} | {row.mean_quality:.3f} | {100 * row.mean_regret:.1f}% | "
-            f"{100 * row.max_regret:.1f}% | {row.zero_regret}/{len(runs)} |"
+            f"{100 * row.max_regret:.1f}% | {int(row.zero_regret)}/{len(runs)} |"
         )
     lines += [
         "",
