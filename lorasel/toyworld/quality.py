@@ -102,3 +102,38 @@ def scorer_quality(scorer, trials: int = 50, k: int = 20, seed: int = 0) -> dict
 
 
 __all__ = ["ALL_SHAPES", "base_quality", "held_out_scenes", "render_prompts", "scorer_quality"]
+
+
+@torch.inference_mode()
+def scorer_shape_accuracy(scorer, pipe=None, per_shape: int = 10, seed: int = 0) -> dict[str, float]:
+    """10-way shape recognition by text: for each image, the caption (its own colour and
+    background) whose shape word has the highest cosine. ``clean`` on the world's renders and,
+    with ``pipe``, ``vae`` on the same images after a round trip through the base's VAE (how
+    generated images look). Chance is 1 / len(ALL_SHAPES)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = random.Random(f"shape-accuracy:{seed}")
+    scenes = [Scene(shape, *rng.choice([c[1:] for c in held_out_combinations()])) for shape in ALL_SHAPES
+              for _ in range(per_shape)]  # fmt: skip
+    images = {"clean": [render(s) for s in scenes]}
+    if pipe is not None:
+        x = torch.stack(
+            [
+                torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+                for im in images["clean"]
+            ]
+        ).to(pipe.vae.device, pipe.vae.dtype)
+        y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1).float().cpu()
+        images["vae"] = [
+            Image.fromarray(((i.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for i in y
+        ]
+    out = {}
+    for kind, ims in images.items():
+        emb = scorer.embed_images(ims)
+        hits = 0
+        for scene, e in zip(scenes, emb, strict=True):
+            texts = scorer.embed_texts([caption(Scene(s, scene.color, scene.background)) for s in ALL_SHAPES])
+            hits += ALL_SHAPES[int((texts @ e).argmax())] == scene.shape
+        out[kind] = hits / len(scenes)
+    return out
