@@ -70,7 +70,7 @@ def demo_command(
     say = _Say()
     started = time.perf_counter()
     say(f"lorasel demo: a LoRA on the toy world's {concept!r} concept, in {printable(run_dir)}")
-    say("1/4 train: a checkpoint every epoch; the later ones overfit (loss keeps falling all the same)")
+    say("1/4 train: the toyworld preset (LoCon), a checkpoint every epoch")
     view = ProgressView()
     try:
         overrides = [f"training.cpu_threads={threads}"] + ([f"training.epochs={epochs}"] if epochs else [])
@@ -114,7 +114,7 @@ class _Say:
         self.console = Console(stderr=True, highlight=False)
 
     def __call__(self, text: str) -> None:
-        self.console.print(text, markup=False, style="bold")
+        self.console.print(text, markup=False, style="bold", soft_wrap=True)
 
 
 def _print_verdicts(outcome) -> None:
