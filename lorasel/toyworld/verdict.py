@@ -37,3 +37,27 @@ def candidate_quality(renders: pd.DataFrame, state_dir: str | Path) -> pd.DataFr
     per_kind = frame.groupby(["checkpoint", "strength", "kind"])["oracle"].mean().unstack("kind")
     per_kind["oracle_quality"] = per_kind.mean(axis=1, skipna=True)
     return per_kind.reset_index()
+
+
+def attribute_rates(renders: pd.DataFrame, state_dir: str | Path) -> pd.DataFrame:
+    """Per (checkpoint, strength, kind): the fraction of renders showing each attribute their
+    prompt asked for (``shape``, ``color``, ``background``; NaN where none asked for it)."""
+    state = Path(state_dir)
+    rows = []
+    for image, prompt in zip(renders["image"], renders["prompt"], strict=True):
+        with Image.open(state / image) as im:
+            verdict = judge(measure(im), prompt)
+        rows.append(
+            {
+                key: float(verdict[key]) if key in verdict else np.nan
+                for key in ("shape", "color", "background")
+            }
+        )
+    frame = pd.concat(
+        [renders[["checkpoint", "strength", "kind"]].reset_index(drop=True), pd.DataFrame(rows)], axis=1
+    )
+    return (
+        frame.groupby(["checkpoint", "strength", "kind"])[["shape", "color", "background"]]
+        .mean()
+        .reset_index()
+    )
