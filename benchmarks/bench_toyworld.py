@@ -25,7 +25,7 @@ def run(out_dir: Path) -> str:
     from lorasel.toyworld.quality import base_quality, render_prompts, scorer_quality, scorer_shape_accuracy
     from lorasel.toyworld.world import ALL_SHAPES
 
-    folder = weights_path("").parent
+    folder = weights_path("pretrain.json").parent
     sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
     record = json.loads((folder / "pretrain.json").read_text())
     load_base("toy"), load_scorer("toy")  # warm imports and file cache

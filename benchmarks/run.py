@@ -16,6 +16,7 @@ import platform
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ def main(argv: list[str]) -> int:
         return 2
     FIGURES.mkdir(parents=True, exist_ok=True)
     sections = _existing_sections()
+    failed: list[str] = []
     for name in wanted:
         try:
             module = importlib.import_module(f"benchmarks.bench_{name}")
@@ -72,7 +74,12 @@ def main(argv: list[str]) -> int:
             continue
         print(f"[bench] {name} ...", flush=True)
         start = time.perf_counter()
-        body = module.run(FIGURES).rstrip() + "\n"
+        try:
+            body = module.run(FIGURES).rstrip() + "\n"
+        except Exception:  # one broken section must not lose the others' measurements
+            traceback.print_exc()
+            failed.append(name)
+            continue
         print(f"[bench] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
         sections[name] = body
     head = (
@@ -85,6 +92,9 @@ def main(argv: list[str]) -> int:
     body = "".join(f"\n{MARK.format(n)}\n{sections[n]}" for n in SECTIONS if n in sections)
     atomic_write_text(REPORT, head + body)
     print(f"[bench] wrote {REPORT.relative_to(ROOT)}")
+    if failed:
+        print(f"[bench] failed sections (kept as they were): {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -25,7 +25,9 @@ def toy_scorer():
 
 
 def test_weights_are_small():
-    total = sum(p.stat().st_size for p in weights_path("").parent.glob("*.safetensors"))
+    files = list(weights_path("pretrain.json").parent.glob("*.safetensors"))
+    assert {p.name for p in files} >= {"base.safetensors", "scorer.safetensors"}
+    total = sum(p.stat().st_size for p in files)
     assert total <= 25e6
 
 
