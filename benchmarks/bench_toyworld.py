@@ -68,7 +68,6 @@ def run(out_dir: Path) -> str:
         f"| scorer: image cosine, same attributes / different | {clip['same_attribute_cosine']:.3f} / "
         f"{clip['different_attribute_cosine']:.3f} (same > different in {clip['same_beats_different']:.0%} of pairs) "
         "| same > different |",
-        "",
         f"| scorer: shape by text, 10-way, colour and background given (clean / through the VAE) | "
         f"{shapes['clean']:.0%} / {shapes['vae']:.0%} | (chance 10%) |",
         "",
