@@ -35,7 +35,8 @@ def test_demo_completes_with_a_pick_and_a_report(demo_run):
     out = result.stdout
     assert "lorasel pick" in out and "lowest training loss" in out and "oracle's best" in out
     assert "toy-000001 @" in out or "toy-000002 @" in out
-    # No terminal: the ranked table is printed instead of opening the TUI.
+    # No terminal: progress as lines, and the ranked table instead of the TUI.
+    assert "rendered 98/98" in result.output
     assert "P(best)" in out and "base" in out
 
 

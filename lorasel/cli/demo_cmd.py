@@ -79,13 +79,20 @@ def demo_command(
         view.close()
     say("2/4 evaluate: every checkpoint at strengths 0.5, 0.75 and 1.0, the same prompts and seeds")
     with _ProgressBar(enabled=True) as bar:
+        lines = _RenderLines(say) if not say.console.is_terminal else None
+
+        def progress(event) -> None:
+            bar.update(event)
+            if lines is not None:
+                lines(event)
+
         results = evaluate(
             run_dir,
             strengths=demo.DEMO_STRENGTHS,
             seeds=seeds,
             steps=steps,
             threads=threads,
-            progress=bar.update,
+            progress=progress,
         )
     say("3/4 rank and report")
     with warnings_to_stderr():
@@ -115,6 +122,23 @@ class _Say:
 
     def __call__(self, text: str) -> None:
         self.console.print(text, markup=False, style="bold", soft_wrap=True)
+
+
+class _RenderLines:
+    """Piped output has no live bar: a line every tenth of the renders instead."""
+
+    def __init__(self, say: _Say) -> None:
+        self.say = say
+        self.shown = -1
+
+    def __call__(self, event) -> None:
+        if event.phase != "render" or not event.total:
+            return
+        tenth = event.done * 10 // event.total
+        if tenth > self.shown:
+            self.shown = tenth
+            rate = f", {event.rate:.1f} renders/s" if event.rate else ""
+            self.say.console.print(f"rendered {event.done}/{event.total}{rate}", highlight=False)
 
 
 def _print_verdicts(outcome) -> None:
