@@ -52,7 +52,7 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
     t0 = time.perf_counter()
     threads = demo.default_threads()
     overrides = [f"training.seed={seed}", f"training.cpu_threads={threads}"]
-    demo.train_concept(run_dir, concept=concept, overrides=overrides, pipeline=None)
+    demo.train_concept(run_dir, concept=concept, overrides=overrides)
     t1 = time.perf_counter()
     results = evaluate(
         run_dir,
@@ -131,7 +131,7 @@ def learnability(runs: list[dict]) -> pd.DataFrame:
         o = r["outcome"]
         renders = o.results.renders
         renders = renders[(renders["checkpoint"] == BASE) | (renders["strength"] == 1.0)]
-        rates = attribute_rates(renders, o.run_dir / "lorasel")
+        rates = attribute_rates(renders, o.attributes)
         epochs = o.oracle[["checkpoint", "epoch", "loss"]].drop_duplicates("checkpoint")
         base = pd.DataFrame({"checkpoint": [BASE], "epoch": [0], "loss": [float("nan")]})
         rates = rates.merge(pd.concat([base, epochs]), on="checkpoint")

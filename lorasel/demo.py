@@ -16,12 +16,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from lorasel.errors import ConfigError
 from lorasel.rundir import RunDir
+
+if TYPE_CHECKING:  # the CLI imports this module for its defaults: pandas loads on use
+    import pandas as pd
 
 # What `lorasel demo` does by default: sized to finish in about 5 minutes on 2 CPU cores.
 DEMO_CONCEPT = "star"
@@ -50,6 +51,7 @@ class SelectionOutcome:
     ranking: Any  # lorasel.rank.Ranking
     results: Any  # lorasel.results.Results
     oracle: pd.DataFrame  # per (checkpoint, strength): oracle_quality and its per-kind parts
+    attributes: pd.DataFrame | None = None  # per render, base included: render_attributes
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # selector name -> verdict
 
     @property
@@ -110,13 +112,17 @@ def judge_selection(
     and ``middle_epoch`` (at strength 1.0), and ``oracle`` (the best candidate by ground truth).
     ``oracle``: the per-candidate frame of an earlier call on the same results (skips measuring).
     """
+    import pandas as pd
+
     from lorasel.results import BASE
-    from lorasel.toyworld.verdict import candidate_quality
+    from lorasel.toyworld.verdict import candidate_quality, render_attributes
 
     run = RunDir.at(run_dir)
+    attributes = None
     if oracle is None:
+        attributes = render_attributes(results.renders, run.state)  # each image measured once
         renders = results.renders[results.renders["checkpoint"] != BASE]
-        oracle = candidate_quality(renders, run.state)
+        oracle = candidate_quality(renders, attributes=attributes)
         table = ranking.table[ranking.table["checkpoint"] != BASE]
         info = table[["checkpoint", "label", "epoch", "strength", "loss", "val_loss"]]
         oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
@@ -143,7 +149,7 @@ def judge_selection(
         target = rows.loc[(rows["strength"] - 1.0).abs().idxmin(), "strength"]
         return rows[rows["strength"] == target]
 
-    out = SelectionOutcome(run.root, ranking, results, oracle)
+    out = SelectionOutcome(run.root, ranking, results, oracle, attributes)
     out.verdicts["oracle"] = verdict(oracle.loc[oracle["oracle_quality"].idxmax()])
     best = ranking.best
     out.verdicts["lorasel"] = at(best.checkpoint, best.strength)

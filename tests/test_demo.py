@@ -102,3 +102,18 @@ def test_demo_bad_seeds_is_one_line(tmp_path):
     result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--seeds", "0"])
     assert result.exit_code == 2
     assert "error: --seeds must be at least 1" in result.output
+
+
+def test_demo_bad_threads_is_one_line(tmp_path):
+    result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--threads", "0"])
+    assert result.exit_code == 2
+    assert "error: --threads must be at least 1" in result.output and "hint:" in result.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_zero_epochs_is_rejected_not_ignored(tmp_path):
+    result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--epochs", "0"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: --epochs must be at least 1")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "d" / "run" / "checkpoints").exists()

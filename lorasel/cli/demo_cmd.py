@@ -11,6 +11,7 @@ import typer
 
 from lorasel.cli.app import app
 from lorasel.cli.ranking_output import describe, printable, table_text, warnings_to_stderr
+from lorasel.demo import DEMO_CONCEPT, DEMO_SEEDS
 
 SELECTOR_NAMES = {
     "lorasel": "lorasel pick",
@@ -29,12 +30,12 @@ def demo_command(
     ] = Path("lorasel-demo"),
     concept: Annotated[
         str, typer.Option(help="Toy-world concept: star, heart, cross, moon, ring or arrow.")
-    ] = "star",
+    ] = DEMO_CONCEPT,
     epochs: Annotated[
         int | None,
         typer.Option(help="Training epochs, one checkpoint each. [default: the toyworld preset's]"),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per prompt in the evaluation.")] = 2,
+    seeds: Annotated[int, typer.Option(help="Seeds per prompt in the evaluation.")] = DEMO_SEEDS,
     steps: Annotated[
         int | None, typer.Option(help="Sampling steps per render. [default: the toy base's]")
     ] = None,
@@ -62,6 +63,8 @@ def demo_command(
     demo.check_concept(concept)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1 (got {seeds})", hint="use --seeds 2")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1 (got {epochs})", hint="omit it for the preset's 10")
     if threads is None:
         threads = demo.default_threads()
     elif threads < 1:
@@ -73,7 +76,9 @@ def demo_command(
     say("1/4 train: the toyworld preset (LoCon), a checkpoint every epoch")
     view = ProgressView()
     try:
-        overrides = [f"training.cpu_threads={threads}"] + ([f"training.epochs={epochs}"] if epochs else [])
+        overrides = [f"training.cpu_threads={threads}"] + (
+            [f"training.epochs={epochs}"] if epochs is not None else []
+        )
         demo.train_concept(run_dir, concept=concept, overrides=overrides, progress=view)
     finally:
         view.close()

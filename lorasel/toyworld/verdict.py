@@ -19,45 +19,41 @@ from PIL import Image
 
 from lorasel.toyworld.oracle import judge, measure
 
-
-def render_verdicts(renders: pd.DataFrame, state_dir: str | Path) -> pd.Series:
-    """Per render (aligned with ``renders``): the fraction of asked attributes shown, or NaN."""
-    state = Path(state_dir)
-    out = []
-    for image, prompt in zip(renders["image"], renders["prompt"], strict=True):
-        with Image.open(state / image) as im:
-            verdict = judge(measure(im), prompt)
-        out.append(np.mean(list(verdict.values())) if verdict else np.nan)
-    return pd.Series(out, index=renders.index, name="oracle")
+ATTRIBUTES = ("shape", "color", "background")
 
 
-def candidate_quality(renders: pd.DataFrame, state_dir: str | Path) -> pd.DataFrame:
-    """Per (checkpoint, strength): oracle quality, and its per-kind parts."""
-    frame = renders.assign(oracle=render_verdicts(renders, state_dir))
-    per_kind = frame.groupby(["checkpoint", "strength", "kind"])["oracle"].mean().unstack("kind")
-    per_kind["oracle_quality"] = per_kind.mean(axis=1, skipna=True)
-    return per_kind.reset_index()
-
-
-def attribute_rates(renders: pd.DataFrame, state_dir: str | Path) -> pd.DataFrame:
-    """Per (checkpoint, strength, kind): the fraction of renders showing each attribute their
-    prompt asked for (``shape``, ``color``, ``background``; NaN where none asked for it)."""
+def render_attributes(renders: pd.DataFrame, state_dir: str | Path) -> pd.DataFrame:
+    """Per render (aligned with ``renders``): for each attribute its prompt asked for, 1.0 if the
+    oracle sees it, else 0.0; NaN where the prompt did not ask. Every image is measured once."""
     state = Path(state_dir)
     rows = []
     for image, prompt in zip(renders["image"], renders["prompt"], strict=True):
         with Image.open(state / image) as im:
             verdict = judge(measure(im), prompt)
-        rows.append(
-            {
-                key: float(verdict[key]) if key in verdict else np.nan
-                for key in ("shape", "color", "background")
-            }
-        )
-    frame = pd.concat(
-        [renders[["checkpoint", "strength", "kind"]].reset_index(drop=True), pd.DataFrame(rows)], axis=1
-    )
-    return (
-        frame.groupby(["checkpoint", "strength", "kind"])[["shape", "color", "background"]]
-        .mean()
-        .reset_index()
-    )
+        rows.append({key: float(verdict[key]) if key in verdict else np.nan for key in ATTRIBUTES})
+    return pd.DataFrame(rows, index=renders.index, columns=list(ATTRIBUTES))
+
+
+def render_verdicts(renders: pd.DataFrame, state_dir: str | Path) -> pd.Series:
+    """Per render (aligned with ``renders``): the fraction of asked attributes shown, or NaN."""
+    return render_attributes(renders, state_dir).mean(axis=1, skipna=True).rename("oracle")
+
+
+def candidate_quality(
+    renders: pd.DataFrame, state_dir: str | Path | None = None, *, attributes: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Per (checkpoint, strength): oracle quality, and its per-kind parts. ``attributes``: the
+    :func:`render_attributes` of these renders, when already measured."""
+    if attributes is None:
+        attributes = render_attributes(renders, state_dir)
+    frame = renders.assign(oracle=attributes.loc[renders.index].mean(axis=1, skipna=True))
+    per_kind = frame.groupby(["checkpoint", "strength", "kind"])["oracle"].mean().unstack("kind")
+    per_kind["oracle_quality"] = per_kind.mean(axis=1, skipna=True)
+    return per_kind.reset_index()
+
+
+def attribute_rates(renders: pd.DataFrame, attributes: pd.DataFrame) -> pd.DataFrame:
+    """Per (checkpoint, strength, kind): the fraction of renders showing each attribute their
+    prompt asked for (NaN where none asked for it), from :func:`render_attributes`."""
+    frame = renders[["checkpoint", "strength", "kind"]].join(attributes.loc[renders.index])
+    return frame.groupby(["checkpoint", "strength", "kind"])[list(ATTRIBUTES)].mean().reset_index()
