@@ -2,14 +2,21 @@
 
 Stages (each cached in ``--work`` so a stage can be rerun alone):
 
-1. ``vae``   — AutoencoderKL on images of every world shape (an image codec knows no concepts).
-2. ``clip``  — the open_clip scorer, contrastively, on every shape (concepts included) with
-   their class words; 15% of (shape, colour, background) combinations held out for evaluation.
-3. ``unet``  — the UNet as a text-to-image diffusion model conditioned on the CLIP's text
-   tower, frozen (as SD freezes OpenAI's CLIP), on the *base* shapes only (the LoRA
-   concepts' shapes are never shown), held-out combinations excluded.
-4. ``export`` — fp16 weights into ``lorasel/toyworld/weights/`` with a JSON record of the
-   command, seed, steps and time of each stage.
+1. ``vae``    — AutoencoderKL on images of every world shape (an image codec knows no concepts).
+2. ``clip``   — a CLIP, contrastively, on every shape (concepts included) with their class
+   words; its text tower becomes the base's text encoder. 15% of (shape, colour, background)
+   combinations are held out for evaluation throughout.
+3. ``unet``   — the UNet as a text-to-image diffusion model conditioned on that text tower,
+   frozen (as SD freezes OpenAI's CLIP), on the *base* shapes only (the LoRA concepts' shapes
+   are never shown), held-out combinations excluded.
+4. ``scorer`` — the evaluator's CLIP (``lorasel-toy-clip.json``: a small ResNet image tower,
+   the clip stage's text tower to start from), on every shape, clean renders and renders
+   round-tripped through the VAE, with hard negatives: groups of images that share colour
+   and background and differ in shape. The ``clip`` stage's ViT learns colour and background
+   long before shape; this one tells the 10 shapes apart (measured as it trains).
+5. ``export`` — fp16 weights into ``lorasel/toyworld/weights/`` with ``pretrain.json``, the
+   command, seed, steps, time and measurements of each file (``export-base`` and
+   ``export-scorer`` write one of them).
 
 Deterministic for a given seed and thread count (everything is seeded; CPU kernels may
 reduce in a different order with another thread count). Run on CPU with the defaults, or
@@ -32,7 +39,7 @@ import torch.nn.functional as F
 
 from lorasel.toyworld import world
 
-DEFAULTS = {"seed": 0, "vae_steps": 1500, "unet_steps": 3000, "clip_steps": 1500}
+DEFAULTS = {"seed": 0, "vae_steps": 1500, "unet_steps": 3000, "clip_steps": 1500, "scorer_steps": 1500}
 CAPTION_TEMPLATES = (("full", 0.7), ("no_background", 0.1), ("no_color", 0.1), ("shape", 0.1))
 
 
@@ -262,17 +269,19 @@ _STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
 def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Make clean renders look more like generated ones: blur, noise, colour drift ([-1, 1] in and out)."""
+    """Make clean renders look more like generated ones: blur, noise, colour drift ([-1, 1] in and out).
+    Random numbers come from ``gen`` on the CPU whatever ``x``'s device (the same draws everywhere)."""
     n = x.shape[0]
-    k = torch.tensor([1.0, 2.0, 1.0])
+
+    def rand(*shape, normal=False):
+        return (torch.randn if normal else torch.rand)(*shape, generator=gen).to(x.device)
+
+    k = torch.tensor([1.0, 2.0, 1.0], device=x.device)
     k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
-    amount = torch.rand(n, 1, 1, 1, generator=gen)
-    x = x + amount * (blurred - x)
-    x = x * (1 + 0.08 * torch.randn(n, 3, 1, 1, generator=gen)) + 0.05 * torch.randn(
-        n, 3, 1, 1, generator=gen
-    )
-    x = x + torch.rand(n, 1, 1, 1, generator=gen) * 0.08 * torch.randn(x.shape, generator=gen)
+    x = x + rand(n, 1, 1, 1) * (blurred - x)
+    x = x * (1 + 0.08 * rand(n, 3, 1, 1, normal=True)) + 0.05 * rand(n, 3, 1, 1, normal=True)
+    x = x + rand(n, 1, 1, 1) * 0.08 * rand(*x.shape, normal=True)
     return x.clamp(-1, 1)
 
 
@@ -288,19 +297,30 @@ def clip_caption(rng: random.Random, scene: world.Scene) -> str:
     return world.caption(scene, template=rng.choices(names, weights=weights)[0])
 
 
+# The clip stage's model: its text tower becomes the base's text encoder (the scorer is another
+# model, with a conv image tower; see the scorer stage).
+TEXT_CLIP_NAME = "lorasel-toy-text-clip"
+TEXT_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+}
+
+
 def train_clip(args, work: Path) -> None:
     import open_clip
     from safetensors.torch import save_file
-
-    from lorasel.toyworld.scorer import MODEL_NAME, create_toy_clip
 
     start = time.time()
     torch.manual_seed(args.seed)
     rng = random.Random(f"clip:{args.seed}")
     gen = torch.Generator().manual_seed(args.seed)
-    model, _, _ = create_toy_clip()
+    config = work / f"{TEXT_CLIP_NAME}.json"
+    config.write_text(json.dumps(TEXT_CLIP_CONFIG, indent=4))
+    open_clip.add_model_config(config)
+    model = open_clip.create_model(TEXT_CLIP_NAME)
     model.to(args.device).train()
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    tokenizer = open_clip.get_tokenizer(TEXT_CLIP_NAME)
     opt = torch.optim.AdamW(model.parameters(), lr=args.clip_lr, weight_decay=0.05)
     exclude = world.held_out_combinations()
     batch = args.clip_batch
@@ -334,6 +354,189 @@ def train_clip(args, work: Path) -> None:
     log(f"clip done ({time.time() - start:.0f}s)")
 
 
+# --------------------------------------------------------------------------- scorer
+#
+# The ``clip`` stage's model conditions the UNet (its text tower is the base's text encoder)
+# and learns colour and background long before shape: its text tower hardly separates shape
+# words. The scorer is a model of its own (as a real evaluator's CLIP is not SD's text
+# encoder), trained longer on a fixed pool of renders — clean and round-tripped through the
+# base's VAE, as generated images look — with hard negatives: groups of images that share
+# colour and background and differ only in shape.
+
+
+def _render_combos(job: tuple[list[tuple[str, str, str]], int, int, int]) -> np.ndarray:
+    combos, per_combo, seed, start = job
+    rng = random.Random(f"scorer-pool:{seed}:{start}")
+    images = [
+        np.asarray(world.render(world.sample_scene(rng, (s,), (c,), (b,))), dtype=np.uint8)
+        for s, c, b in combos
+        for _ in range(per_combo)
+    ]
+    return np.stack(images)
+
+
+def scorer_combinations() -> list[tuple[str, str, str]]:
+    """Every (shape, colour, background) allowed in pretraining (held-out ones excluded)."""
+    held = world.held_out_combinations()
+    return [
+        (s, c, b)
+        for s in world.ALL_SHAPES
+        for c in world.COLORS
+        for b in world.COLORS
+        if c != b and (s, c, b) not in held
+    ]
+
+
+def scorer_pool(per_combo: int, seed: int, workers: int = 1):
+    """Every (shape, colour, background) allowed in pretraining, ``per_combo`` renders each
+    (random size and position): (combos, uint8 [n, 64, 64, 3]) with combo ``k``'s images at
+    ``k * per_combo ...``. The same for any number of workers (each chunk has its own seed)."""
+    combos = scorer_combinations()
+    chunk = 16
+    jobs = [(combos[i : i + chunk], per_combo, seed, i) for i in range(0, len(combos), chunk)]
+    if workers > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_combos, jobs)
+    else:
+        parts = [_render_combos(j) for j in jobs]
+    return combos, torch.from_numpy(np.concatenate(parts))
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: torch.Tensor, seed: int, device: str, noise: float = 0.3) -> torch.Tensor:
+    """uint8 NHWC images decoded from their VAE latents plus a little latent noise (up to
+    ``noise`` latent standard deviations): how generated images look (blur, colour bleed)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty_like(images)
+    for i in range(0, len(images), 512):
+        x = images[i : i + 512].permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+        z = vae.encode(x).latent_dist.mean
+        eps = torch.randn(z.shape, generator=gen).to(device)
+        amount = torch.rand(len(z), 1, 1, 1, generator=gen).to(device) * noise
+        y = vae.decode(z + amount * z.std() * eps).sample.clamp(-1, 1)
+        out[i : i + 512] = ((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu()
+    return out
+
+
+def scorer_batch(
+    rng: random.Random, combos, per_combo: int, batch: int, hard: float, group: int
+) -> list[int]:
+    """Pool indices: ``hard`` of the batch in groups sharing colour and background, the rest random."""
+    by_colours: dict[tuple[str, str], list[int]] = {}
+    for k, (_, c, b) in enumerate(combos):
+        by_colours.setdefault((c, b), []).append(k)
+    keys = sorted(by_colours)
+    picked: list[int] = []
+    while len(picked) < int(batch * hard):
+        members = by_colours[rng.choice(keys)]
+        picked += rng.sample(members, min(group, len(members)))
+    picked = picked[: int(batch * hard)]
+    picked += [rng.randrange(len(combos)) for _ in range(batch - len(picked))]
+    return [k * per_combo + rng.randrange(per_combo) for k in picked]
+
+
+def _scorer_report(model, preprocess, tokenizer, vae, device: str) -> dict[str, float]:
+    from types import SimpleNamespace
+
+    from lorasel.models.scorer import Scorer
+    from lorasel.toyworld.quality import scorer_quality, scorer_shape_accuracy
+
+    model.eval()
+    scorer = Scorer(model, preprocess, tokenizer, name="pretrain", device=device)
+    shape = scorer_shape_accuracy(scorer, SimpleNamespace(vae=vae), per_shape=20)
+    quality = scorer_quality(scorer, trials=20)
+    model.train()
+    return {
+        "shape_clean": shape["clean"],
+        "shape_vae": shape["vae"],
+        "retrieval_top1": quality["retrieval_top1"],
+        "same_beats_different": quality["same_beats_different"],
+    }
+
+
+def train_scorer(args, work: Path) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    start = time.time()
+    config = args.scorer_config or Path(__file__).parent / "weights" / "lorasel-toy-clip.json"
+    open_clip.add_model_config(config)
+    name = Path(config).stem
+    torch.manual_seed(args.seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    tokenizer = open_clip.get_tokenizer(name)
+    init_from = args.scorer_init or work / "clip.safetensors"
+    if init_from.is_file():  # the clip stage's text tower: the tensors that fit the config
+        from safetensors.torch import load_file
+
+        own = model.state_dict()
+        init = {k: v for k, v in load_file(init_from).items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(init, strict=False)
+        log(f"scorer: {len(init)} of {len(own)} tensors from {init_from}")
+    model.to(args.device).train()
+    vae = load_vae(work, args.device)
+    cache = work / f"scorer-pool-{args.scorer_pool}-{args.seed}.safetensors"
+    if cache.is_file() and cache.stat().st_mtime > (work / "vae.safetensors").stat().st_mtime:
+        from safetensors.torch import load_file
+
+        combos, pool = scorer_combinations(), load_file(cache)
+        clean, generated = pool["clean"], pool["generated"]
+    else:
+        combos, clean = scorer_pool(args.scorer_pool, args.seed, args.workers)
+        generated = vae_round_trip(vae, clean, args.seed, args.device)
+        save_file({"clean": clean, "generated": generated}, cache)
+    log(
+        f"scorer pool: {len(clean)} renders of {len(combos)} combinations + VAE round trips ({time.time() - start:.0f}s)"
+    )
+    rng = random.Random(f"scorer:{args.seed}")
+    gen = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.scorer_lr, weight_decay=0.05)
+    batch, history, tokens = args.scorer_batch, [], {}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
+    for step in range(args.scorer_steps):
+        idx = scorer_batch(rng, combos, args.scorer_pool, batch, args.scorer_hard, args.scorer_group)
+        use_vae = torch.rand(batch, generator=gen) < 0.5
+        pixels = torch.where(use_vae[:, None, None, None], generated[idx], clean[idx])
+        x = pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1).to(args.device)
+        images = clip_input(degrade(x, gen))
+        caps = [clip_caption(rng, world.Scene(*combos[i // args.scorer_pool])) for i in idx]
+        new = sorted({c for c in caps if c not in tokens})
+        if new:  # captions come from a small grammar: tokenize each once
+            tokens.update(zip(new, tokenizer(new), strict=True))
+        ids = torch.tensor([hash(c) for c in caps])
+        with autocast:
+            img = F.normalize(model.encode_image(images).float(), dim=-1)
+            text_ids = torch.stack([tokens[c] for c in caps]).to(args.device)
+            txt = F.normalize(model.encode_text(text_ids).float(), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        same = (ids[:, None] == ids[None, :]).float().to(args.device)
+        targets = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (
+            torch.sum(-targets * logits.log_softmax(1), 1).mean()
+            + torch.sum(-targets * logits.T.log_softmax(1), 1).mean()
+        )
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.scorer_steps, args.scorer_lr, warmup=min(500, args.scorer_steps // 10))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        last = step == args.scorer_steps - 1
+        if step % 200 == 0 or last:
+            log(f"scorer step {step}/{args.scorer_steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+        if (args.scorer_eval and step and step % args.scorer_eval == 0) or last:
+            report = _scorer_report(model, preprocess, tokenizer, vae, args.device)
+            history.append({"step": step + 1, **report, "seconds": round(time.time() - start)})
+            log(f"scorer eval at step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            meta = {"seconds": repr(time.time() - start), "config": Path(config).read_text(),
+                    "history": json.dumps(history)}  # fmt: skip
+            save_file(state, work / "scorer.safetensors", metadata=meta)
+    log(f"scorer done ({time.time() - start:.0f}s)")
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -352,19 +555,27 @@ def _non_stage_args(argv: list[str]) -> list[str]:
     return out
 
 
-def export(args, work: Path, out: Path) -> None:
-    """fp16 weights into the package, and a record of how they were made."""
+def _record(args) -> dict:
     import platform
 
+    return {
+        "command": " ".join(["python -m lorasel.toyworld.pretrain", *_non_stage_args(sys.argv[1:])]),
+        "note": args.note,
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, device {args.device}",
+    }
+
+
+def export_base(args, work: Path, out: Path) -> dict:
+    """The base pipeline (VAE, UNet, the clip stage's text tower) in fp16; returns its record."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from lorasel.toyworld.convert import open_clip_text_to_transformers
     from lorasel.toyworld.model import BASE_WEIGHTS, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
-    from lorasel.toyworld.scorer import SCORER_WEIGHTS
 
-    out.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    tensors = {}
+    seconds, tensors = {}, {}
     for stage, name, prefix in (("vae", "vae.safetensors", "vae."), ("unet", "unet.safetensors", "unet.")):
         with safe_open(str(work / name), framework="pt") as f:
             meta = f.metadata()
@@ -373,28 +584,60 @@ def export(args, work: Path, out: Path) -> None:
                 scaling = float(meta["scaling_factor"])
             for k in f.keys():  # noqa: SIM118
                 tensors[prefix + k] = f.get_tensor(k).half()
+    with safe_open(str(work / "clip.safetensors"), framework="pt") as f:
+        seconds["clip"] = float(f.metadata()["seconds"])
+        clip_state = {k: f.get_tensor(k).half() for k in f.keys()}  # noqa: SIM118
+    for k, v in open_clip_text_to_transformers(clip_state).items():
+        tensors[f"text_encoder.{k}"] = v
     record = {
-        "command": " ".join(["python -m lorasel.toyworld.pretrain", *_non_stage_args(sys.argv[1:])]),
-        "note": args.note,
-        "seed": args.seed,
+        **_record(args),
         "steps": {"vae": args.vae_steps, "clip": args.clip_steps, "unet": args.unet_steps},
         "unet": {"batch": args.unet_batch, "lr": args.unet_lr, "latents": args.n_latents},
         "vae_scaling_factor": scaling,
         "configs": {"unet": UNET_CONFIG, "vae": VAE_CONFIG, "text_encoder": TEXT_CONFIG},
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, device {args.device}",
+        "seconds": {k: round(v) for k, v in seconds.items()},
     }
-    with safe_open(str(work / "clip.safetensors"), framework="pt") as f:
-        seconds["clip"] = float(f.metadata()["seconds"])
-        clip_state = {k: f.get_tensor(k).half() for k in f.keys()}  # noqa: SIM118
-    record["seconds"] = {k: round(v) for k, v in seconds.items()}
-    from lorasel.toyworld.convert import open_clip_text_to_transformers
-
-    for k, v in open_clip_text_to_transformers(clip_state).items():
-        tensors[f"text_encoder.{k}"] = v
     save_file(tensors, out / BASE_WEIGHTS, metadata={"lorasel.toyworld": json.dumps(record)})
-    save_file(clip_state, out / SCORER_WEIGHTS, metadata={"lorasel.toyworld": json.dumps(record)})
-    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def export_scorer(args, work: Path, out: Path) -> dict:
+    """The scorer in fp16 with its open_clip config; returns its record."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lorasel.toyworld.scorer import MODEL_NAME, SCORER_WEIGHTS
+
+    with safe_open(str(work / "scorer.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k).half() for k in f.keys()}  # noqa: SIM118
+    record = {
+        **_record(args),
+        "steps": args.scorer_steps,
+        "batch": args.scorer_batch,
+        "lr": args.scorer_lr,
+        "pool": args.scorer_pool,
+        "hard": args.scorer_hard,
+        "group": args.scorer_group,
+        "config": json.loads(meta["config"]),
+        "measured": json.loads(meta["history"]),
+        "seconds": round(float(meta["seconds"])),
+    }
+    save_file(state, out / SCORER_WEIGHTS, metadata={"lorasel.toyworld": json.dumps(record)})
+    (out / f"{MODEL_NAME}.json").write_text(meta["config"])
+    return record
+
+
+def export(args, work: Path, out: Path, parts: tuple[str, ...] = ("base", "scorer")) -> None:
+    """fp16 weights into the package, and ``pretrain.json``: how each file was made."""
+    out.mkdir(parents=True, exist_ok=True)
+    index = out / "pretrain.json"
+    records = json.loads(index.read_text()) if index.is_file() else {}
+    if "base" in parts:
+        records["base"] = export_base(args, work, out)
+    if "scorer" in parts:
+        records["scorer"] = export_scorer(args, work, out)
+    index.write_text(json.dumps(records, indent=2) + "\n")
     log(f"exported to {out}: {sum(p.stat().st_size for p in out.glob('*.safetensors')) / 1e6:.1f} MB")
 
 
@@ -406,7 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", type=Path, default=Path(".pretrain"), help="cache of intermediate stages")
     parser.add_argument("--out", type=Path, default=None, help="weights folder (default: the package's)")
-    parser.add_argument("--stages", default="vae,clip,unet,export")
+    parser.add_argument(
+        "--stages",
+        default="vae,clip,unet,scorer,export",
+        help="comma-separated: vae, clip, unet, scorer, export (or export-base, export-scorer)",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--note", default="", help="free text recorded with the exported weights")
     parser.add_argument("--device", default="cpu")
@@ -420,6 +667,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-steps", type=int, default=DEFAULTS["clip_steps"])
     parser.add_argument("--clip-batch", type=int, default=128)
     parser.add_argument("--clip-lr", type=float, default=1e-3)
+    parser.add_argument("--scorer-steps", type=int, default=DEFAULTS["scorer_steps"])
+    parser.add_argument("--scorer-batch", type=int, default=64)
+    parser.add_argument("--scorer-lr", type=float, default=1e-3)
+    parser.add_argument("--scorer-pool", type=int, default=24, help="renders per (shape, colour, background)")
+    parser.add_argument(
+        "--scorer-hard", type=float, default=0.5, help="share of each batch in hard-negative groups"
+    )
+    parser.add_argument("--scorer-group", type=int, default=10, help="images per hard-negative group")
+    parser.add_argument(
+        "--scorer-init", type=Path, default=None, help="start from these weights (default: the clip stage's)"
+    )
+    parser.add_argument("--scorer-eval", type=int, default=500, help="measure (and save) every N steps")
+    parser.add_argument("--scorer-config", type=Path, default=None, help="open_clip model config (JSON)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that render the scorer's pool")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -431,10 +692,14 @@ def main(argv: list[str] | None = None) -> int:
         train_clip(args, args.work)
     if "unet" in stages:
         train_unet(args, args.work)
-    if "export" in stages:
+    if "scorer" in stages:
+        train_scorer(args, args.work)
+    parts = {"export": ("base", "scorer"), "export-base": ("base",), "export-scorer": ("scorer",)}
+    chosen = tuple(p for stage, ps in parts.items() if stage in stages for p in ps)
+    if chosen:
         from lorasel.toyworld.model import weights_path
 
-        export(args, args.work, args.out or weights_path("").parent / "weights")
+        export(args, args.work, args.out or weights_path("").parent / "weights", tuple(dict.fromkeys(chosen)))
     return 0
 
 

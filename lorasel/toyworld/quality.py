@@ -137,3 +137,25 @@ def scorer_shape_accuracy(scorer, pipe=None, per_shape: int = 10, seed: int = 0)
             hits += ALL_SHAPES[int((texts @ e).argmax())] == scene.shape
         out[kind] = hits / len(scenes)
     return out
+
+
+@torch.inference_mode()
+def scorer_neighbours(scorer, n: int = 400, seed: int = 0) -> dict[str, float]:
+    """How often an image's nearest other image (by the scorer's image embeddings) shares its
+    shape, colour and background, over ``n`` random renders of every shape. Fidelity compares
+    images with images: this says which attributes it sees."""
+    from lorasel.toyworld.world import sample_scene
+
+    rng = random.Random(f"neighbours:{seed}")
+    scenes = [sample_scene(rng, ALL_SHAPES) for _ in range(n)]
+    emb = scorer.embed_images([render(s) for s in scenes])
+    sim = emb @ emb.T
+    sim.fill_diagonal_(-2.0)
+    nearest = [scenes[j] for j in sim.argmax(1).tolist()]
+    return {
+        "n": n,
+        **{
+            attr: sum(getattr(a, attr) == getattr(b, attr) for a, b in zip(scenes, nearest, strict=True)) / n
+            for attr in ("shape", "color", "background")
+        },
+    }
