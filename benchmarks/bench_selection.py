@@ -100,6 +100,9 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
     grid = {
         "default (1, 1, 0.25, 0.25)": None,
         "fidelity only": Weights(1, 0, 0, 0),
+        "fidelity, secondaries (1, 0, 0.25, 0.25)": Weights(1, 0, 0.25, 0.25),
+        "fidelity 1, flexibility 0.25": Weights(1, 0.25, 0.1, 0.1),
+        "fidelity 1, flexibility 0.5": Weights(1, 0.5, 0.25, 0.25),
         "flexibility only": Weights(0, 1, 0, 0),
         "fidelity + flexibility": Weights(1, 1, 0, 0),
         "fidelity 2, flexibility 1": Weights(2, 1, 0.25, 0.25),
@@ -115,9 +118,30 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
             judged = judge_selection(o.run_dir, o.results, ranking, oracle=o.oracle)
             regrets.append(judged.verdicts["lorasel"].regret)
         rows.append(
-            {"weights": label, "mean_regret": float(np.mean(regrets)), "max_regret": float(np.max(regrets))}
+            {
+                "weights": label,
+                "mean_regret": float(np.mean(regrets)),
+                "max_regret": float(np.max(regrets)),
+                "regrets": regrets,
+            }
         )
     return pd.DataFrame(rows)
+
+
+def held_out_weights(runs: list[dict], sweep: pd.DataFrame) -> tuple[float, list[str]]:
+    """Leave one concept out: pick the sweep's weights with the lowest mean regret on the other
+    concepts, measure them on the held-out one. Returns the mean regret over all runs so measured
+    and the weights each concept's fold chose (how much tuning the weights on the toy world is
+    worth, without grading the choice on the runs it was made on)."""
+    concepts = [r["concept"] for r in runs]
+    regrets = np.array(sweep["regrets"].tolist())  # [weights, runs]
+    held, chosen = np.zeros(len(runs)), []
+    for concept in dict.fromkeys(concepts):
+        test = np.array([c == concept for c in concepts])
+        best = int(regrets[:, ~test].mean(axis=1).argmin())
+        held[test] = regrets[best, test]
+        chosen.append(f"{concept}: {sweep['weights'].iloc[best]}")
+    return float(held.mean()), chosen
 
 
 def learnability(runs: list[dict]) -> pd.DataFrame:
@@ -263,6 +287,22 @@ def run(out_dir: Path) -> str:
     ]
     for row in sweep.itertuples(index=False):
         lines.append(f"| {row.weights} | {100 * row.mean_regret:.1f}% | {100 * row.max_regret:.1f}% |")
+    held_regret, chosen = held_out_weights(runs, sweep)
+    lines += [
+        "",
+        f"Weights chosen on the toy world without grading them on the runs they were chosen on (leave "
+        f"one concept out: the best weights of the sweep on the other concepts, measured on the held-out "
+        f"one): mean regret {100 * held_regret:.1f}% (chosen — {'; '.join(chosen)}).",
+    ]
+    if {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(frame["selector"]):
+        by = frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
+        for rival in ("lowest_val_loss", "middle_epoch"):
+            diff = by["lorasel"] - by[rival]
+            lines += [
+                "",
+                f"Per run, lorasel's pick against {LABELS[rival]}: better in {int((diff < -1e-9).sum())}, "
+                f"equal in {int((diff.abs() <= 1e-9).sum())}, worse in {int((diff > 1e-9).sum())} of {len(diff)}.",
+            ]
     lines += [
         "",
         "**The phenomenon** (issue 3's learnability bar, with the real trainer): per epoch at strength "
