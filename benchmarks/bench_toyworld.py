@@ -66,6 +66,7 @@ def run(out_dir: Path) -> str:
         f"batch {scorer_record['batch']}, {scorer_record['machine']}). Time per stage "
         f"{', '.join(f'{k} {v / 60:.0f} min' for k, v in secs.items())} — "
         f"{sum(secs.values()) / 60:.0f} min in all (budget 90 min on 2 CPU cores).",
+        *(["", f"Rerun: {record['rerun']}."] if record.get("rerun") else []),
         "",
         "| measure | value | bar |",
         "|---|---|---|",

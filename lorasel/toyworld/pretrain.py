@@ -18,8 +18,9 @@ Stages (each cached in ``--work`` so a stage can be rerun alone):
    command, seed, steps, time and measurements of each file (``export-base`` and
    ``export-scorer`` write one of them).
 
-Deterministic for a given seed and thread count (everything is seeded; CPU kernels may
-reduce in a different order with another thread count). Run on CPU with the defaults, or
+Everything is seeded (CPU kernels may reduce in a different order with another thread count).
+The committed weights were made stage by stage by earlier revisions of this script; a full run
+of this one gives other weights that reach the same bars (``pretrain.json``, "rerun"). Run on CPU with the defaults, or
 on a GPU with ``--device cuda``; the CPU run reaches the quality bars (reports/benchmarks.md).
 """
 
