@@ -99,7 +99,11 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
         seeds=demo.DEMO_SEEDS + GRADE_SEEDS,
         threads=threads,
     )
-    attributes = render_attributes(full.renders, demo.RunDir.at(run_dir).state)
+    # The oracle has measured the seeds the selectors saw (``same``): measure only the new renders.
+    seen = same.attributes.set_axis(same.results.renders["image"])
+    new = full.renders[~full.renders["image"].isin(seen.index)]
+    measured = render_attributes(new, demo.RunDir.at(run_dir).state).set_axis(new["image"])
+    attributes = pd.concat([seen, measured]).loc[full.renders["image"]].set_axis(full.renders.index)
     unseen = full.renders[
         (full.renders["seed_index"] >= demo.DEMO_SEEDS) & (full.renders["checkpoint"] != BASE)
     ]

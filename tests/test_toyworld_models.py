@@ -164,10 +164,10 @@ def test_scorer_stage_trains_and_exports(tmp_path, toy_pipe):
 def test_hard_negative_groups_share_colours_and_differ_in_shape():
     import random
 
-    from lorasel.toyworld import pretrain
+    from lorasel.toyworld import pretrain_scorer
 
-    combos = pretrain.scorer_combinations()
-    idx = pretrain.scorer_batch(random.Random(0), combos, per_combo=3, batch=40, hard=0.5, group=10)
+    combos = pretrain_scorer.scorer_combinations()
+    idx = pretrain_scorer.scorer_batch(random.Random(0), combos, per_combo=3, batch=40, hard=0.5, group=10)
     assert len(idx) == 40
     hard, rest = [combos[i // 3] for i in idx[:20]], [combos[i // 3] for i in idx[20:]]
     # The hard half: a few (colour, background) groups of up to 10 distinct shapes each (fewer
@@ -181,3 +181,27 @@ def test_hard_negative_groups_share_colours_and_differ_in_shape():
     assert 2 <= len(runs) <= 3
     assert all(len({s for s, _, _ in run}) == len(run) for run in runs)
     assert len({c[1:] for c in rest}) >= 12
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stages", "vae,bogus"], "unknown stage 'bogus'"),
+        (["--stages", "scorer"], "stage 'scorer' needs"),
+        (["--stages", "export-scorer"], "stage 'export-scorer' needs"),
+        (["--stages", "unet"], "stage 'unet' needs"),
+        (
+            ["--stages", "scorer", "--scorer-init", "nope.safetensors"],
+            "--scorer-init nope.safetensors is not a file",
+        ),
+        (["--stages", "scorer", "--scorer-config", "nope.json"], "--scorer-config nope.json is not a file"),
+    ],
+)
+def test_pretrain_bad_input_is_one_line(tmp_path, capsys, args, message):
+    from lorasel.toyworld import pretrain
+
+    work = tmp_path / "work"
+    assert pretrain.main(["--work", str(work), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "(hint: " in err and "\n" not in err
+    assert not work.exists()  # nothing written

@@ -34,11 +34,6 @@ def render_attributes(renders: pd.DataFrame, state_dir: str | Path) -> pd.DataFr
     return pd.DataFrame(rows, index=renders.index, columns=list(ATTRIBUTES))
 
 
-def render_verdicts(renders: pd.DataFrame, state_dir: str | Path) -> pd.Series:
-    """Per render (aligned with ``renders``): the fraction of asked attributes shown, or NaN."""
-    return render_attributes(renders, state_dir).mean(axis=1, skipna=True).rename("oracle")
-
-
 def candidate_quality(
     renders: pd.DataFrame, state_dir: str | Path | None = None, *, attributes: pd.DataFrame | None = None
 ) -> pd.DataFrame:
