@@ -10,10 +10,14 @@ oracle how good each selector's choice is:
 - the last epoch and a fixed middle epoch, at strength 1.0.
 
 Regret = (oracle's best quality - the choice's quality) / (oracle's best - oracle's worst), over
-every evaluated (checkpoint, strength). The oracle grades on ``LORASEL_BENCH_GRADE_SEEDS``
-(default 2) further seeds per prompt that no selector saw; graded on the selectors' own renders
-the oracle's best would share their noise. Runs are cached under ``BENCH_DIR`` (default
-``.bench/selection``): a rerun re-ranks without training or rendering again.
+every evaluated (checkpoint, strength). The selectors see ``LORASEL_BENCH_SELECT_SEEDS`` seeds
+per prompt (default: ``lorasel eval``'s default, 4); the oracle grades on
+``LORASEL_BENCH_GRADE_SEEDS`` (default 2) further seeds per prompt that no selector saw (graded on
+the selectors' own renders, the oracle's best would share their noise). One more row is a
+floor rather than a rival: the oracle's own best on the renders the selectors saw, graded on the
+new seeds — what a perfect judge of those renders would lose to noise. Runs are cached under
+``BENCH_DIR`` (default ``.bench/selection``): a rerun re-ranks without training or rendering
+again.
 
 Alone: ``python -m benchmarks.run selection``; env ``LORASEL_BENCH_CONCEPTS`` (comma-separated)
 and ``LORASEL_BENCH_SEEDS`` (count) shrink it.
@@ -30,15 +34,18 @@ import pandas as pd
 
 CONCEPTS = ("star", "heart", "cross", "moon", "ring")
 TRAIN_SEEDS = 2
-# Seeds per prompt the oracle grades on, beyond the ones the selectors see (0: grade on those).
+# Seeds per prompt the selectors see (lorasel eval's default) ...
+SELECT_SEEDS = int(os.environ.get("LORASEL_BENCH_SELECT_SEEDS", "4"))
+# ... and further seeds per prompt the oracle grades on (0: grade on the selectors' renders).
 GRADE_SEEDS = int(os.environ.get("LORASEL_BENCH_GRADE_SEEDS", "2"))
-SELECTORS = ("lorasel", "lowest_loss", "lowest_val_loss", "last_epoch", "middle_epoch")
+SELECTORS = ("lorasel", "lowest_loss", "lowest_val_loss", "last_epoch", "middle_epoch", "oracle_seen")
 LABELS = {
     "lorasel": "lorasel pick",
     "lowest_loss": "lowest training loss @1.0",
     "lowest_val_loss": "lowest validation loss @1.0",
     "last_epoch": "last epoch @1.0",
     "middle_epoch": "middle epoch @1.0",
+    "oracle_seen": "floor: the oracle's best on the selectors' renders",
 }
 
 
@@ -63,7 +70,7 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
         base=base,
         scorer=scorer,
         strengths=demo.DEMO_STRENGTHS,
-        seeds=demo.DEMO_SEEDS,
+        seeds=SELECT_SEEDS,
         threads=threads,
     )
     ranking = rank(results, loss=read_loss(run_dir))
@@ -96,7 +103,7 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
         base=base,
         scorer=scorer,
         strengths=demo.DEMO_STRENGTHS,
-        seeds=demo.DEMO_SEEDS + GRADE_SEEDS,
+        seeds=SELECT_SEEDS + GRADE_SEEDS,
         threads=threads,
     )
     # The oracle has measured the seeds the selectors saw (``same``): measure only the new renders.
@@ -104,15 +111,33 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
     new = full.renders[~full.renders["image"].isin(seen.index)]
     measured = render_attributes(new, demo.RunDir.at(run_dir).state).set_axis(new["image"])
     attributes = pd.concat([seen, measured]).loc[full.renders["image"]].set_axis(full.renders.index)
-    unseen = full.renders[
-        (full.renders["seed_index"] >= demo.DEMO_SEEDS) & (full.renders["checkpoint"] != BASE)
-    ]
+    unseen = full.renders[(full.renders["seed_index"] >= SELECT_SEEDS) & (full.renders["checkpoint"] != BASE)]
     oracle = candidate_quality(unseen, attributes=attributes)
     info = same.oracle[["checkpoint", "strength", "label", "epoch", "loss", "val_loss"]]
     oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
     graded = demo.judge_selection(run_dir, results, ranking, oracle=oracle)
+    seen_best = same.verdicts["oracle"]
+    graded.verdicts["oracle_seen"] = graded_verdict(graded, seen_best.checkpoint, seen_best.strength)
     graded.results, graded.attributes = full, attributes  # every seed, for the phenomenon table
     return graded
+
+
+def graded_verdict(outcome, checkpoint: str, strength: float):
+    """The verdict on (checkpoint, strength) under ``outcome``'s oracle grading."""
+    from lorasel.demo import Verdict
+
+    oracle = outcome.oracle
+    row = oracle[(oracle["checkpoint"] == checkpoint) & (oracle["strength"] == strength)].iloc[0]
+    best, worst = oracle["oracle_quality"].max(), oracle["oracle_quality"].min()
+    q = float(row["oracle_quality"])
+    return Verdict(
+        checkpoint=checkpoint,
+        label=str(row["label"]),
+        epoch=None if pd.isna(row["epoch"]) else int(row["epoch"]),
+        strength=strength,
+        quality=q,
+        regret=float((best - q) / (best - worst)) if best > worst else 0.0,
+    )
 
 
 def summarise(runs: list[dict], key: str = "outcome") -> pd.DataFrame:
@@ -143,19 +168,19 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
     """Mean regret of lorasel's pick under other weights (justifies the default)."""
     from lorasel.demo import judge_selection
     from lorasel.rank import Weights, rank, read_loss
+    from lorasel.rank.weights import DEFAULT_WEIGHTS
 
-    grid = {
-        "default (1, 1, 0.25, 0.25)": None,
-        "fidelity only": Weights(1, 0, 0, 0),
-        "fidelity, secondaries (1, 0, 0.25, 0.25)": Weights(1, 0, 0.25, 0.25),
-        "fidelity 1, flexibility 0.25": Weights(1, 0.25, 0.1, 0.1),
-        "fidelity 1, flexibility 0.5": Weights(1, 0.5, 0.25, 0.25),
-        "flexibility only": Weights(0, 1, 0, 0),
-        "fidelity + flexibility": Weights(1, 1, 0, 0),
-        "fidelity 2, flexibility 1": Weights(2, 1, 0.25, 0.25),
-        "fidelity 1, flexibility 2": Weights(1, 2, 0.25, 0.25),
-        "all equal": Weights(1, 1, 1, 1),
+    d = DEFAULT_WEIGHTS
+    grid: dict[str, Weights | None] = {
+        f"default ({d.fidelity:g}, {d.flexibility:g}, {d.diversity:g}, {d.preservation:g})": None
     }
+    # Fidelity : flexibility from one alone to the other, without and with the secondary terms.
+    for fid, flex in ((1, 0), (2, 1), (1, 1), (1, 2), (0, 1)):
+        for secondary in (0.0, 0.25):
+            weights = Weights(fid, flex, secondary, secondary)
+            if weights != d:
+                grid[f"({fid:g}, {flex:g}, {secondary:g}, {secondary:g})"] = weights
+    grid["all equal (1, 1, 1, 1)"] = Weights(1, 1, 1, 1)
     rows = []
     for label, weights in grid.items():
         regrets = []
@@ -189,27 +214,6 @@ def held_out_weights(runs: list[dict], sweep: pd.DataFrame) -> tuple[float, list
         held[test] = regrets[best, test]
         chosen.append(f"{concept}: {sweep['weights'].iloc[best]}")
     return float(held.mean()), chosen
-
-
-def grading_noise(runs: list[dict]) -> float:
-    """Mean regret of a selector that knows the oracle's verdict on one evaluation seed's renders,
-    graded by the oracle on the other seeds' renders: how much of a regret figure is noise in
-    the grading itself at this many seeds (a floor no selector is sure to beat)."""
-    from lorasel.results import BASE
-    from lorasel.toyworld.verdict import candidate_quality
-
-    regrets = []
-    for r in runs:
-        o = r["outcome"]
-        renders = o.results.renders[o.results.renders["checkpoint"] != BASE]
-        for seed in sorted(renders["seed_index"].unique()):
-            own = candidate_quality(renders[renders["seed_index"] == seed], attributes=o.attributes)
-            other = candidate_quality(renders[renders["seed_index"] != seed], attributes=o.attributes)
-            merged = own.merge(other, on=["checkpoint", "strength"], suffixes=("_own", "_other"))
-            pick = merged.loc[merged["oracle_quality_own"].idxmax(), "oracle_quality_other"]
-            best, worst = merged["oracle_quality_other"].max(), merged["oracle_quality_other"].min()
-            regrets.append((best - pick) / (best - worst) if best > worst else 0.0)
-    return float(np.mean(regrets))
 
 
 def learnability(runs: list[dict]) -> pd.DataFrame:
@@ -281,7 +285,6 @@ def figure(runs: list[dict], out_dir: Path) -> str:
 
 
 def run(out_dir: Path) -> str:
-    from lorasel.demo import DEMO_SEEDS
     from lorasel.models import load_base, load_scorer
 
     concepts = [c for c in os.environ.get("LORASEL_BENCH_CONCEPTS", ",".join(CONCEPTS)).split(",") if c]
@@ -322,7 +325,7 @@ def run(out_dir: Path) -> str:
         "",
         f"{len(concepts)} concepts × {n_seeds} training seeds = {len(runs)} runs of the `toyworld` preset; each "
         f"checkpoint evaluated at strengths {', '.join(f'{s:g}' for s in sorted(runs[0]['outcome'].oracle['strength'].unique()))} "
-        f"with the concept's prompt set and {DEMO_SEEDS} seeds per prompt — what every selector sees. The oracle "
+        f"with the concept's prompt set and {SELECT_SEEDS} seeds per prompt — what every selector sees. The oracle "
         "measures renders (shape, colour, background against the prompt); a candidate's quality is the "
         "mean over prompt kinds of the fraction of asked-for attributes shown"
         + (
@@ -345,7 +348,7 @@ def run(out_dir: Path) -> str:
     if GRADE_SEEDS:
         lines += [
             "",
-            f"Graded instead on the {DEMO_SEEDS} seeds the selectors saw (the oracle's best then shares their noise): "
+            f"Graded instead on the {SELECT_SEEDS} seeds the selectors saw (the oracle's best then shares their noise): "
             + ", ".join(
                 f"{LABELS[name]} {100 * row.mean_regret:.1f}%" for name, row in per_selector_same.iterrows()
             )
@@ -378,17 +381,21 @@ def run(out_dir: Path) -> str:
     for row in sweep.itertuples(index=False):
         lines.append(f"| {row.weights} | {100 * row.mean_regret:.1f}% | {100 * row.max_regret:.1f}% |")
     held_regret, chosen = held_out_weights(runs, sweep)
-    noise = grading_noise(runs)
     lines += [
         "",
         f"Weights chosen on the toy world without grading them on the runs they were chosen on (leave "
         f"one concept out: the best weights of the sweep on the other concepts, measured on the held-out "
         f"one): mean regret {100 * held_regret:.1f}% (chosen — {'; '.join(chosen)}).",
-        "",
-        f"Noise in the grading: a selector that knew the oracle's verdict on one evaluation seed's "
-        f"renders, graded by the oracle on the other seeds' renders, has a mean regret of {100 * noise:.1f}% — "
-        "regret differences of that order are not evidence.",
     ]
+    if "oracle_seen" in per_selector.index:
+        floor = per_selector.loc["oracle_seen", "mean_regret"]
+        lines += [
+            "",
+            f"Noise in the grading: the oracle's own best on the {SELECT_SEEDS} seeds per prompt the selectors "
+            f"saw, graded on the {GRADE_SEEDS} new ones, has a mean regret of {100 * floor:.1f}% — a floor no "
+            "selector of these renders is sure to beat, and the scale below which regret differences are "
+            "not evidence.",
+        ]
     if {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(frame["selector"]):
         by = frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
         for rival in ("lowest_val_loss", "middle_epoch"):

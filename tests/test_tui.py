@@ -58,7 +58,9 @@ async def test_table_is_the_ranking_with_pick_ties_and_base_last(run):
         for i in tied:
             assert first_cells(app, int(i))[0].endswith(MARK_TIED)
         assert first_cells(app, len(order) - 1)[:2] == ["-", "base"]
-        assert "pick zkz-000003 @ 0.5" in screen_text(app)
+        best = expected.best
+        assert best.label == "zkz-000003"  # the synthetic run's pick under the default weights
+        assert f"pick {best.label} @ {best.strength:g}" in screen_text(app)
 
 
 async def test_sorting_by_key_and_header(run):
@@ -104,7 +106,7 @@ async def test_weights_change_the_ranking_live(tmp_path):
         assert "fid 1.25" in screen_text(app)
         await pilot.press("0", "w", "equals_sign")  # reset; flexibility 1 -> 1.25
         await settle(pilot)
-        assert app.state.weights == Weights(fidelity=1.0, flexibility=1.25, diversity=0.25, preservation=0.25)
+        assert app.state.weights == Weights(fidelity=1.0, flexibility=1.25, diversity=0.0, preservation=0.0)
         assert app.ranking.best.label == "b"
         assert app.pick_json() == choose(rank(results, weights=app.state.weights)).to_json()
         await pilot.press("minus")
@@ -307,7 +309,7 @@ async def test_print_pick_exits_with_the_pick_json(run):
         await settle(pilot)
         await pilot.press("w", "minus", "minus", "p")
         await pilot.pause()
-    weights = Weights(fidelity=1.0, flexibility=0.5, diversity=0.25, preservation=0.25)
+    weights = Weights(fidelity=1.0, flexibility=0.5, diversity=0.0, preservation=0.0)
     assert app.return_value == choose(rank(run.results, weights=weights, loss=run.loss)).to_json()
 
 
