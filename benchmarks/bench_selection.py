@@ -32,12 +32,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lorasel.errors import ConfigError
+
 CONCEPTS = ("star", "heart", "cross", "moon", "ring")
+
+
+def env_count(name: str, default: int) -> int:
+    """A whole number >= 0 from the environment variable ``name`` (ConfigError otherwise)."""
+    text = os.environ.get(name, str(default)).strip()
+    if not text.isdigit():
+        raise ConfigError(
+            f"{name}={text!r} is not a count", hint=f"a whole number >= 0, e.g. {name}={default}"
+        )
+    return int(text)
+
+
 TRAIN_SEEDS = 2
 # Seeds per prompt the selectors see (lorasel eval's default) ...
-SELECT_SEEDS = int(os.environ.get("LORASEL_BENCH_SELECT_SEEDS", "4"))
+SELECT_SEEDS = env_count("LORASEL_BENCH_SELECT_SEEDS", 4)
 # ... and further seeds per prompt the oracle grades on (0: grade on the selectors' renders).
-GRADE_SEEDS = int(os.environ.get("LORASEL_BENCH_GRADE_SEEDS", "2"))
+GRADE_SEEDS = env_count("LORASEL_BENCH_GRADE_SEEDS", 2)
 SELECTORS = ("lorasel", "lowest_loss", "lowest_val_loss", "last_epoch", "middle_epoch", "oracle_seen")
 LABELS = {
     "lorasel": "lorasel pick",
@@ -117,27 +131,9 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
     oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
     graded = demo.judge_selection(run_dir, results, ranking, oracle=oracle)
     seen_best = same.verdicts["oracle"]
-    graded.verdicts["oracle_seen"] = graded_verdict(graded, seen_best.checkpoint, seen_best.strength)
+    graded.verdicts["oracle_seen"] = demo.verdict_at(graded.oracle, seen_best.checkpoint, seen_best.strength)
     graded.results, graded.attributes = full, attributes  # every seed, for the phenomenon table
     return graded
-
-
-def graded_verdict(outcome, checkpoint: str, strength: float):
-    """The verdict on (checkpoint, strength) under ``outcome``'s oracle grading."""
-    from lorasel.demo import Verdict
-
-    oracle = outcome.oracle
-    row = oracle[(oracle["checkpoint"] == checkpoint) & (oracle["strength"] == strength)].iloc[0]
-    best, worst = oracle["oracle_quality"].max(), oracle["oracle_quality"].min()
-    q = float(row["oracle_quality"])
-    return Verdict(
-        checkpoint=checkpoint,
-        label=str(row["label"]),
-        epoch=None if pd.isna(row["epoch"]) else int(row["epoch"]),
-        strength=strength,
-        quality=q,
-        regret=float((best - q) / (best - worst)) if best > worst else 0.0,
-    )
 
 
 def summarise(runs: list[dict], key: str = "outcome") -> pd.DataFrame:
@@ -288,7 +284,7 @@ def run(out_dir: Path) -> str:
     from lorasel.models import load_base, load_scorer
 
     concepts = [c for c in os.environ.get("LORASEL_BENCH_CONCEPTS", ",".join(CONCEPTS)).split(",") if c]
-    n_seeds = int(os.environ.get("LORASEL_BENCH_SEEDS", TRAIN_SEEDS))
+    n_seeds = env_count("LORASEL_BENCH_SEEDS", TRAIN_SEEDS)
     base, scorer = load_base("toy"), load_scorer("toy")
     start = time.perf_counter()
     runs = []

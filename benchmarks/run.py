@@ -55,6 +55,7 @@ def _existing_sections() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    from lorasel.errors import LoraselError
     from lorasel.io import atomic_write_text
 
     wanted = argv or SECTIONS
@@ -65,17 +66,18 @@ def main(argv: list[str]) -> int:
     FIGURES.mkdir(parents=True, exist_ok=True)
     sections = _existing_sections()
     failed: list[str] = []
+    bad_input = False
     for name in wanted:
-        try:
-            module = importlib.import_module(f"benchmarks.bench_{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"benchmarks.bench_{name}":
-                raise
-            continue
         print(f"[bench] {name} ...", flush=True)
         start = time.perf_counter()
         try:
+            module = importlib.import_module(f"benchmarks.bench_{name}")
             body = module.run(FIGURES).rstrip() + "\n"
+        except LoraselError as exc:  # bad settings: one line; the other sections still run
+            print(exc.one_line(), file=sys.stderr)
+            failed.append(name)
+            bad_input = True
+            continue
         except Exception:  # one broken section must not lose the others' measurements
             traceback.print_exc()
             failed.append(name)
@@ -94,7 +96,7 @@ def main(argv: list[str]) -> int:
     print(f"[bench] wrote {REPORT.relative_to(ROOT)}")
     if failed:
         print(f"[bench] failed sections (kept as they were): {', '.join(failed)}", file=sys.stderr)
-        return 1
+        return 2 if bad_input else 1
     return 0
 
 

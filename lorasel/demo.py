@@ -112,8 +112,6 @@ def judge_selection(
     and ``middle_epoch`` (at strength 1.0), and ``oracle`` (the best candidate by ground truth).
     ``oracle``: the per-candidate frame of an earlier call on the same results (skips measuring).
     """
-    import pandas as pd
-
     from lorasel.results import BASE
     from lorasel.toyworld.verdict import candidate_quality, render_attributes
 
@@ -126,45 +124,51 @@ def judge_selection(
         table = ranking.table[ranking.table["checkpoint"] != BASE]
         info = table[["checkpoint", "label", "epoch", "strength", "loss", "val_loss"]]
         oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
-    best_q = float(oracle["oracle_quality"].max())
-    worst_q = float(oracle["oracle_quality"].min())
-    span = best_q - worst_q
-
-    def verdict(row: pd.Series) -> Verdict:
-        q = float(row["oracle_quality"])
-        return Verdict(
-            checkpoint=str(row["checkpoint"]),
-            label=str(row["label"]),
-            epoch=None if pd.isna(row["epoch"]) else int(row["epoch"]),
-            strength=float(row["strength"]),
-            quality=q,
-            regret=(best_q - q) / span if span > 0 else 0.0,
-        )
-
-    def at(checkpoint: str, strength: float) -> Verdict:
-        rows = oracle[(oracle["checkpoint"] == checkpoint) & (oracle["strength"] == strength)]
-        return verdict(rows.iloc[0])
 
     def full_strength(rows: pd.DataFrame) -> pd.DataFrame:
         target = rows.loc[(rows["strength"] - 1.0).abs().idxmin(), "strength"]
         return rows[rows["strength"] == target]
 
     out = SelectionOutcome(run.root, ranking, results, oracle, attributes)
-    out.verdicts["oracle"] = verdict(oracle.loc[oracle["oracle_quality"].idxmax()])
+    out.verdicts["oracle"] = verdict_of(oracle, oracle.loc[oracle["oracle_quality"].idxmax()])
     best = ranking.best
-    out.verdicts["lorasel"] = at(best.checkpoint, best.strength)
+    out.verdicts["lorasel"] = verdict_at(oracle, best.checkpoint, best.strength)
     at_one = full_strength(oracle)
     for name, column in (("lowest_loss", "loss"), ("lowest_val_loss", "val_loss")):
         known = at_one[at_one[column].notna()]
         if not known.empty:
-            out.verdicts[name] = verdict(known.loc[known[column].idxmin()])
+            out.verdicts[name] = verdict_of(oracle, known.loc[known[column].idxmin()])
     by_epoch = at_one.dropna(subset=["epoch"]).sort_values("epoch")
     if not by_epoch.empty:
-        out.verdicts["last_epoch"] = verdict(by_epoch.iloc[-1])
+        out.verdicts["last_epoch"] = verdict_of(oracle, by_epoch.iloc[-1])
         epochs = by_epoch["epoch"].astype(int).tolist()
         middle = middle_epoch if middle_epoch in epochs else epochs[(len(epochs) - 1) // 2]
-        out.verdicts["middle_epoch"] = verdict(by_epoch[by_epoch["epoch"] == middle].iloc[0])
+        out.verdicts["middle_epoch"] = verdict_of(oracle, by_epoch[by_epoch["epoch"] == middle].iloc[0])
     return out
+
+
+def verdict_of(oracle: pd.DataFrame, row: pd.Series) -> Verdict:
+    """The verdict on one row of ``oracle`` (a :func:`judge_selection` per-candidate frame):
+    its quality, and its regret against the best and worst candidates of ``oracle``."""
+    import pandas as pd
+
+    best_q = float(oracle["oracle_quality"].max())
+    span = best_q - float(oracle["oracle_quality"].min())
+    q = float(row["oracle_quality"])
+    return Verdict(
+        checkpoint=str(row["checkpoint"]),
+        label=str(row["label"]),
+        epoch=None if pd.isna(row["epoch"]) else int(row["epoch"]),
+        strength=float(row["strength"]),
+        quality=q,
+        regret=(best_q - q) / span if span > 0 else 0.0,
+    )
+
+
+def verdict_at(oracle: pd.DataFrame, checkpoint: str, strength: float) -> Verdict:
+    """The verdict on the candidate (``checkpoint``, ``strength``) under ``oracle``'s grading."""
+    rows = oracle[(oracle["checkpoint"] == checkpoint) & (oracle["strength"] == strength)]
+    return verdict_of(oracle, rows.iloc[0])
 
 
 def check_concept(concept: str) -> str:
