@@ -7,8 +7,9 @@ Run alone: ``python -m benchmarks.run rank``.
    candidate), both from the same draws, on 30 candidates × 200 units.
 2. Calibration: synthetic evaluations whose truth is known (metric means from a fixed
    "overfitting" quality function, fresh unit and render noise each time). Does the pick hit the
-   true best, does the tie set contain it, is P(best) calibrated, do the 95% intervals cover
-   the true scores?
+   true best, does the tie set (the 95% confidence set for the best) contain it as often as it
+   claims, against the one-at-a-time rule used before, is P(best) calibrated, do the 95%
+   intervals cover the true scores?
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from tests.synthetic_results import make_results, overfitting
 ROUNDS = 1000
 NAIVE_ROUNDS = 40
 REPS = 200
+#: A pick this close to the true best's score (normalised units) counts as near-best.
+NEAR = 0.01
 
 
 def _naive_round(
@@ -91,8 +94,8 @@ def _speed() -> str:
 def _calibration() -> str:
     epochs, strengths = 8, (0.5, 0.75, 1.0)
     quality = overfitting(epochs)
-    hits = tie_hits = 0
-    p_true, tie_sizes = [], []
+    hits = near_hits = covered_best = covered_old = 0
+    p_true, tie_sizes, old_sizes = [], [], []
     bins = np.linspace(0, 1, 6)
     predicted = [[] for _ in range(len(bins) - 1)]
     observed = [[] for _ in range(len(bins) - 1)]
@@ -108,18 +111,25 @@ def _calibration() -> str:
         true = {m: np.array([quality(int(e), float(s))[m] for e, s in zip(table["epoch"], table["strength"], strict=True)])
                 for m in METRICS}  # fmt: skip
         true_score = composite(true, ranking.normalisation, ranking.weights)
-        truth = int(np.argmax(true_score))
-        hits += truth == 0
-        tied = table["tied"].to_numpy()
-        tie_hits += truth == 0 or bool(tied[truth])
-        tie_sizes.append(max(1, int(tied.sum())))
+        # Candidates with the same dose (epoch/epochs × strength) are exactly equal: all are best.
+        best = true_score >= true_score.max() - 1e-9
+        hits += bool(best[0])
+        near_hits += bool(true_score[0] >= true_score.max() - NEAR)
+        tied = table["tied"].to_numpy().copy()
+        tied[0] = True
+        covered_best += bool((best & tied).any())
+        tie_sizes.append(int(tied.sum()))
+        old = (table["win_vs_best"] < 0.95).to_numpy().copy()
+        old[0] = True
+        covered_old += bool((best & old).any())
+        old_sizes.append(int(old.sum()))
         p = table["p_best"].to_numpy(dtype=float)
-        p_true.append(p[truth])
-        is_true = np.arange(len(p)) == truth
+        p_true.append(p[best].sum())
+        credit = best / best.sum()  # exact ties share the credit, as they share P(best)
         for k in range(len(bins) - 1):
             sel = (p >= bins[k]) & ((p < bins[k + 1]) if k < len(bins) - 2 else (p <= 1.0))
             predicted[k].extend(p[sel])
-            observed[k].extend(is_true[sel])
+            observed[k].extend(credit[sel])
         lo, hi = table["score_lo"].to_numpy(), table["score_hi"].to_numpy()
         covered += int(((lo <= true_score) & (true_score <= hi)).sum())
         total += len(true_score)
@@ -129,20 +139,30 @@ def _calibration() -> str:
         for k in range(len(bins) - 1)
         if predicted[k]
     )
+    n = epochs * len(strengths)
     return (
         f"### Calibration on {REPS} synthetic evaluations with a known best\n\n"
         f"{epochs} checkpoints × {len(strengths)} strengths, 12 prompts (3 per kind) × 4 seeds, unit noise 0.04, "
         "render noise 0.02 (CLIP-cosine units), 500 bootstrap rounds each; the truth is the composite of the "
-        "noiseless metric means under the run's own normalisation.\n\n"
+        "noiseless metric means under the run's own normalisation. Its optimum is flat, as a real run's is: "
+        "the true best leads the next candidate by less than 0.001 in score, against a score noise of about 0.03, so "
+        "no evaluation of this size can single it out, and a good one says so.\n\n"
         "| measure | value |\n|---|---|\n"
         f"| pick is the true best | {hits / REPS:.1%} |\n"
-        f"| true best is the pick or tied with it | {tie_hits / REPS:.1%} |\n"
-        f"| mean size of the tie set | {np.mean(tie_sizes):.1f} of {epochs * len(strengths)} |\n"
+        f"| pick within {NEAR} of the true best's score (1% of the run's score range) | {near_hits / REPS:.1%} |\n"
+        f"| **true best in the tie set** (95% confidence set for the best) | **{covered_best / REPS:.1%}** "
+        f"(mean size {np.mean(tie_sizes):.1f} of {n}) |\n"
+        f"| true best tied by the one-at-a-time rule (pick beats it in < 95% of rounds; before) | "
+        f"{covered_old / REPS:.1%} (mean size {np.mean(old_sizes):.1f} of {n}) |\n"
         f"| mean P(best) of the true best | {np.mean(p_true):.3f} |\n"
         f"| 95% score intervals covering the true score | {covered / total:.1%} |\n\n"
-        "P(best) calibration (all candidates of all runs, binned by their P(best)):\n\n"
+        "P(best) calibration (all candidates of all runs, binned by their P(best); exact ties share the "
+        "credit):\n\n"
         "| P(best) bin | candidates | mean P(best) | share that was the true best |\n|---|---|---|---|\n"
         f"{rows}\n"
+        "P(best) is a share of resampled evaluations, not a posterior: among near-equals the observed leader "
+        "keeps its lucky lead in most rounds, so high values are overconfident here. The tie set is the "
+        "calibrated statement of which candidates could be the best.\n\n"
         f"({elapsed:.0f} s for the {REPS} runs.)\n"
     )
 

@@ -89,7 +89,7 @@ def choose(
         )
     # P(best) and ties among the eligible candidates: the same bootstrap rounds, only their
     # columns competing (with no minimums this reproduces the table's values).
-    summary = summarise(ranking.boot_scores[:, rows], 0)
+    summary = summarise(ranking.boot_scores[:, rows], table["score"].to_numpy(dtype=float)[rows], 0)
     eligible = [
         replace(
             Candidate.from_row(table.iloc[i]), p_best=float(summary.p_best[k]), tied=bool(summary.tied[k])

@@ -197,7 +197,7 @@ def rank(
     ranks = contest_scores.rank(method="min", ascending=False).astype(int).to_numpy()
     order = np.lexsort((np.arange(len(contest)), ranks))
     best = int(order[0])
-    summary = summarise(boot[:, contest], best)
+    summary = summarise(boot[:, contest], score[contest], best)
     table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
     table.loc[contest, "rank"] = ranks
     for name in ("p_best", "win_vs_best"):

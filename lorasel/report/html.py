@@ -22,7 +22,7 @@ import pandas as pd
 
 from lorasel import __version__
 from lorasel.io import atomic_write_text
-from lorasel.rank.bootstrap import TIE_THRESHOLD
+from lorasel.rank.bootstrap import TIE_LEVEL
 from lorasel.rank.ranking import Candidate, Ranking
 from lorasel.report import plots
 from lorasel.report.thumbnails import thumbnail
@@ -97,7 +97,7 @@ _HEAD = (
     ("score", "score", "composite score (normalised within the run)"),
     ("interval", "95% interval", "bootstrap percentile interval of the score"),
     ("p_best", "P(best)", "share of bootstrap rounds in which it is best"),
-    ("tied", "tied", "cannot be told apart from the pick"),
+    ("tied", "tied", "could be the best: in the 95% confidence set for the best, like the pick"),
     ("pareto", "Pareto", "on the fidelity-flexibility Pareto front"),
     ("loss", "loss", "mean training loss of the epoch ending at the checkpoint"),
     ("val_loss", "val loss", "validation loss"),
@@ -329,7 +329,7 @@ def render_html(
         "pick": _candidate_view(best),
         "runner_up": _candidate_view(ranking.runner_up) if ranking.runner_up else None,
         "tied": tied,
-        "tie_threshold": f"{TIE_THRESHOLD:.0%}",
+        "tie_level": f"{TIE_LEVEL:.0%}",
         "lowest_loss": _candidate_view(lowest) if lowest else None,
         "loss_source": ranking.loss_source or "looked for logs/loss.csv and TensorBoard event files",
         "spearman_text": _spearman_text(ranking),

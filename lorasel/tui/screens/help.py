@@ -37,8 +37,8 @@ ACTION_HELP = {
 }
 
 COLUMNS_HELP = (
-    ("#", "rank by composite score; ★ the pick, = tied with it (the evaluation cannot tell them "
-     "apart), ↓ what lowest loss picks (loss mode), ◆ marked for comparison"),
+    ("#", "rank by composite score; ★ the pick, = tied with it (could be the best: in the 95% "
+     "confidence set for the best), ↓ what lowest loss picks (loss mode), ◆ marked for comparison"),
     ("ep, str", "training epoch of the checkpoint, LoRA strength (multiplier)"),
     ("fid", "fidelity: CLIP image cosine to the training images"),
     ("flex", "flexibility: CLIP text cosine to out-of-domain prompts (trigger -> class word)"),
