@@ -88,8 +88,17 @@ def test_pick_json_and_python_api_agree(run):
     result = runner.invoke(app, ["pick", str(run.root), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert list(data) == [*PICK_FIELDS, "runner_up"]
+    assert list(data) == [*PICK_FIELDS, "runner_up", "tied_with"]
     assert list(data["runner_up"]) == PICK_FIELDS
+    # The tie set: the table's tied rows after the pick, in rank order.
+    ranked = lorasel.rank.rank(run.results, loss=lorasel.rank.read_loss(run.root)).table
+    contest = ranked[ranked["checkpoint"] != BASE]
+    tied = contest.iloc[1:][contest["tied"].iloc[1:]]
+    assert len(tied) > 0  # this run has a candidate it cannot tell from the pick
+    assert [(t["checkpoint"], t["strength"]) for t in data["tied_with"]] == list(
+        zip(tied["path"], tied["strength"], strict=True)
+    )
+    assert all(list(t) == PICK_FIELDS for t in data["tied_with"])
     assert set(data["metrics"]) == set(METRICS)
     table = lorasel.rank.rank(run.results, loss=lorasel.rank.read_loss(run.root)).table
     assert (
