@@ -25,8 +25,8 @@ from lorasel.rank import DEFAULT_WEIGHTS, rank
 from lorasel.rank.bootstrap import metric_means, point_means, unit_counts
 from lorasel.rank.evidence import gather_evidence
 from lorasel.rank.score import composite, fit_normalisation
-from lorasel.results import BASE, METRICS
-from tests.synthetic_results import make_results, overfitting
+from lorasel.results import METRICS
+from tests.synthetic_results import known_truth_run, make_results
 
 ROUNDS = 1000
 NAIVE_ROUNDS = 40
@@ -93,7 +93,6 @@ def _speed() -> str:
 
 def _calibration() -> str:
     epochs, strengths = 8, (0.5, 0.75, 1.0)
-    quality = overfitting(epochs)
     hits = near_hits = covered_best = covered_old = 0
     p_true, tie_sizes, old_sizes = [], [], []
     bins = np.linspace(0, 1, 6)
@@ -102,15 +101,9 @@ def _calibration() -> str:
     covered = total = 0
     start = time.perf_counter()
     for rep in range(REPS):
-        results = make_results(
-            checkpoints=epochs, strengths=strengths, prompts_per_kind=3, seeds=4, unit_noise=0.04,
-            render_noise=0.02, seed=1000 + rep,
-        )  # fmt: skip
-        ranking = rank(results, n_boot=500, seed=rep)
-        table = ranking.table[ranking.table["checkpoint"] != BASE]
-        true = {m: np.array([quality(int(e), float(s))[m] for e, s in zip(table["epoch"], table["strength"], strict=True)])
-                for m in METRICS}  # fmt: skip
-        true_score = composite(true, ranking.normalisation, ranking.weights)
+        table, true_score = known_truth_run(
+            1000 + rep, n_boot=500, rank_seed=rep, epochs=epochs, strengths=strengths
+        )
         # Candidates with the same dose (epoch/epochs × strength) are exactly equal: all are best.
         best = true_score >= true_score.max() - 1e-9
         hits += bool(best[0])

@@ -185,3 +185,28 @@ def from_table(
         seed=seed,
         labels=order,
     )
+
+
+def known_truth_run(
+    seed: int, *, n_boot: int, rank_seed: int, epochs: int = 8, strengths: Sequence[float] = (0.5, 0.75, 1.0)
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A ranked synthetic evaluation whose truth is known: the :func:`overfitting` world, 12
+    prompts (3 per kind) × 4 seeds, unit noise 0.04, render noise 0.02 (CLIP-cosine units).
+
+    Returns the competing rows of the ranking table (pick first) and their true composite scores
+    (the noiseless metric means under the run's own normalisation and weights).
+    """
+    from lorasel.rank import rank
+    from lorasel.rank.score import composite
+    from lorasel.results import METRICS
+
+    quality = overfitting(epochs)
+    results = make_results(
+        checkpoints=epochs, strengths=strengths, prompts_per_kind=3, seeds=4, unit_noise=0.04,
+        render_noise=0.02, seed=seed,
+    )  # fmt: skip
+    ranking = rank(results, n_boot=n_boot, seed=rank_seed)
+    contest = ranking.table[ranking.table["checkpoint"] != BASE].reset_index(drop=True)
+    cells = list(zip(contest["epoch"], contest["strength"], strict=True))
+    truth = {m: np.array([quality(int(e), float(s))[m] for e, s in cells]) for m in METRICS}
+    return contest, composite(truth, ranking.normalisation, ranking.weights)

@@ -23,7 +23,7 @@ from lorasel.rank.bootstrap import (
 from lorasel.rank.evidence import gather_evidence
 from lorasel.rank.score import composite, fit_normalisation
 from lorasel.results import BASE, METRICS, Results
-from tests.synthetic_results import from_table, make_results, overfitting
+from tests.synthetic_results import from_table, known_truth_run, make_results
 
 # --------------------------------------------------------------------------- weights and options
 
@@ -371,22 +371,10 @@ def test_tie_set_holds_the_true_best_at_its_stated_level():
     """Synthetic runs with a known truth and a flat optimum (several near-equal candidates): the
     tie set holds the true best in about 95 % of runs; "the pick beats it in fewer than 95 % of
     rounds", one rival at a time, would not (it forgets the pick's own luck)."""
-    epochs, strengths = 8, (0.5, 0.75, 1.0)
-    truth_of = overfitting(epochs)
     runs = 80
     covered = one_at_a_time = 0
     for rep in range(runs):
-        results = make_results(
-            checkpoints=epochs, strengths=strengths, prompts_per_kind=3, seeds=4, unit_noise=0.04,
-            render_noise=0.02, seed=5000 + rep,
-        )  # fmt: skip
-        ranking = rank(results, n_boot=300, seed=rep)
-        contest = ranking.table[ranking.table["checkpoint"] != BASE]
-        truth = {
-            m: np.array([truth_of(int(e), float(s))[m] for e, s in zip(contest["epoch"], contest["strength"], strict=True)])
-            for m in METRICS
-        }  # fmt: skip
-        true_score = composite(truth, ranking.normalisation, ranking.weights)
+        contest, true_score = known_truth_run(5000 + rep, n_boot=300, rank_seed=rep)
         best = true_score >= true_score.max() - 1e-9
         tied = contest["tied"].to_numpy().copy()
         tied[0] = True
@@ -459,7 +447,8 @@ def test_pick_json_has_the_design_fields():
     ranking = rank(make_results(checkpoints=3), n_boot=50)
     data = choose(ranking).to_json()
     fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best"]
-    assert list(data) == [*fields, "runner_up"]
+    assert list(data) == [*fields, "runner_up", "tied_with"]  # DESIGN.md's fields, then the ties
     assert list(data["runner_up"]) == fields
+    assert all(list(t) == fields for t in data["tied_with"])
     assert set(data["metrics"]) == set(METRICS)
     assert data["checkpoint"].endswith(ranking.best.checkpoint) and data["checkpoint"].startswith("/")
