@@ -232,6 +232,21 @@ def test_checkpoint_that_appears_later_is_evaluated_alone(evaluated_copy, monkey
     pd.testing.assert_frame_equal(old, first.renders)
 
 
+def test_more_seeds_renders_only_the_new_seeds(evaluated_copy, monkeypatch):
+    """What `lorasel pick` advises when candidates are tied: --seeds 2N renders seeds N..2N-1 only."""
+    run, first = evaluated_copy
+    spy = RenderSpy(monkeypatch)
+    more = _eval(run, seeds=SEEDS + 1)
+    new = more.renders[more.renders.seed_index == SEEDS]
+    # 4 prompts × 2 seeds = 8 renders per (checkpoint, strength) in batches of 3: the batch that
+    # held the 7th and 8th now also holds the first new one, and is rendered again.
+    groups = len(first.renders) // (N_PROMPTS * SEEDS)
+    assert len(new) == groups * N_PROMPTS
+    assert spy.count == len(new) + groups * ((N_PROMPTS * SEEDS) % 3)
+    old = more.renders[more.renders.seed_index < SEEDS].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, first.renders)
+
+
 def test_identical_checkpoint_files_share_their_renders(evaluated_copy, monkeypatch):
     run, first = evaluated_copy
     shutil.copy(

@@ -106,8 +106,12 @@ def build_plan(
     settings_key: str,
 ) -> list[Batch]:
     """Every batch of the evaluation: the base model at strength 0 first, then each checkpoint
-    at each strength, in order; each (checkpoint, strength) cut into chunks of ``batch_size``."""
-    pairs = [(p, i, render_seed(p.text, i)) for p in prompts for i in range(seeds)]
+    at each strength, in order; each (checkpoint, strength) cut into chunks of ``batch_size``.
+
+    Within a (checkpoint, strength) the renders go seed by seed (every prompt with seed 0, then
+    seed 1, ...): evaluating again with more seeds keeps every earlier batch as it was, so only
+    the new seeds are rendered (plus, at most, the one batch that straddles old and new)."""
+    pairs = [(p, i, render_seed(p.text, i)) for i in range(seeds) for p in prompts]
     groups = [(Candidate(BASE, BASE), 0.0)]
     groups += [
         (c, canonical_strength(s)) for c in candidates for s in strengths if canonical_strength(s) != 0.0
