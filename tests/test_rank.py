@@ -267,6 +267,7 @@ def test_clearly_dominant_candidate_has_p_best_near_one():
     assert ranking.best.label == "zkz-000002"
     assert ranking.best.p_best > 0.99
     assert not ranking.best.tied
+    assert ranking.tie_advice() is None  # nothing to separate
     contest = ranking.table[ranking.table["checkpoint"] != BASE]
     assert contest["p_best"].sum() == pytest.approx(1.0)
 

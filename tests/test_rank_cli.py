@@ -57,6 +57,7 @@ def test_rank_human_output(run):
     assert "pick: zkz-" in out
     assert "lowest loss would pick: zkz-000004 at strength 1" in out
     assert "Spearman rho" in out
+    assert "note: 1 other candidate could be the best at 2 seeds per prompt" in out
 
 
 def test_rank_json_rows_are_design_fields(run):
@@ -118,6 +119,11 @@ def test_pick_human_output(run):
     assert result.stdout.startswith("pick: zkz-")
     assert "P(best)" in result.stdout and "runner-up:" in result.stdout
     assert "lowest loss would pick:" in result.stdout
+    # One candidate is tied with the pick at the run's 2 seeds: the way to separate them.
+    tied = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)["tied_with"]
+    assert len(tied) == 1
+    assert "  note        1 other candidate could be the best at 2 seeds per prompt" in result.stdout
+    assert "--seeds 4, which renders only the new seeds" in result.stdout
 
 
 def test_pick_minimums_exit_3_when_nothing_meets_them(run):

@@ -134,6 +134,8 @@ def test_html_content(report):
     assert sum(1 for t, a in parser.tags if t == "details" and a.get("class") == "grid") == 8
     assert len(re.findall(r'<td class="pick">', html)) == 8  # the pick outlined in every grid
     assert "Recommendation" in html and f"{ranking.best.strength:g}" in html
+    # Two candidates are tied with the pick at 2 seeds per prompt: the report says how to separate them.
+    assert "2 other candidates could be the best at 2 seeds per prompt" in html and "--seeds 4" in html
     assert html.count("<tr") >= len(ranking.table)
     assert len(html) < 400_000
 

@@ -79,6 +79,7 @@ def pick_command(
     if tied:
         more = f" (+{len(tied) - 5} more)" if len(tied) > 5 else ""
         typer.echo("  tied with   " + "; ".join(describe(c) for c in tied[:5]) + more)
+        typer.echo(f"  note        {ranking.tie_advice(len(tied))}")
     if chosen.runner_up is not None:
         r = chosen.runner_up
         typer.echo(f"runner-up: {describe(r)} (score {num(r.score)}, P(best) {num(r.p_best, 2)})")

@@ -60,5 +60,8 @@ def rank_command(
     typer.echo("= tied with the pick (could be the best: in the 95% confidence set for the best)")
     typer.echo("* on the fidelity-flexibility Pareto front")
     typer.echo(f"pick: {describe(best)} (score {best.score:.3f}, P(best) {best.p_best:.2f})")
+    advice = ranking.tie_advice()
+    if advice:
+        typer.echo(f"note: {advice}")
     for line in loss_lines(ranking):
         typer.echo(line)

@@ -95,7 +95,8 @@ class Ranking:
 
     ``table``: one row per (checkpoint, strength), columns :data:`TABLE_COLUMNS`, sorted by rank
     with the base model last (rank, p_best NA). ``boot_scores``: ``[n_boot, len(table)]``, the
-    bootstrap scores of the table's rows (column i is row i). ``loss_spearman``: Spearman ρ
+    bootstrap scores of the table's rows (column i is row i). ``seeds_per_prompt``: the most
+    seeds any prompt was rendered with. ``loss_spearman``: Spearman ρ
     between each checkpoint's loss and its best score over strengths (None without loss).
     """
 
@@ -108,6 +109,22 @@ class Ranking:
     loss_source: str | None
     loss_spearman: float | None
     boot_scores: np.ndarray = field(repr=False)
+    seeds_per_prompt: int = 0
+
+    def tie_advice(self, tied: int | None = None) -> str | None:
+        """What to do when ``tied`` other candidates (default: the table's) could be the best:
+        more seeds per prompt, which ``lorasel eval`` adds without rendering the old ones again."""
+        if tied is None:
+            contest = self._contest()
+            tied = int(contest["tied"].iloc[1:].sum())
+        if tied <= 0 or self.seeds_per_prompt <= 0:
+            return None
+        seeds = self.seeds_per_prompt
+        return (
+            f"{tied} other candidate{'s' if tied > 1 else ''} could be the best at {seeds} "
+            f"seed{'s' if seeds > 1 else ''} per prompt; to tell them apart, rerun lorasel eval with "
+            f"the same options and --seeds {2 * seeds}, which renders only the new seeds, then rank again"
+        )
 
     def _contest(self) -> pd.DataFrame:
         return self.table[self.table["checkpoint"] != BASE]
@@ -245,4 +262,5 @@ def rank(
         loss_source=loss.source if loss is not None else None,
         loss_spearman=loss_spearman,
         boot_scores=boot,
+        seeds_per_prompt=int(evidence.units.groupby("prompt_id").size().max()) if len(evidence.units) else 0,
     )

@@ -329,6 +329,7 @@ def render_html(
         "pick": _candidate_view(best),
         "runner_up": _candidate_view(ranking.runner_up) if ranking.runner_up else None,
         "tied": tied,
+        "tie_advice": ranking.tie_advice(len(tied)),
         "tie_level": f"{TIE_LEVEL:.0%}",
         "lowest_loss": _candidate_view(lowest) if lowest else None,
         "loss_source": ranking.loss_source or "looked for logs/loss.csv and TensorBoard event files",
