@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -49,6 +50,20 @@ def test_demo_rerun_reuses_checkpoints_and_renders(demo_run):
     assert again.exit_code == 0, again.output
     assert checkpoint.stat().st_mtime_ns == before
     assert "98 of 98 renders already done" in again.output
+
+
+def test_demo_with_more_seeds_renders_only_the_new_ones(demo_run, tmp_path):
+    workdir, args, first = demo_run
+    assert first.exit_code == 0, first.output
+    copy = tmp_path / "demo"
+    shutil.copytree(workdir, copy)
+    more = [str(copy) if a == str(workdir) else a for a in args]
+    more[more.index("--seeds") + 1] = "2"
+    again = runner.invoke(app, more)
+    assert again.exit_code == 0, again.output
+    assert "98 of 196 renders already done" in again.output
+    # The tied candidates, if any, are counted at 2 seeds per prompt.
+    assert "could be the best at 1 seed " not in again.stdout
 
 
 def test_demo_verdicts_agree_with_the_oracle_and_the_ranking(demo_run):
