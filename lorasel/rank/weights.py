@@ -6,9 +6,9 @@ Overfitting trades the second for the first, along epochs and along strength, so
 picks well. **Diversity** (renders of one prompt still differ across seeds) and
 **preservation** (prompts without the trigger still look like the base model's) are measured,
 shown and available through ``--weights``, but weigh 0 by default: on the toy world, graded by
-its oracle on seeds no selector saw, these weights gave a mean regret of 12.7% against 30.2%
-with a quarter each for the secondaries, and every leave-one-concept-out fold of the selection
-benchmark chose them (reports/benchmarks.md). Min-max scaling stretches a metric's spread in the
+its oracle on 6 seeds no selector saw, these weights gave a mean regret of 6.0% against 20.8%
+with a quarter each for the secondaries, and 4 of 5 leave-one-concept-out folds of the
+selection benchmark chose them (the fifth chose fidelity alone; reports/benchmarks.md). Min-max scaling stretches a metric's spread in the
 run to [0, 1] whatever its size, so a secondary metric that barely varies still moves the pick;
 preservation, in particular, falls with strength (Spearman -0.8 to -0.9 in the benchmark's
 runs) while the oracle's best is nearly always at strength 1. The numbers live in one constant,
