@@ -122,8 +122,9 @@ class Ranking:
         seeds = self.seeds_per_prompt
         return (
             f"{tied} other candidate{'s' if tied > 1 else ''} could be the best at {seeds} "
-            f"seed{'s' if seeds > 1 else ''} per prompt; to tell them apart, rerun lorasel eval with "
-            f"the same options and --seeds {2 * seeds}, which renders only the new seeds, then rank again"
+            f"seed{'s' if seeds > 1 else ''} per prompt; telling them apart takes more seeds, e.g. rerun "
+            f"lorasel eval with the same options and --seeds {2 * seeds}, which renders only the new "
+            "seeds, then rank again"
         )
 
     def _contest(self) -> pd.DataFrame:
