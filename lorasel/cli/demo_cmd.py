@@ -173,13 +173,9 @@ def _print_verdicts(outcome) -> None:
         )
     best = ranking.best
     typer.echo(f"\nlorasel picks {describe(best)}: P(best) {best.p_best:.2f}, score {best.score:.3f}")
-    tied, seeds = int(ranking.table["tied"].iloc[1:].sum()), ranking.seeds_per_prompt
-    if tied:
-        typer.echo(
-            f"{tied} other candidate{'s' if tied > 1 else ''} could be the best at {seeds} seed"
-            f"{'s' if seeds > 1 else ''} per prompt (the demo renders few to stay fast); "
-            f"`lorasel demo --seeds {2 * seeds}` renders only the new seeds"
-        )
+    advice = ranking.tie_advice(rerun="lorasel demo")
+    if advice:
+        typer.echo(f"{advice} (the demo renders few seeds to stay fast)")
     if ranking.loss_spearman is not None:
         typer.echo(
             f"training loss vs lorasel score: Spearman rho {ranking.loss_spearman:+.2f} "

@@ -111,20 +111,19 @@ class Ranking:
     boot_scores: np.ndarray = field(repr=False)
     seeds_per_prompt: int = 0
 
-    def tie_advice(self, tied: int | None = None) -> str | None:
+    def tie_advice(self, tied: int | None = None, rerun: str = "lorasel eval") -> str | None:
         """What to do when ``tied`` other candidates (default: the table's) could be the best:
-        more seeds per prompt, which ``lorasel eval`` adds without rendering the old ones again."""
+        more seeds per prompt, which ``rerun`` (the command that evaluated: ``lorasel eval`` or
+        ``lorasel demo``) adds without rendering the old ones again."""
         if tied is None:
-            contest = self._contest()
-            tied = int(contest["tied"].iloc[1:].sum())
+            tied = int(self._contest()["tied"].iloc[1:].sum())
         if tied <= 0 or self.seeds_per_prompt <= 0:
             return None
         seeds = self.seeds_per_prompt
         return (
             f"{tied} other candidate{'s' if tied > 1 else ''} could be the best at {seeds} "
             f"seed{'s' if seeds > 1 else ''} per prompt; telling them apart takes more seeds, e.g. rerun "
-            f"lorasel eval with the same options and --seeds {2 * seeds}, which renders only the new "
-            "seeds, then rank again"
+            f"{rerun} with the same options and --seeds {2 * seeds}, which renders only the new seeds"
         )
 
     def _contest(self) -> pd.DataFrame:

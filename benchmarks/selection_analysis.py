@@ -1,0 +1,132 @@
+"""Analyses of the selection benchmark's runs (``bench_selection.one_run`` outputs): the weight
+sweep and its leave-one-concept-out check, the learnability table, and the figure.
+
+Each takes the list of runs and re-ranks or re-reads what they cached; none renders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def weight_sweep(runs: list[dict]) -> pd.DataFrame:
+    """Mean regret of lorasel's pick under other weights (justifies the default)."""
+    from lorasel.demo import judge_selection
+    from lorasel.rank import Weights, rank, read_loss
+    from lorasel.rank.weights import DEFAULT_WEIGHTS
+
+    d = DEFAULT_WEIGHTS
+    grid: dict[str, Weights | None] = {
+        f"default ({d.fidelity:g}, {d.flexibility:g}, {d.diversity:g}, {d.preservation:g})": None
+    }
+    # Fidelity : flexibility from one alone to the other, without and with the secondary terms.
+    for fid, flex in ((1, 0), (2, 1), (1, 1), (1, 2), (0, 1)):
+        for secondary in (0.0, 0.25):
+            weights = Weights(fid, flex, secondary, secondary)
+            if weights != d:
+                grid[f"({fid:g}, {flex:g}, {secondary:g}, {secondary:g})"] = weights
+    grid["all equal (1, 1, 1, 1)"] = Weights(1, 1, 1, 1)
+    rows = []
+    for label, weights in grid.items():
+        regrets = []
+        for r in runs:
+            o = r["outcome"]
+            ranking = rank(r["results"], weights=weights, loss=read_loss(o.run_dir), n_boot=200)
+            judged = judge_selection(o.run_dir, r["results"], ranking, oracle=o.oracle)
+            regrets.append(judged.verdicts["lorasel"].regret)
+        rows.append(
+            {
+                "weights": label,
+                "mean_regret": float(np.mean(regrets)),
+                "max_regret": float(np.max(regrets)),
+                "regrets": regrets,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def held_out_weights(runs: list[dict], sweep: pd.DataFrame) -> tuple[float, list[str]]:
+    """Leave one concept out: pick the sweep's weights with the lowest mean regret on the other
+    concepts, measure them on the held-out one. Returns the mean regret over all runs so measured
+    and the weights each concept's fold chose (how much tuning the weights on the toy world is
+    worth, without grading the choice on the runs it was made on)."""
+    concepts = [r["concept"] for r in runs]
+    regrets = np.array(sweep["regrets"].tolist())  # [weights, runs]
+    held, chosen = np.zeros(len(runs)), []
+    for concept in dict.fromkeys(concepts):
+        test = np.array([c == concept for c in concepts])
+        best = int(regrets[:, ~test].mean(axis=1).argmin())
+        held[test] = regrets[best, test]
+        chosen.append(f"{concept}: {sweep['weights'].iloc[best]}")
+    return float(held.mean()), chosen
+
+
+def learnability(runs: list[dict]) -> pd.DataFrame:
+    """Per epoch at strength 1.0, over runs: in-domain renders showing the concept's shape,
+    out-of-domain renders showing the background they ask for, and the training loss."""
+    from lorasel.results import BASE
+    from lorasel.toyworld.verdict import attribute_rates
+
+    frames = []
+    for r in runs:
+        o = r["outcome"]
+        renders = o.results.renders
+        renders = renders[(renders["checkpoint"] == BASE) | (renders["strength"] == 1.0)]
+        rates = attribute_rates(renders, o.attributes)
+        epochs = o.oracle[["checkpoint", "epoch", "loss"]].drop_duplicates("checkpoint")
+        base = pd.DataFrame({"checkpoint": [BASE], "epoch": [0], "loss": [float("nan")]})
+        rates = rates.merge(pd.concat([base, epochs]), on="checkpoint")
+        concept = rates[rates["kind"] == "in_domain"].set_index("epoch")["shape"].rename("concept")
+        ood_bg = (
+            rates[rates["kind"] == "out_of_domain"].set_index("epoch")["background"].rename("ood_background")
+        )
+        loss = rates.drop_duplicates("epoch").set_index("epoch")["loss"]
+        frames.append(pd.concat([concept, ood_bg, loss], axis=1))
+    return pd.concat(frames).groupby(level=0).mean()
+
+
+def figure(runs: list[dict], out_dir: Path) -> str:
+    """Oracle quality and lorasel score per epoch at strength 1.0, with the training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = runs[0]
+    o = r["outcome"]
+    table = o.ranking.table
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for strength in sorted(o.oracle["strength"].unique()):
+        rows = o.oracle[o.oracle["strength"] == strength].sort_values("epoch")
+        axes[0].plot(
+            rows["epoch"], rows["oracle_quality"], marker="o", label=f"oracle, strength {strength:g}"
+        )
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("oracle quality")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"{r['concept']}, seed {r['seed']}: ground truth")
+    at_one = table[(table["strength"] == 1.0) & (table["checkpoint"] != "base")].sort_values("epoch")
+    axes[1].plot(at_one["epoch"], at_one["loss"], marker="o", color="tab:red", label="training loss")
+    if at_one["val_loss"].notna().any():
+        axes[1].plot(
+            at_one["epoch"], at_one["val_loss"], marker="s", color="tab:orange", label="validation loss"
+        )
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("loss")
+    axes[1].legend(fontsize=8)
+    axes[1].set_title("what loss-based selection sees")
+    for strength in sorted(o.oracle["strength"].unique()):
+        rows = table[(table["strength"] == strength) & (table["checkpoint"] != "base")].sort_values("epoch")
+        axes[2].plot(rows["epoch"], rows["score"], marker="o", label=f"strength {strength:g}")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("lorasel score")
+    axes[2].legend(fontsize=8)
+    axes[2].set_title("what lorasel sees (CLIP scores)")
+    fig.tight_layout()
+    path = out_dir / "selection.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
