@@ -11,19 +11,20 @@ oracle how good each selector's choice is:
 
 Regret = (oracle's best quality - the choice's quality) / (oracle's best - oracle's worst), over
 every evaluated (checkpoint, strength). The selectors see ``LORASEL_BENCH_SELECT_SEEDS`` seeds
-per prompt (default: ``lorasel eval``'s default, 4); the oracle grades on
-``LORASEL_BENCH_GRADE_SEEDS`` (default 6) further seeds per prompt that no selector saw (graded on
-the selectors' own renders, the oracle's best would share their noise). One more row is a
-reference rather than a rival: the oracle's own choice from the renders the selectors saw,
-graded on the new seeds. It is not a floor: the oracle is exact per render, but a few binary
-judgements per candidate measure it coarsely, and CLIP's continuous scores can separate
-candidates better. A selector's regret and its regret above the reference bracket its true
-regret on average: the first overstates it (the best on the grading seeds is partly the
+per prompt (default: ``lorasel eval``'s default, 4). The seed study re-ranks each run on the
+first n seeds per prompt for each n of ``LORASEL_BENCH_SEED_STUDY`` (default 1,2,4,8). The oracle
+grades on ``LORASEL_BENCH_GRADE_SEEDS`` (default 10) further seeds per prompt that neither saw
+(seed indices from the largest of those counts on; graded on the selectors' own renders, the
+oracle's best would share their noise), so every row of the report has the same grading. One
+more row is a reference rather than a rival: the oracle's own choice from the renders the
+selectors saw, graded on the new seeds. It is not a floor: the oracle is exact per render, but a
+few binary judgements per candidate measure it coarsely, and CLIP's continuous scores can
+separate candidates better. A selector's regret and its regret above the reference bracket its
+true regret on average: the first overstates it (the best on the grading seeds is partly the
 luckiest), the second understates it (the reference's choice is not the true best either).
-Each grading seed costs 4,340 renders (2 seeds for all 10 runs took 23 min in two 1-thread
-processes on 2 CPU cores, ``one_run`` on 5 runs each). Runs
-are cached under ``BENCH_DIR`` (default ``.bench/selection``): a rerun re-ranks without
-training or rendering again.
+Each seed index costs 4,340 renders for the 10 runs, about 12 min in two 1-thread processes on
+2 CPU cores (``one_run`` on 5 runs each). Runs are cached under ``BENCH_DIR`` (default
+``.bench/selection``): a rerun re-ranks without training or rendering again.
 
 Alone: ``python -m benchmarks.run selection``; env ``LORASEL_BENCH_CONCEPTS`` (comma-separated)
 and ``LORASEL_BENCH_SEEDS`` (count) shrink it.
@@ -57,7 +58,25 @@ TRAIN_SEEDS = 2
 # Seeds per prompt the selectors see (lorasel eval's default) ...
 SELECT_SEEDS = env_count("LORASEL_BENCH_SELECT_SEEDS", 4)
 # ... and further seeds per prompt the oracle grades on (0: grade on the selectors' renders).
-GRADE_SEEDS = env_count("LORASEL_BENCH_GRADE_SEEDS", 6)
+GRADE_SEEDS = env_count("LORASEL_BENCH_GRADE_SEEDS", 10)
+
+
+def env_counts(name: str, default: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers > 0 from the environment variable ``name`` (may be empty)."""
+    text = os.environ.get(name, default).strip()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(
+            f"{name}={text!r} is not a list of counts", hint=f"whole numbers > 0, e.g. {name}={default}"
+        )
+    return tuple(sorted({int(p) for p in parts}))
+
+
+# How lorasel's pick improves with seeds per prompt: ranked on the first n seeds, for each n.
+SEED_STUDY = env_counts("LORASEL_BENCH_SEED_STUDY", "1,2,4,8")
+# The oracle grades on seed indices GRADE_FROM .. GRADE_FROM + GRADE_SEEDS - 1, which neither the
+# selectors nor any ranking of the seed study saw: one grading for every row of the report.
+GRADE_FROM = max((SELECT_SEEDS, *SEED_STUDY)) if GRADE_SEEDS else SELECT_SEEDS
 SELECTORS = ("lorasel", "lowest_loss", "lowest_val_loss", "last_epoch", "middle_epoch", "oracle_seen")
 LABELS = {
     "lorasel": "lorasel pick",
@@ -96,8 +115,10 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
     ranking = rank(results, loss=read_loss(run_dir))
     same = demo.judge_selection(run_dir, results, ranking)
     outcome = same
+    study = []
     if GRADE_SEEDS:
         outcome = grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads)
+        study = seed_study(run_dir, base, scorer, outcome, threads)
     t2 = time.perf_counter()
     return {
         "concept": concept,
@@ -105,6 +126,7 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
         "results": results,  # what the selectors see
         "outcome": outcome,  # graded on renders the selectors never saw (when GRADE_SEEDS)
         "same": same,  # graded on the renders the selectors saw
+        "seed_study": study,  # lorasel's pick ranked on 1, 2, 4, 8 seeds per prompt, graded on the unseen
         "train_s": t1 - t0,
         "eval_s": t2 - t1,
     }
@@ -123,7 +145,7 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
         base=base,
         scorer=scorer,
         strengths=demo.DEMO_STRENGTHS,
-        seeds=SELECT_SEEDS + GRADE_SEEDS,
+        seeds=GRADE_FROM + GRADE_SEEDS,
         threads=threads,
     )
     # The oracle has measured the seeds the selectors saw (``same``): measure only the new renders.
@@ -131,7 +153,7 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
     new = full.renders[~full.renders["image"].isin(seen.index)]
     measured = render_attributes(new, demo.RunDir.at(run_dir).state).set_axis(new["image"])
     attributes = pd.concat([seen, measured]).loc[full.renders["image"]].set_axis(full.renders.index)
-    unseen = full.renders[(full.renders["seed_index"] >= SELECT_SEEDS) & (full.renders["checkpoint"] != BASE)]
+    unseen = full.renders[(full.renders["seed_index"] >= GRADE_FROM) & (full.renders["checkpoint"] != BASE)]
     oracle = candidate_quality(unseen, attributes=attributes)
     info = same.oracle[["checkpoint", "strength", "label", "epoch", "loss", "val_loss"]]
     oracle = oracle.merge(info, on=["checkpoint", "strength"], how="left")
@@ -140,6 +162,50 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
     graded.verdicts["oracle_seen"] = demo.verdict_at(graded.oracle, seen_best.checkpoint, seen_best.strength)
     graded.results, graded.attributes = full, attributes  # every seed, for the phenomenon table
     return graded
+
+
+def seed_study(run_dir, base, scorer, graded, threads) -> list[dict]:
+    """For each n of ``SEED_STUDY``: rank on the first n seeds per prompt (rendered already by
+    :func:`grade_on_new_seeds`), and grade lorasel's pick, the reference (the oracle's choice
+    from those n seeds) and the confidence set for the best on the unseen seeds (``graded``)."""
+    from lorasel import demo
+    from lorasel.evaluate import evaluate
+    from lorasel.rank import rank, read_loss
+    from lorasel.results import BASE
+    from lorasel.toyworld.verdict import candidate_quality
+
+    full, attributes, oracle = graded.results, graded.attributes, graded.oracle
+    loss = read_loss(run_dir)
+    best = oracle.loc[oracle["oracle_quality"].idxmax()]
+    rows = []
+    for n in SEED_STUDY:
+        results = evaluate(
+            run_dir, base=base, scorer=scorer, strengths=demo.DEMO_STRENGTHS, seeds=n, threads=threads
+        )
+        ranking = rank(results, loss=loss)
+        pick = ranking.best
+        table = ranking.table[ranking.table["checkpoint"] != BASE]
+        in_set = table[
+            table["tied"] | ((table["checkpoint"] == pick.checkpoint) & (table["strength"] == pick.strength))
+        ]
+        seen = full.renders[(full.renders["seed_index"] < n) & (full.renders["checkpoint"] != BASE)]
+        reference = candidate_quality(seen, attributes=attributes)
+        reference = reference.loc[reference["oracle_quality"].idxmax()]
+        rows.append(
+            {
+                "seeds": n,
+                "lorasel": demo.verdict_at(oracle, pick.checkpoint, pick.strength).regret,
+                "reference": demo.verdict_at(oracle, reference["checkpoint"], reference["strength"]).regret,
+                "set_size": len(in_set),
+                "best_in_set": bool(
+                    (
+                        (in_set["checkpoint"] == best["checkpoint"])
+                        & (in_set["strength"] == best["strength"])
+                    ).any()
+                ),
+            }
+        )
+    return rows
 
 
 def summarise(runs: list[dict], key: str = "outcome") -> pd.DataFrame:
@@ -310,6 +376,7 @@ def run(out_dir: Path) -> str:
             f"{int((excess['lorasel'] > 1e-9).sum())} of {len(excess)}. More grading seeds tighten the "
             "upper bound.",
         ]
+    lines += seed_study_lines(runs)
     if {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(frame["selector"]):
         by = frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
         for rival in ("lowest_val_loss", "middle_epoch"):
@@ -342,3 +409,28 @@ def run(out_dir: Path) -> str:
         "cached runs cost nothing). Reproduce: `python -m benchmarks.run selection`.",
     ]
     return "\n".join(lines)
+
+
+def seed_study_lines(runs: list[dict]) -> list[str]:
+    """The report's table of lorasel's pick against seeds per prompt (empty without a study)."""
+    rows = pd.DataFrame([dict(row, run=i) for i, r in enumerate(runs) for row in r.get("seed_study", [])])
+    if rows.empty:
+        return []
+    lines = [
+        "",
+        f"**Seeds per prompt.** The same runs ranked on only the first n seeds per prompt (`lorasel eval "
+        f"--seeds n`; the renders cost grows with n), all graded on the same {GRADE_SEEDS} unseen seeds "
+        f"(seed indices {GRADE_FROM}–{GRADE_FROM + GRADE_SEEDS - 1}, which no row saw):",
+        "",
+        "| seeds per prompt | lorasel's mean regret (upper bound) | above the reference (lower bound) | "
+        "reference's mean regret | candidates in the 95% set for the best, median | oracle's best in the set |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, group in rows.groupby("seeds"):
+        above = max(0.0, float((group["lorasel"] - group["reference"]).mean()))
+        lines.append(
+            f"| {n} | {100 * group['lorasel'].mean():.1f}% | {100 * above:.1f}% | "
+            f"{100 * group['reference'].mean():.1f}% | {group['set_size'].median():g} | "
+            f"{int(group['best_in_set'].sum())}/{len(group)} |"
+        )
+    return lines

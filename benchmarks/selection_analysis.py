@@ -22,12 +22,12 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
     grid: dict[str, Weights | None] = {
         f"default ({d.fidelity:g}, {d.flexibility:g}, {d.diversity:g}, {d.preservation:g})": None
     }
-    # Fidelity : flexibility from one alone to the other, without and with the secondary terms.
+    # Fidelity : flexibility from one alone to the other, without and with each secondary term.
     for fid, flex in ((1, 0), (2, 1), (1, 1), (1, 2), (0, 1)):
-        for secondary in (0.0, 0.25):
-            weights = Weights(fid, flex, secondary, secondary)
+        for div, pres in ((0.0, 0.0), (0.25, 0.0), (0.0, 0.25), (0.25, 0.25)):
+            weights = Weights(fid, flex, div, pres)
             if weights != d:
-                grid[f"({fid:g}, {flex:g}, {secondary:g}, {secondary:g})"] = weights
+                grid[f"({fid:g}, {flex:g}, {div:g}, {pres:g})"] = weights
     grid["all equal (1, 1, 1, 1)"] = Weights(1, 1, 1, 1)
     rows = []
     for label, weights in grid.items():

@@ -9,17 +9,46 @@ import pytest
 from benchmarks import run as bench_run
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "2.5"])
-def test_bad_seed_count_is_one_line_and_keeps_the_report(tmp_path, monkeypatch, capsys, value):
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LORASEL_BENCH_GRADE_SEEDS", "abc", "is not a count"),
+        ("LORASEL_BENCH_GRADE_SEEDS", "-1", "is not a count"),
+        ("LORASEL_BENCH_GRADE_SEEDS", "2.5", "is not a count"),
+        ("LORASEL_BENCH_SEED_STUDY", "1,two", "is not a list of counts"),
+        ("LORASEL_BENCH_SEED_STUDY", "0,4", "is not a list of counts"),
+    ],
+)
+def test_bad_seed_count_is_one_line_and_keeps_the_report(tmp_path, monkeypatch, capsys, name, value, message):
     report = tmp_path / "benchmarks.md"
     report.write_text("# lorasel benchmarks\n\n<!-- section: selection -->\nearlier figures\n")
     monkeypatch.setattr(bench_run, "ROOT", tmp_path)
     monkeypatch.setattr(bench_run, "REPORT", report)
     monkeypatch.setattr(bench_run, "FIGURES", tmp_path / "figures")
-    monkeypatch.setenv("LORASEL_BENCH_GRADE_SEEDS", value)
+    monkeypatch.setenv(name, value)
     monkeypatch.delitem(sys.modules, "benchmarks.bench_selection", raising=False)
     assert bench_run.main(["selection"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(err) == 1
-    assert "LORASEL_BENCH_GRADE_SEEDS" in err[0] and "is not a count" in err[0] and "(hint: " in err[0]
+    assert name in err[0] and message in err[0] and "(hint: " in err[0]
     assert "earlier figures" in report.read_text()  # the section is kept as it was
+
+
+def test_seed_study_table_averages_over_runs():
+    from benchmarks.bench_selection import seed_study_lines
+
+    def row(n, lorasel, reference, size, hit):
+        return {"seeds": n, "lorasel": lorasel, "reference": reference, "set_size": size, "best_in_set": hit}
+
+    runs = [
+        {"seed_study": [row(2, 0.30, 0.10, 12, True), row(4, 0.10, 0.20, 5, True)]},
+        {"seed_study": [row(2, 0.10, 0.10, 20, False), row(4, 0.00, 0.10, 3, False)]},
+    ]
+    lines = seed_study_lines(runs)
+    body = [line for line in lines if line.startswith("| 2 ") or line.startswith("| 4 ")]
+    # n=2: mean regret 20%, above the reference (0.2 + 0) / 2 = 10%; n=4: 5%, -10% clipped to 0.
+    assert body == [
+        "| 2 | 20.0% | 10.0% | 10.0% | 16 | 1/2 |",
+        "| 4 | 5.0% | 0.0% | 15.0% | 4 | 1/2 |",
+    ]
+    assert seed_study_lines([{"seed_study": []}]) == []
