@@ -9,7 +9,8 @@
 (c) Peak memory (max RSS of a fresh process per mode; CUDA peak where present).
 
 (a) alternates evaluate and bare rendering ``REPEATS`` times in one process (models loaded once);
-(b) and (c) run in fresh interpreters. One torch thread unless ``LORASEL_BENCH_THREADS``; medians
+(b) and (c) run in fresh interpreters. At 1 torch thread and at the machine's cores (at most 4), every
+mode at the same count, or only at ``LORASEL_BENCH_THREADS``; medians
 are reported. Run alone with ``python -m benchmarks.run eval``.
 """
 
@@ -119,9 +120,10 @@ def _evaluate(pipe, scorer, run: Path, workdir: Path) -> tuple[float, int]:
     from lorasel.evaluate import evaluate
 
     start = time.perf_counter()
-    results = evaluate(
-        run, base=pipe, scorer=scorer, strengths=STRENGTHS, seeds=SEEDS, batch_size=BATCH, workdir=workdir
-    )
+    results = evaluate(  # the same torch threads as the bare pipeline (the toy's default is 1)
+        run, base=pipe, scorer=scorer, strengths=STRENGTHS, seeds=SEEDS, batch_size=BATCH, workdir=workdir,
+        threads=_threads(),
+    )  # fmt: skip
     return time.perf_counter() - start, len(results.renders)
 
 
@@ -208,14 +210,21 @@ def _child(mode: str, **kwargs) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def run(out_dir: Path) -> str:
-    with tempfile.TemporaryDirectory(prefix="lorasel-bench-eval-") as tmp:
-        tmp_path = Path(tmp)
-        run_dir = make_fixture(tmp_path)
-        overhead = _child("overhead", run=run_dir, workdir=tmp_path / "overhead")
-        grid = _child("grid", run=run_dir)
-        evaluated = _child("evaluate", run=run_dir, workdir=tmp_path / "memory")
-        bare = _child("bare", run=run_dir, n_renders=overhead["renders"])
+def thread_counts() -> list[int]:
+    """Torch threads to measure at: ``LORASEL_BENCH_THREADS`` when set, else 1 and the machine's
+    cores (at most 4, as ``lorasel demo`` uses)."""
+    from lorasel.demo import default_threads
+
+    text = os.environ.get("LORASEL_BENCH_THREADS", "").strip()
+    return [int(text)] if text else sorted({1, default_threads()})
+
+
+def _measure(run_dir: Path, tmp_path: Path) -> tuple[int, list[str]]:
+    """The table of (a), (b) and (c) at the current ``_threads()``; the number of renders."""
+    overhead = _child("overhead", run=run_dir, workdir=tmp_path / "overhead")
+    grid = _child("grid", run=run_dir)
+    evaluated = _child("evaluate", run=run_dir, workdir=tmp_path / "memory")
+    bare = _child("bare", run=run_dir, n_renders=overhead["renders"])
     n = overhead["renders"]
     ratios = [e / b for e, b in overhead["pairs"]]
     t_eval = statistics.median(e for e, _ in overhead["pairs"])
@@ -223,11 +232,7 @@ def run(out_dir: Path) -> str:
     per_eval = t_eval / n
     per_grid = grid["seconds"] / grid["renders"]
     lines = [
-        "## eval: the evaluator's cost",
-        "",
-        f"Toy world (64 px, the toy base's default steps and guidance), {K} checkpoints (kohya LoRA rank {RANK} on every "
-        f"attention Linear) × {len(STRENGTHS)} strengths × {_prompt_count()} prompts (`toy-star`) × {SEEDS} seeds "
-        f"+ the base model once = **{n} renders**, batch {BATCH}, {_threads()} torch thread(s).",
+        f"**{_threads()} torch thread(s)**",
         "",
         "| measurement | value |",
         "|---|---|",
@@ -248,17 +253,45 @@ def run(out_dir: Path) -> str:
         lines.append(
             f"| (c) CUDA peak: evaluate / bare | {evaluated['cuda_peak_mb']:.0f} / {bare['cuda_peak_mb']:.0f} MB |"
         )
-    lines += [
+    return n, [*lines, ""]
+
+
+def run(out_dir: Path) -> str:
+    counts = thread_counts()
+    saved = os.environ.get("LORASEL_BENCH_THREADS")
+    tables = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="lorasel-bench-eval-") as tmp:
+            run_dir = make_fixture(Path(tmp))
+            for threads in counts:  # every mode, the grid included, at the same thread count
+                os.environ["LORASEL_BENCH_THREADS"] = str(threads)
+                n, table = _measure(run_dir, Path(tmp) / f"threads-{threads}")
+                tables += table
+    finally:
+        if saved is None:
+            os.environ.pop("LORASEL_BENCH_THREADS", None)
+        else:
+            os.environ["LORASEL_BENCH_THREADS"] = saved
+    lines = [
+        "## eval: the evaluator's cost",
         "",
+        f"Toy world (64 px, the toy base's default steps and guidance), {K} checkpoints (kohya LoRA rank {RANK} on every "
+        f"attention Linear) × {len(STRENGTHS)} strengths × {_prompt_count()} prompts (`toy-star`) × {SEEDS} seeds "
+        f"+ the base model once = **{n} renders**, batch {BATCH}; measured at "
+        f"{' and '.join(str(t) for t in counts)} torch thread(s), every mode at the same count.",
+        "",
+        *tables,
         "(a) alternates evaluate and bare rendering in one process with the models loaded once (after a warm-up "
         "batch), so both see the same machine load; evaluate's time includes planning, text encoding, merging each "
         "checkpoint in and out, PNG writing, SQLite and CLIP scoring. (b) and (c) run in fresh processes; the grid "
-        f"is timed on its first {GRID_PROMPTS} prompts (the per-image cost does not depend on the prompt). On a CPU "
-        "a batch of 8 costs nearly 8 batch-1 renders (compute-bound), so against the grid lorasel saves the reload "
-        "and the batch-1 inefficiency only. On a GPU batch 1 leaves the device mostly idle, which this CPU "
-        "measurement cannot show (no GPU here).",
+        f"is timed on its first {GRID_PROMPTS} prompts (the per-image cost does not depend on the prompt). On one "
+        "CPU thread a batch of 8 costs nearly 8 batch-1 renders (compute-bound), so against the grid lorasel saves "
+        "the reload and the batch-1 inefficiency only; with more threads the batch keeps them busy while batch-1 "
+        "renders of this small model do not, and the gap widens. On a GPU batch 1 leaves the device mostly idle, "
+        "which this CPU measurement cannot show (no GPU here). `lorasel eval` on the toy world uses 1 thread unless "
+        "given `--threads`.",
         "",
-        "Reproduce: `python -m benchmarks.run eval` (`LORASEL_BENCH_THREADS=N` for more torch threads).",
+        "Reproduce: `python -m benchmarks.run eval` (`LORASEL_BENCH_THREADS=N` for one thread count only).",
     ]
     return "\n".join(lines) + "\n"
 
