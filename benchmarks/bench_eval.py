@@ -25,16 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.settings import env_counts
+
 ROOT = Path(__file__).resolve().parents[1]
 # Sized for the CPU toy world (~0.3 s per 64 px image at batch 8, one thread): ~6 min in all.
 K, STRENGTHS, SEEDS, BATCH = 3, (0.5, 1.0), 1, 8
 RANK = 8
 REPEATS = 3
 GRID_PROMPTS = 4  # the per-cell grid is slow: measured on the first prompts, per-image time reported
-
-
-def _threads() -> int:
-    return int(os.environ.get("LORASEL_BENCH_THREADS", "1"))
 
 
 # -- the fixture: a run folder with a toy-world dataset and K LoRA checkpoints --------------
@@ -117,12 +115,14 @@ def _bare(pipe, run: Path, n_renders: int) -> float:
 
 
 def _evaluate(pipe, scorer, run: Path, workdir: Path) -> tuple[float, int]:
+    import torch
+
     from lorasel.evaluate import evaluate
 
     start = time.perf_counter()
-    results = evaluate(  # the same torch threads as the bare pipeline (the toy's default is 1)
+    results = evaluate(  # this process's threads, as the bare pipeline (the toy's default is 1)
         run, base=pipe, scorer=scorer, strengths=STRENGTHS, seeds=SEEDS, batch_size=BATCH, workdir=workdir,
-        threads=_threads(),
+        threads=torch.get_num_threads(),
     )  # fmt: skip
     return time.perf_counter() - start, len(results.renders)
 
@@ -191,18 +191,18 @@ def mode_grid(run: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "switching": switching, "renders": n, **_peak()}
 
 
-def _child(mode: str, **kwargs) -> dict:
-    """Run ``mode_<mode>(**kwargs)`` in a fresh interpreter; its JSON result."""
+def _child(mode: str, threads: int, **kwargs) -> dict:
+    """Run ``mode_<mode>(**kwargs)`` in a fresh interpreter on ``threads`` torch threads; its JSON result."""
     code = (
         "import json, sys, torch; from pathlib import Path; from benchmarks import bench_eval as b; "
         "torch.set_num_threads(int(sys.argv[1])); kw = json.loads(sys.argv[2]); "
         "kw = {k: Path(v) if isinstance(v, str) else v for k, v in kw.items()}; "
         f"print('RESULT ' + json.dumps(b.mode_{mode}(**kw)))"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(_threads())}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
     out = subprocess.run(
-        [sys.executable, "-c", code, str(_threads()), args], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-c", code, str(threads), args], capture_output=True, text=True, env=env, cwd=ROOT
     )
     if out.returncode != 0:
         raise RuntimeError(f"bench_eval {mode} failed:\n{out.stderr[-4000:]}")
@@ -210,21 +210,20 @@ def _child(mode: str, **kwargs) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def thread_counts() -> list[int]:
-    """Torch threads to measure at: ``LORASEL_BENCH_THREADS`` when set, else 1 and the machine's
-    cores (at most 4, as ``lorasel demo`` uses)."""
+def thread_counts() -> tuple[int, ...]:
+    """Torch threads to measure at: ``LORASEL_BENCH_THREADS`` (comma-separated) when set, else 1
+    and the machine's cores (at most 4, as ``lorasel demo`` uses)."""
     from lorasel.demo import default_threads
 
-    text = os.environ.get("LORASEL_BENCH_THREADS", "").strip()
-    return [int(text)] if text else sorted({1, default_threads()})
+    return env_counts("LORASEL_BENCH_THREADS", "") or tuple(sorted({1, default_threads()}))
 
 
-def _measure(run_dir: Path, tmp_path: Path) -> tuple[int, list[str]]:
-    """The table of (a), (b) and (c) at the current ``_threads()``; the number of renders."""
-    overhead = _child("overhead", run=run_dir, workdir=tmp_path / "overhead")
-    grid = _child("grid", run=run_dir)
-    evaluated = _child("evaluate", run=run_dir, workdir=tmp_path / "memory")
-    bare = _child("bare", run=run_dir, n_renders=overhead["renders"])
+def _measure(run_dir: Path, tmp_path: Path, threads: int) -> tuple[int, list[str]]:
+    """The table of (a), (b) and (c), every mode on ``threads`` torch threads; the number of renders."""
+    overhead = _child("overhead", threads, run=run_dir, workdir=tmp_path / "overhead")
+    grid = _child("grid", threads, run=run_dir)
+    evaluated = _child("evaluate", threads, run=run_dir, workdir=tmp_path / "memory")
+    bare = _child("bare", threads, run=run_dir, n_renders=overhead["renders"])
     n = overhead["renders"]
     ratios = [e / b for e, b in overhead["pairs"]]
     t_eval = statistics.median(e for e, _ in overhead["pairs"])
@@ -232,7 +231,7 @@ def _measure(run_dir: Path, tmp_path: Path) -> tuple[int, list[str]]:
     per_eval = t_eval / n
     per_grid = grid["seconds"] / grid["renders"]
     lines = [
-        f"**{_threads()} torch thread(s)**",
+        f"**{threads} torch thread(s)**",
         "",
         "| measurement | value |",
         "|---|---|",
@@ -258,20 +257,12 @@ def _measure(run_dir: Path, tmp_path: Path) -> tuple[int, list[str]]:
 
 def run(out_dir: Path) -> str:
     counts = thread_counts()
-    saved = os.environ.get("LORASEL_BENCH_THREADS")
     tables = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="lorasel-bench-eval-") as tmp:
-            run_dir = make_fixture(Path(tmp))
-            for threads in counts:  # every mode, the grid included, at the same thread count
-                os.environ["LORASEL_BENCH_THREADS"] = str(threads)
-                n, table = _measure(run_dir, Path(tmp) / f"threads-{threads}")
-                tables += table
-    finally:
-        if saved is None:
-            os.environ.pop("LORASEL_BENCH_THREADS", None)
-        else:
-            os.environ["LORASEL_BENCH_THREADS"] = saved
+    with tempfile.TemporaryDirectory(prefix="lorasel-bench-eval-") as tmp:
+        run_dir = make_fixture(Path(tmp))
+        for threads in counts:
+            n, table = _measure(run_dir, Path(tmp) / f"threads-{threads}", threads)
+            tables += table
     lines = [
         "## eval: the evaluator's cost",
         "",
@@ -291,7 +282,7 @@ def run(out_dir: Path) -> str:
         "which this CPU measurement cannot show (no GPU here). `lorasel eval` on the toy world uses 1 thread unless "
         "given `--threads`.",
         "",
-        "Reproduce: `python -m benchmarks.run eval` (`LORASEL_BENCH_THREADS=N` for one thread count only).",
+        "Reproduce: `python -m benchmarks.run eval` (`LORASEL_BENCH_THREADS=N` or `=1,2,...` for other thread counts).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -39,19 +39,9 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.selection_analysis import figure, held_out_weights, learnability, weight_sweep
-from lorasel.errors import ConfigError
+from benchmarks.settings import env_count, env_counts
 
 CONCEPTS = ("star", "heart", "cross", "moon", "ring")
-
-
-def env_count(name: str, default: int) -> int:
-    """A whole number >= 0 from the environment variable ``name`` (ConfigError otherwise)."""
-    text = os.environ.get(name, str(default)).strip()
-    if not text.isdigit():
-        raise ConfigError(
-            f"{name}={text!r} is not a count", hint=f"a whole number >= 0, e.g. {name}={default}"
-        )
-    return int(text)
 
 
 TRAIN_SEEDS = 2
@@ -59,17 +49,6 @@ TRAIN_SEEDS = 2
 SELECT_SEEDS = env_count("LORASEL_BENCH_SELECT_SEEDS", 4)
 # ... and further seeds per prompt the oracle grades on (0: grade on the selectors' renders).
 GRADE_SEEDS = env_count("LORASEL_BENCH_GRADE_SEEDS", 10)
-
-
-def env_counts(name: str, default: str) -> tuple[int, ...]:
-    """Comma-separated whole numbers > 0 from the environment variable ``name`` (may be empty)."""
-    text = os.environ.get(name, default).strip()
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ConfigError(
-            f"{name}={text!r} is not a list of counts", hint=f"whole numbers > 0, e.g. {name}={default}"
-        )
-    return tuple(sorted({int(p) for p in parts}))
 
 
 # How lorasel's pick improves with seeds per prompt: ranked on the first n seeds, for each n.
@@ -100,7 +79,7 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
 
     run_dir = bench_dir() / f"{concept}-seed{seed}"
     t0 = time.perf_counter()
-    threads = int(os.environ.get("LORASEL_BENCH_THREADS", "0")) or demo.default_threads()
+    threads = env_count("LORASEL_BENCH_THREADS", 0) or demo.default_threads()
     overrides = [f"training.seed={seed}", f"training.cpu_threads={threads}"]
     demo.train_concept(run_dir, concept=concept, overrides=overrides)
     t1 = time.perf_counter()
@@ -118,7 +97,7 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
     study = []
     if GRADE_SEEDS:
         outcome = grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads)
-        study = seed_study(run_dir, base, scorer, outcome, threads)
+        study = seed_study(run_dir, base, scorer, outcome, threads, ranked={SELECT_SEEDS: ranking})
     t2 = time.perf_counter()
     return {
         "concept": concept,
@@ -164,10 +143,11 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
     return graded
 
 
-def seed_study(run_dir, base, scorer, graded, threads) -> list[dict]:
+def seed_study(run_dir, base, scorer, graded, threads, ranked=None) -> list[dict]:
     """For each n of ``SEED_STUDY``: rank on the first n seeds per prompt (rendered already by
     :func:`grade_on_new_seeds`), and grade lorasel's pick, the reference (the oracle's choice
-    from those n seeds) and the confidence set for the best on the unseen seeds (``graded``)."""
+    from those n seeds) and the confidence set for the best on the unseen seeds (``graded``).
+    ``ranked``: rankings already made, by seeds per prompt (not made again)."""
     from lorasel import demo
     from lorasel.evaluate import evaluate
     from lorasel.rank import rank, read_loss
@@ -179,10 +159,12 @@ def seed_study(run_dir, base, scorer, graded, threads) -> list[dict]:
     best = oracle.loc[oracle["oracle_quality"].idxmax()]
     rows = []
     for n in SEED_STUDY:
-        results = evaluate(
-            run_dir, base=base, scorer=scorer, strengths=demo.DEMO_STRENGTHS, seeds=n, threads=threads
-        )
-        ranking = rank(results, loss=loss)
+        ranking = (ranked or {}).get(n)
+        if ranking is None:
+            results = evaluate(
+                run_dir, base=base, scorer=scorer, strengths=demo.DEMO_STRENGTHS, seeds=n, threads=threads
+            )
+            ranking = rank(results, loss=loss)
         pick = ranking.best
         table = ranking.table[ranking.table["checkpoint"] != BASE]
         in_set = table[

@@ -10,24 +10,28 @@ from benchmarks import run as bench_run
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "message"),
+    ("section", "name", "value", "message"),
     [
-        ("LORASEL_BENCH_GRADE_SEEDS", "abc", "is not a count"),
-        ("LORASEL_BENCH_GRADE_SEEDS", "-1", "is not a count"),
-        ("LORASEL_BENCH_GRADE_SEEDS", "2.5", "is not a count"),
-        ("LORASEL_BENCH_SEED_STUDY", "1,two", "is not a list of counts"),
-        ("LORASEL_BENCH_SEED_STUDY", "0,4", "is not a list of counts"),
+        ("selection", "LORASEL_BENCH_GRADE_SEEDS", "abc", "is not a count"),
+        ("selection", "LORASEL_BENCH_GRADE_SEEDS", "-1", "is not a count"),
+        ("selection", "LORASEL_BENCH_GRADE_SEEDS", "2.5", "is not a count"),
+        ("selection", "LORASEL_BENCH_SEED_STUDY", "1,two", "is not a list of counts"),
+        ("selection", "LORASEL_BENCH_SEED_STUDY", "0,4", "is not a list of counts"),
+        ("eval", "LORASEL_BENCH_THREADS", "two", "is not a list of counts"),
+        ("eval", "LORASEL_BENCH_THREADS", "0", "is not a list of counts"),
     ],
 )
-def test_bad_seed_count_is_one_line_and_keeps_the_report(tmp_path, monkeypatch, capsys, name, value, message):
+def test_bad_bench_setting_is_one_line_and_keeps_the_report(
+    tmp_path, monkeypatch, capsys, section, name, value, message
+):
     report = tmp_path / "benchmarks.md"
-    report.write_text("# lorasel benchmarks\n\n<!-- section: selection -->\nearlier figures\n")
+    report.write_text(f"# lorasel benchmarks\n\n<!-- section: {section} -->\nearlier figures\n")
     monkeypatch.setattr(bench_run, "ROOT", tmp_path)
     monkeypatch.setattr(bench_run, "REPORT", report)
     monkeypatch.setattr(bench_run, "FIGURES", tmp_path / "figures")
     monkeypatch.setenv(name, value)
-    monkeypatch.delitem(sys.modules, "benchmarks.bench_selection", raising=False)
-    assert bench_run.main(["selection"]) == 2
+    monkeypatch.delitem(sys.modules, f"benchmarks.bench_{section}", raising=False)
+    assert bench_run.main([section]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(err) == 1
     assert name in err[0] and message in err[0] and "(hint: " in err[0]
