@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 N_BASE = 100
+N_AGREEMENT = 200
 
 
 def _timed(fn):
@@ -25,6 +26,7 @@ def run(out_dir: Path) -> str:
     from lorasel.toyworld.quality import (
         base_quality,
         render_prompts,
+        scorer_generated_agreement,
         scorer_neighbours,
         scorer_quality,
         scorer_shape_accuracy,
@@ -43,6 +45,7 @@ def run(out_dir: Path) -> str:
     clip = scorer_quality(scorer, trials=50, k=20)
 
     shapes = scorer_shape_accuracy(scorer, pipe, per_shape=10)
+    agreement = scorer_generated_agreement(scorer, pipe, n=N_AGREEMENT)
     words = [f"a red {shape} on a blue background" for shape in ALL_SHAPES]
     text = scorer.embed_texts(words)
     sim = (text @ text.T).numpy()
@@ -81,6 +84,9 @@ def run(out_dir: Path) -> str:
         "| same > different |",
         f"| scorer: shape by text, 10-way, colour and background given (clean / through the VAE) | "
         f"{shapes['clean']:.0%} / {shapes['vae']:.0%} | (chance 10%) |",
+        f"| scorer reading {agreement['n']} base-model renders (of {N_AGREEMENT} captions) zero-shot agrees with "
+        f"the oracle on shape / colour / background | {agreement['shape']:.0%} / {agreement['color']:.0%} / "
+        f"{agreement['background']:.0%} | |",
         f"| scorer: an image's nearest other image (cosine, {neighbours['n']} random renders) has its shape / "
         f"colour / background | {neighbours['shape']:.0%} / {neighbours['color']:.0%} / "
         f"{neighbours['background']:.0%} | |",

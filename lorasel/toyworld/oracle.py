@@ -7,10 +7,14 @@ of the region's median pixel; its shape is the template (of every world shape) w
 best match after cropping the region to its bounding box and fitting it in a square: IoU
 with the template minus a penalty for a different solidity (area over convex-hull area), so
 that a blurred star (the points rounded off, IoU close to a diamond's) is still a star.
+Templates come in the poses a generated object takes: turned by up to 20 degrees and
+stretched by up to 15% along an axis (a square turned by 10 degrees is a square, not a circle),
+and softened to several degrees.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +33,10 @@ _MIN_OBJECT_FRACTION = 0.02
 _SOLIDITY_WEIGHT = 0.6
 _TEMPLATE_OBJECT_PX = 40  # an object's typical width in a 64 px image (size 0.32)
 _TEMPLATE_BLURS = (0.0, 1.5, 2.5, 3.5)  # px of Gaussian softening
+# Poses: turns (degrees; below 22.5, where a turned square becomes a diamond) and stretches
+# (x by s, y by 1/s).
+_TEMPLATE_ANGLES = (-20.0, -10.0, 0.0, 10.0, 20.0)
+_TEMPLATE_STRETCHES = (1.0, 1.15, 1 / 1.15)
 
 
 @dataclass(frozen=True)
@@ -73,18 +81,36 @@ def _solidity(region: np.ndarray) -> float:
     return float(len(xs) / hull.volume) if hull.volume > 0 else 1.0
 
 
+def _posed(shape: str, angle: float, stretch: float, px: int = _TEMPLATE_OBJECT_PX) -> np.ndarray:
+    """``shape``'s mask, ``px`` wide, turned by ``angle`` degrees and stretched (x by ``stretch``,
+    y by its inverse) about its centre, on a canvas twice as wide: float in [0, 1]."""
+    canvas = Image.new("L", (2 * px, 2 * px), 0)
+    canvas.paste(mask(shape, px), (px // 2, px // 2))
+    a = math.radians(angle)
+    turn = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    forward = turn @ np.diag([stretch, 1 / stretch])
+    inverse = np.linalg.inv(forward)  # PIL maps output pixels back to input pixels
+    centre = np.array([px, px], dtype=np.float64)
+    shift = centre - inverse @ centre
+    coefficients = (*inverse[0], shift[0], *inverse[1], shift[1])
+    posed = canvas.transform(canvas.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR)
+    return np.asarray(posed, dtype=np.float32) / 255.0
+
+
 @lru_cache(maxsize=1)
 def _templates() -> dict[str, list[tuple[np.ndarray, float]]]:
     """Per shape: (fitted mask, solidity) as a rendered object shows it — at its size in a
-    64 px image, sharp and softened to several degrees (a sampler and a VAE round off sharp
-    points: a softened star is a fat star, not a diamond)."""
+    64 px image, in every pose, sharp and softened to several degrees (a sampler and a VAE
+    round off sharp points: a softened star is a fat star, not a diamond)."""
     out = {}
     for shape in ALL_SHAPES:
-        small = np.asarray(mask(shape, _TEMPLATE_OBJECT_PX), dtype=np.float32) / 255.0
         variants = []
-        for blur in _TEMPLATE_BLURS:
-            soft = (ndimage.gaussian_filter(small, blur) if blur else small) > 0.5
-            variants.append((_fit_square(soft), _solidity(soft)))
+        for angle in _TEMPLATE_ANGLES:
+            for stretch in _TEMPLATE_STRETCHES:
+                small = _posed(shape, angle, stretch)
+                for blur in _TEMPLATE_BLURS:
+                    soft = (ndimage.gaussian_filter(small, blur) if blur else small) > 0.5
+                    variants.append((_fit_square(soft), _solidity(soft)))
         out[shape] = variants
     return out
 
