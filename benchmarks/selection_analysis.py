@@ -1,5 +1,6 @@
 """Analyses of the selection benchmark's runs (``bench_selection.one_run`` outputs): the weight
-sweep and its leave-one-concept-out check, the learnability table, and the figure.
+sweep and its leave-one-concept-out check, the learnability table, the figure, and how precisely
+a mean over so few runs is known.
 
 Each takes the list of runs and re-ranks or re-reads what they cached; none renders.
 """
@@ -10,6 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+def mean_interval(values, rounds: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (the runs resampled with
+    replacement): how far the mean over this handful of runs could be from the mean over many."""
+    x = np.asarray(values, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(x), size=(rounds, len(x)))
+    means = x[draws].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def weight_sweep(runs: list[dict]) -> pd.DataFrame:

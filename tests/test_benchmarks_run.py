@@ -56,3 +56,34 @@ def test_seed_study_table_averages_over_runs():
         "| 4 | 5.0% | 0.0% | 15.0% | 4 | 1/2 |",
     ]
     assert seed_study_lines([{"seed_study": []}]) == []
+
+
+def test_mean_interval_matches_the_normal_theory():
+    import numpy as np
+
+    from benchmarks.selection_analysis import mean_interval
+
+    x = np.random.default_rng(1).normal(0.3, 1.0, 400)
+    low, high = mean_interval(x)
+    se = x.std(ddof=1) / np.sqrt(len(x))  # a mean of 400: the bootstrap must agree with ±1.96 SE
+    assert low == pytest.approx(x.mean() - 1.96 * se, abs=0.01)
+    assert high == pytest.approx(x.mean() + 1.96 * se, abs=0.01)
+    assert mean_interval([0.1] * 10) == pytest.approx((0.1, 0.1))
+
+
+def test_precision_line_gives_paired_differences():
+    import pandas as pd
+
+    from benchmarks.bench_selection import precision_lines
+
+    rows = []
+    for i, (ours, loss) in enumerate([(0.0, 0.2), (0.1, 0.3), (0.0, 0.2), (0.1, 0.3)]):
+        rows += [
+            {"concept": "c", "seed": i, "selector": "lorasel", "regret": ours},
+            {"concept": "c", "seed": i, "selector": "lowest_loss", "regret": loss},
+        ]
+    (line,) = precision_lines(pd.DataFrame(rows))
+    # lorasel's mean 5% (0-10%); lorasel is 20 points below in every run: the interval is exact.
+    assert "lorasel's mean regret 5.0% (0.0–10.0%)" in line
+    assert "lowest training loss @1.0 -20.0 points (-20.0 to -20.0)" in line
+    assert "validation" not in line

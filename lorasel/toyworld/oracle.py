@@ -98,21 +98,21 @@ def _posed(shape: str, angle: float, stretch: float, px: int = _TEMPLATE_OBJECT_
 
 
 @lru_cache(maxsize=1)
-def _templates() -> dict[str, list[tuple[np.ndarray, float]]]:
-    """Per shape: (fitted mask, solidity) as a rendered object shows it — at its size in a
-    64 px image, in every pose, sharp and softened to several degrees (a sampler and a VAE
-    round off sharp points: a softened star is a fat star, not a diamond)."""
-    out = {}
+def _templates() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Every shape as a rendered object shows it — at its size in a 64 px image, in every pose,
+    sharp and softened to several degrees (a sampler and a VAE round off sharp points: a softened
+    star is a fat star, not a diamond): (shape per template, fitted masks [T, S, S], solidities [T])."""
+    names, masks, solidities = [], [], []
     for shape in ALL_SHAPES:
-        variants = []
         for angle in _TEMPLATE_ANGLES:
             for stretch in _TEMPLATE_STRETCHES:
                 small = _posed(shape, angle, stretch)
                 for blur in _TEMPLATE_BLURS:
                     soft = (ndimage.gaussian_filter(small, blur) if blur else small) > 0.5
-                    variants.append((_fit_square(soft), _solidity(soft)))
-        out[shape] = variants
-    return out
+                    names.append(shape)
+                    masks.append(_fit_square(soft))
+                    solidities.append(_solidity(soft))
+    return tuple(names), np.stack(masks), np.array(solidities)
 
 
 def measure(image: Image.Image) -> Measurement:
@@ -148,15 +148,12 @@ def measure(image: Image.Image) -> Measurement:
     # Holes (ring) and bites (moon) are background: fill nothing, compare the region as is.
     fitted = _fit_square(region)
     solidity = _solidity(region)
-    best, best_iou, best_score = None, -1.0, -np.inf
-    for shape, variants in _templates().items():
-        for template, template_solidity in variants:
-            inter = np.logical_and(fitted, template).sum()
-            union = np.logical_or(fitted, template).sum()
-            iou = float(inter / union) if union else 0.0
-            score = iou - _SOLIDITY_WEIGHT * abs(solidity - template_solidity)
-            if score > best_score:
-                best, best_iou, best_score = shape, iou, score
+    names, templates, template_solidity = _templates()
+    inter = np.logical_and(templates, fitted).sum(axis=(1, 2))
+    union = np.logical_or(templates, fitted).sum(axis=(1, 2))
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    best_index = int(np.argmax(iou - _SOLIDITY_WEIGHT * np.abs(solidity - template_solidity)))
+    best, best_iou = names[best_index], float(iou[best_index])
     return Measurement(background, color, best, best_iou, fraction)
 
 
