@@ -22,8 +22,8 @@ few binary judgements per candidate measure it coarsely, and CLIP's continuous s
 separate candidates better. A selector's regret and its regret above the reference bracket its
 true regret on average: the first overstates it (the best on the grading seeds is partly the
 luckiest), the second understates it (the reference's choice is not the true best either).
-Each seed index costs 4,340 renders for the 10 runs, about 12 min in two 1-thread processes on
-2 CPU cores (``one_run`` on 5 runs each). Runs are cached under ``BENCH_DIR`` (default
+Each seed index costs 5,208 renders for the 12 runs (6 concepts × 2 training seeds), about
+13 min in two 1-thread processes on 2 CPU cores (``one_run`` on 6 runs each). Runs are cached under ``BENCH_DIR`` (default
 ``.bench/selection``): a rerun re-ranks without training or rendering again.
 
 Alone: ``python -m benchmarks.run selection``; env ``LORASEL_BENCH_CONCEPTS`` (comma-separated)
@@ -41,7 +41,7 @@ import pandas as pd
 from benchmarks.selection_analysis import figure, held_out_weights, learnability, mean_interval, weight_sweep
 from benchmarks.settings import env_count, env_counts
 
-CONCEPTS = ("star", "heart", "cross", "moon", "ring")
+CONCEPTS = ("star", "heart", "cross", "moon", "ring", "arrow")
 
 
 TRAIN_SEEDS = 2
