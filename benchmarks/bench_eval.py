@@ -119,11 +119,18 @@ def _evaluate(pipe, scorer, run: Path, workdir: Path) -> tuple[float, int]:
 
     from lorasel.evaluate import evaluate
 
+    threads = torch.get_num_threads()  # this process's, as the bare pipeline's (the toy's default is 1)
     start = time.perf_counter()
-    results = evaluate(  # this process's threads, as the bare pipeline (the toy's default is 1)
-        run, base=pipe, scorer=scorer, strengths=STRENGTHS, seeds=SEEDS, batch_size=BATCH, workdir=workdir,
-        threads=torch.get_num_threads(),
-    )  # fmt: skip
+    results = evaluate(
+        run,
+        base=pipe,
+        scorer=scorer,
+        strengths=STRENGTHS,
+        seeds=SEEDS,
+        batch_size=BATCH,
+        workdir=workdir,
+        threads=threads,
+    )
     return time.perf_counter() - start, len(results.renders)
 
 

@@ -23,11 +23,13 @@ separate candidates better. A selector's regret and its regret above the referen
 true regret on average: the first overstates it (the best on the grading seeds is partly the
 luckiest), the second understates it (the reference's choice is not the true best either).
 Each seed index costs 5,208 renders for the 12 runs (6 concepts × 2 training seeds), about
-13 min in two 1-thread processes on 2 CPU cores (``one_run`` on 6 runs each). Runs are cached under ``BENCH_DIR`` (default
-``.bench/selection``): a rerun re-ranks without training or rendering again.
+13 min in two 1-thread processes on 2 CPU cores (``one_run`` on 6 runs each). Runs are cached
+under ``BENCH_DIR`` (default ``.bench/selection``): a rerun re-ranks without training or
+rendering again.
 
 Alone: ``python -m benchmarks.run selection``; env ``LORASEL_BENCH_CONCEPTS`` (comma-separated)
-and ``LORASEL_BENCH_SEEDS`` (count) shrink it.
+and ``LORASEL_BENCH_SEEDS`` (count) shrink it; ``LORASEL_BENCH_THREADS`` sets the torch threads
+(the largest, when it lists several as for the eval section; default: ``lorasel demo``'s).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ SEED_STUDY = env_counts("LORASEL_BENCH_SEED_STUDY", "1,2,4,8")
 # The oracle grades on seed indices GRADE_FROM .. GRADE_FROM + GRADE_SEEDS - 1, which neither the
 # selectors nor any ranking of the seed study saw: one grading for every row of the report.
 GRADE_FROM = max((SELECT_SEEDS, *SEED_STUDY)) if GRADE_SEEDS else SELECT_SEEDS
+# Torch threads for training and rendering (0: lorasel demo's default).
+THREADS = max(env_counts("LORASEL_BENCH_THREADS", ""), default=0)
 SELECTORS = ("lorasel", "lowest_loss", "lowest_val_loss", "last_epoch", "middle_epoch", "oracle_seen")
 LABELS = {
     "lorasel": "lorasel pick",
@@ -79,7 +83,7 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
 
     run_dir = bench_dir() / f"{concept}-seed{seed}"
     t0 = time.perf_counter()
-    threads = env_count("LORASEL_BENCH_THREADS", 0) or demo.default_threads()
+    threads = THREADS or demo.default_threads()
     overrides = [f"training.seed={seed}", f"training.cpu_threads={threads}"]
     demo.train_concept(run_dir, concept=concept, overrides=overrides)
     t1 = time.perf_counter()
@@ -241,8 +245,8 @@ def run(out_dir: Path) -> str:
         )
 
     per_selector = per_selector_of(frame)
+    by_run = regret_by_run(frame)
     if "oracle_seen" in per_selector.index:
-        by_run = frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
         excess = by_run.sub(by_run["oracle_seen"], axis=0)
         per_selector["excess"] = excess.mean().reindex(per_selector.index)
     per_selector_same = per_selector_of(summarise(runs, key="same"))
@@ -310,7 +314,7 @@ def run(out_dir: Path) -> str:
         "",
         f"Target (lorasel's mean regret ≤ 5% and below every loss-based selector): **{verdict}**.",
         "",
-        *precision_lines(frame),
+        *precision_lines(by_run),
         "",
         "Per run (choice as epoch@strength):",
         "",
@@ -361,10 +365,9 @@ def run(out_dir: Path) -> str:
             "upper bound.",
         ]
     lines += seed_study_lines(runs)
-    if {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(frame["selector"]):
-        by = frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
+    if {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(by_run.columns):
         for rival in ("lowest_val_loss", "middle_epoch"):
-            diff = by["lorasel"] - by[rival]
+            diff = by_run["lorasel"] - by_run[rival]
             lines += [
                 "",
                 f"Per run, lorasel's pick against {LABELS[rival]}: better in {int((diff < -1e-9).sum())}, "
@@ -395,10 +398,15 @@ def run(out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def precision_lines(frame: pd.DataFrame) -> list[str]:
-    """How precisely the means over runs are known: bootstrap intervals over the runs of lorasel's
-    mean regret and of its paired difference from each loss-based selector."""
-    by_run = frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
+def regret_by_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarise`'s rows as a table: one row per run (concept, seed), a column per selector."""
+    return frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
+
+
+def precision_lines(by_run: pd.DataFrame) -> list[str]:
+    """How precisely the means over runs are known (``by_run``: :func:`regret_by_run`): bootstrap
+    intervals over the runs of lorasel's mean regret and of its paired difference from each
+    loss-based selector."""
     if "lorasel" not in by_run.columns:
         return []
     low, high = mean_interval(by_run["lorasel"])

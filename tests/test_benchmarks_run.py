@@ -17,6 +17,7 @@ from benchmarks import run as bench_run
         ("selection", "LORASEL_BENCH_GRADE_SEEDS", "2.5", "is not a count"),
         ("selection", "LORASEL_BENCH_SEED_STUDY", "1,two", "is not a list of counts"),
         ("selection", "LORASEL_BENCH_SEED_STUDY", "0,4", "is not a list of counts"),
+        ("selection", "LORASEL_BENCH_THREADS", "two", "is not a list of counts"),
         ("eval", "LORASEL_BENCH_THREADS", "two", "is not a list of counts"),
         ("eval", "LORASEL_BENCH_THREADS", "0", "is not a list of counts"),
     ],
@@ -74,7 +75,7 @@ def test_mean_interval_matches_the_normal_theory():
 def test_precision_line_gives_paired_differences():
     import pandas as pd
 
-    from benchmarks.bench_selection import precision_lines
+    from benchmarks.bench_selection import precision_lines, regret_by_run
 
     rows = []
     for i, (ours, loss) in enumerate([(0.0, 0.2), (0.1, 0.3), (0.0, 0.2), (0.1, 0.3)]):
@@ -82,7 +83,7 @@ def test_precision_line_gives_paired_differences():
             {"concept": "c", "seed": i, "selector": "lorasel", "regret": ours},
             {"concept": "c", "seed": i, "selector": "lowest_loss", "regret": loss},
         ]
-    (line,) = precision_lines(pd.DataFrame(rows))
+    (line,) = precision_lines(regret_by_run(pd.DataFrame(rows)))
     # lorasel's mean 5% (0-10%); lorasel is 20 points below in every run: the interval is exact.
     assert "lorasel's mean regret 5.0% (0.0–10.0%)" in line
     assert "lowest training loss @1.0 -20.0 points (-20.0 to -20.0)" in line

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from lorasel.toyworld import world
-from lorasel.toyworld.pretrain import _record, clip_caption, clip_input, degrade, load_vae, log, lr_at
+from lorasel.toyworld.pretrain import _record
+from lorasel.toyworld.pretrain_base import clip_caption, clip_input, degrade, load_vae, log, lr_at
 
 
 def _render_combos(job: tuple[list[tuple[str, str, str]], int, int, int]) -> np.ndarray:

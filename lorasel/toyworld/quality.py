@@ -101,7 +101,16 @@ def scorer_quality(scorer, trials: int = 50, k: int = 20, seed: int = 0) -> dict
     }
 
 
-__all__ = ["ALL_SHAPES", "base_quality", "held_out_scenes", "render_prompts", "scorer_quality"]
+def _read_by_text(scorer, images_emb: torch.Tensor, options: list[list[Scene]], attr: str) -> list[str]:
+    """Zero-shot reading: for each image embedding, the ``attr`` of the option scene whose caption
+    has the highest cosine. Every distinct caption is embedded once."""
+    captions = sorted({caption(s) for scenes in options for s in scenes})
+    texts = dict(zip(captions, scorer.embed_texts(captions), strict=True))
+    out = []
+    for e, scenes in zip(images_emb, options, strict=True):
+        sims = torch.stack([texts[caption(s)] for s in scenes]) @ e
+        out.append(getattr(scenes[int(sims.argmax())], attr))
+    return out
 
 
 @torch.inference_mode()
@@ -128,14 +137,11 @@ def scorer_shape_accuracy(scorer, pipe=None, per_shape: int = 10, seed: int = 0)
         images["vae"] = [
             Image.fromarray(((i.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for i in y
         ]
+    options = [[Scene(shape, scene.color, scene.background) for shape in ALL_SHAPES] for scene in scenes]
     out = {}
     for kind, ims in images.items():
-        emb = scorer.embed_images(ims)
-        hits = 0
-        for scene, e in zip(scenes, emb, strict=True):
-            texts = scorer.embed_texts([caption(Scene(s, scene.color, scene.background)) for s in ALL_SHAPES])
-            hits += ALL_SHAPES[int((texts @ e).argmax())] == scene.shape
-        out[kind] = hits / len(scenes)
+        read = _read_by_text(scorer, scorer.embed_images(ims), options, "shape")
+        out[kind] = sum(r == scene.shape for r, scene in zip(read, scenes, strict=True)) / len(scenes)
     return out
 
 
@@ -174,19 +180,32 @@ def scorer_generated_agreement(
 
     rng = random.Random(f"generated-agreement:{seed}")
     scenes = [sample_scene(rng, BASE_SHAPES) for _ in range(n)]
-    images = render_prompts(pipe, [caption(s) for s in scenes], [seed * 100_000 + i for i in range(n)],
-                            **render_kwargs)  # fmt: skip
+    seeds = [seed * 100_000 + i for i in range(n)]
+    images = render_prompts(pipe, [caption(s) for s in scenes], seeds, **render_kwargs)
     seen = [(image, m) for image, m in ((im, measure(im)) for im in images) if m.shape is not None]
     emb = scorer.embed_images([image for image, _ in seen])
+    measured = [m for _, m in seen]
     colours = tuple(COLORS)
-    hits = {"shape": 0, "color": 0, "background": 0}
-    for e, (_, m) in zip(emb, seen, strict=True):
-        options = {
-            "shape": [Scene(s, m.color, m.background) for s in ALL_SHAPES],
-            "color": [Scene(m.shape, c, m.background) for c in colours if c != m.background],
-            "background": [Scene(m.shape, m.color, b) for b in colours if b != m.color],
-        }
-        for attr, scenes_ in options.items():
-            texts = scorer.embed_texts([caption(s) for s in scenes_])
-            hits[attr] += getattr(scenes_[int((texts @ e).argmax())], attr) == getattr(m, attr)
-    return {"n": len(seen), **{k: v / max(len(seen), 1) for k, v in hits.items()}}
+    options = {
+        "shape": [[Scene(s, m.color, m.background) for s in ALL_SHAPES] for m in measured],
+        "color": [[Scene(m.shape, c, m.background) for c in colours if c != m.background] for m in measured],
+        "background": [[Scene(m.shape, m.color, b) for b in colours if b != m.color] for m in measured],
+    }
+    out: dict[str, float] = {"n": len(seen)}
+    total = max(len(seen), 1)
+    for attr, per_image in options.items():
+        read = _read_by_text(scorer, emb, per_image, attr)
+        out[attr] = sum(r == getattr(m, attr) for r, m in zip(read, measured, strict=True)) / total
+    return out
+
+
+__all__ = [
+    "ALL_SHAPES",
+    "base_quality",
+    "held_out_scenes",
+    "render_prompts",
+    "scorer_generated_agreement",
+    "scorer_neighbours",
+    "scorer_quality",
+    "scorer_shape_accuracy",
+]
