@@ -40,7 +40,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.selection_analysis import figure, held_out_weights, learnability, mean_interval, weight_sweep
+from benchmarks.selection_analysis import (
+    figure,
+    grading_noise,
+    held_out_weights,
+    learnability,
+    mean_interval,
+    weight_sweep,
+)
 from benchmarks.settings import env_count, env_counts
 
 CONCEPTS = ("star", "heart", "cross", "moon", "ring", "arrow")
@@ -315,6 +322,7 @@ def run(out_dir: Path) -> str:
         f"Target (lorasel's mean regret ≤ 5% and below every loss-based selector): **{verdict}**.",
         "",
         *precision_lines(by_run),
+        *noise_lines(runs),
         "",
         "Per run (choice as epoch@strength):",
         "",
@@ -425,6 +433,51 @@ def precision_lines(by_run: pd.DataFrame) -> list[str]:
         + "; ".join(parts)
         + ". A difference whose interval excludes 0 is shown; a mean regret of 5% is shown only when the "
         "interval lies below it."
+    ]
+
+
+def noise_lines(runs: list[dict]) -> list[str]:
+    """Which of lorasel's regrets the grading's luck explains: per run, the regret's standard
+    deviation over redraws of the grading seeds (:func:`grading_noise`); a regret above twice it
+    is a miss the grading does not explain (empty without grading seeds)."""
+    from lorasel.results import BASE
+
+    if not GRADE_SEEDS:
+        return []
+    rows = []
+    for r in runs:
+        o = r["outcome"]
+        renders = o.results.renders
+        graded = renders[(renders["seed_index"] >= GRADE_FROM) & (renders["checkpoint"] != BASE)]
+        pick = o.verdicts["lorasel"]
+        regret, sd = grading_noise(graded, o.attributes, pick.checkpoint, pick.strength)
+        rows.append({"run": f"{r['concept']}-{r['seed']}", "regret": regret, "sd": sd})
+    return grading_noise_lines(pd.DataFrame(rows))
+
+
+def grading_noise_lines(rows: pd.DataFrame) -> list[str]:
+    """:func:`noise_lines`'s paragraph from its rows (run, regret, sd)."""
+    misses = rows[rows["regret"] > 2 * rows["sd"]]
+    rest = rows.drop(misses.index)
+    total = rows["regret"].sum() / len(rows)
+    listed = ", ".join(f"{m.run} {100 * m.regret:.0f}% (±{100 * m.sd:.0f})" for m in misses.itertuples())
+    return [
+        "",
+        "How much of lorasel's regret is the grading's luck: per run, the standard deviation of its "
+        f"regret when the {GRADE_SEEDS} grading seeds are drawn again with replacement (median "
+        f"±{100 * rows['sd'].median():.0f} points). Regrets above twice it, misses the grading does not "
+        f"explain: {listed or 'none'}"
+        + (
+            f" — {100 * misses['regret'].sum() / len(rows):.1f} of the {100 * total:.1f} points of the mean"
+            if not misses.empty
+            else ""
+        )
+        + (
+            f"; the other {len(rest)} runs' regrets (mean {100 * rest['regret'].mean():.1f}%) are within "
+            "twice theirs."
+            if not rest.empty
+            else "."
+        ),
     ]
 
 

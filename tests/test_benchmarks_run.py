@@ -88,3 +88,77 @@ def test_precision_line_gives_paired_differences():
     assert "lorasel's mean regret 5.0% (0.0–10.0%)" in line
     assert "lowest training loss @1.0 -20.0 points (-20.0 to -20.0)" in line
     assert "validation" not in line
+
+
+def _graded(values: dict, prompts=None):
+    """Renders and oracle attributes of hand-made candidates: ``values[(checkpoint, strength)]``
+    is a list over seed indices of the oracle's verdict (every asked attribute shown or not);
+    ``prompts``: prompts per kind (default one in-domain prompt)."""
+    import numpy as np
+    import pandas as pd
+
+    rows, attrs = [], []
+    for (checkpoint, strength), per_seed in values.items():
+        for s, v in enumerate(per_seed):
+            for kind, count in (prompts or {"in_domain": 1}).items():
+                for p in range(count):
+                    row = {"checkpoint": checkpoint, "strength": strength, "kind": kind, "seed_index": s}
+                    rows.append({**row, "prompt": f"{kind} {p}"})
+                    attrs.append({"shape": float(v), "color": np.nan, "background": float(v)})
+    return pd.DataFrame(rows), pd.DataFrame(attrs)
+
+
+def test_grading_noise_matches_the_binomial_law():
+    from scipy.stats import binom
+
+    from benchmarks.selection_analysis import grading_noise
+
+    # A is shown on 5 of 9 seeds, B on the other 4: B's regret is 1 (A is best) when a redraw of
+    # the 9 seeds takes A's seeds 5 or more times, else 0 — a Bernoulli of p = P(Bin(9, 5/9) >= 5).
+    renders, attributes = _graded({("a", 1.0): [1] * 5 + [0] * 4, ("b", 1.0): [0] * 5 + [1] * 4})
+    regret, sd = grading_noise(renders, attributes, "b", 1.0, rounds=20_000)
+    p = 1 - binom.cdf(4, 9, 5 / 9)
+    assert regret == 1.0
+    assert sd == pytest.approx((p * (1 - p)) ** 0.5, abs=0.01)
+    # The same verdict on every seed: no luck in the grading.
+    renders, attributes = _graded({("a", 1.0): [1] * 6, ("b", 1.0): [0] * 6, ("c", 0.5): [1] * 6})
+    assert grading_noise(renders, attributes, "b", 1.0) == (1.0, 0.0)
+    assert grading_noise(renders, attributes, "c", 0.5) == (0.0, 0.0)
+
+
+def test_grading_noise_grades_as_the_oracle_does():
+    import numpy as np
+
+    from benchmarks.selection_analysis import grading_noise
+    from lorasel.toyworld.verdict import candidate_quality
+
+    rng = np.random.default_rng(3)
+    values = {(f"e{i}", s): list(rng.integers(0, 2, 7)) for i in range(4) for s in (0.5, 1.0)}
+    # Kinds of unequal sizes: the quality is the mean of the kinds' means, not of all renders.
+    renders, attributes = _graded(values, prompts={"in_domain": 1, "unrelated": 4, "trigger": 2})
+    attributes["color"] = rng.integers(0, 2, len(attributes)).astype(float)  # a second judged attribute
+    quality = candidate_quality(renders, attributes=attributes).set_index(["checkpoint", "strength"])
+    quality = quality["oracle_quality"]
+    for checkpoint, strength in values:
+        regret, _ = grading_noise(renders, attributes, checkpoint, strength, rounds=10)
+        expected = (quality.max() - quality[(checkpoint, strength)]) / (quality.max() - quality.min())
+        assert regret == pytest.approx(expected)
+
+
+def test_grading_noise_paragraph_names_the_misses():
+    import pandas as pd
+
+    from benchmarks.bench_selection import grading_noise_lines
+
+    rows = pd.DataFrame(
+        {
+            "run": ["a-0", "b-0", "c-0", "d-0"],
+            "regret": [0.40, 0.10, 0.0, 0.06],
+            "sd": [0.05, 0.08, 0.02, 0.07],
+        }
+    )
+    (line,) = [x for x in grading_noise_lines(rows) if x]
+    assert "a-0 40% (±5)" in line and "b-0" not in line.split("explain:")[1].split("—")[0]
+    assert "10.0 of the 14.0 points" in line  # a-0's 40 points over 4 runs
+    assert "other 3 runs' regrets (mean 5.3%)" in line
+    assert "median ±6 points" in line
