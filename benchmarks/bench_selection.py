@@ -452,7 +452,48 @@ def noise_lines(runs: list[dict]) -> list[str]:
         pick = o.verdicts["lorasel"]
         regret, sd = grading_noise(graded, o.attributes, pick.checkpoint, pick.strength)
         rows.append({"run": f"{r['concept']}-{r['seed']}", "regret": regret, "sd": sd})
-    return grading_noise_lines(pd.DataFrame(rows))
+    rows = pd.DataFrame(rows)
+    misses = [r for r, miss in zip(runs, rows["regret"] > 2 * rows["sd"], strict=True) if miss]
+    return grading_noise_lines(rows) + miss_table(misses)
+
+
+KINDS = ("in_domain", "trigger", "out_of_domain", "unrelated")
+
+
+def miss_table(runs: list[dict]) -> list[str]:
+    """For each run, lorasel's pick beside the oracle's best, part by part: the oracle's quality
+    per prompt kind (what the miss cost) and lorasel's CLIP measurements (what it saw)."""
+    if not runs:
+        return []
+    lines = [
+        "",
+        "Those misses part by part — the oracle per prompt kind (in-domain, trigger alone, "
+        "out-of-domain, unrelated: prompts without the trigger) and lorasel's CLIP means on the "
+        "renders it ranked:",
+        "",
+        "| run | candidate | choice | in-domain | trigger | out-of-domain | unrelated | oracle quality "
+        "| fidelity | flexibility | preservation |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        o = r["outcome"]
+        table = o.ranking.table.set_index(["checkpoint", "strength"])
+        oracle = o.oracle.set_index(["checkpoint", "strength"])
+        for role in ("lorasel", "oracle"):
+            v = o.verdicts[role]
+            parts = oracle.loc[(v.checkpoint, v.strength)]
+            seen = table.loc[(v.checkpoint, v.strength)]
+            cells = [f"{parts[k]:.2f}" if k in parts and pd.notna(parts[k]) else "-" for k in KINDS]
+            metrics = [f"{seen[m]:.3f}" for m in ("fidelity", "flexibility", "preservation")]
+            label = "lorasel's pick" if role == "lorasel" else "oracle's best"
+            lines.append(
+                f"| {r['concept']}-{r['seed']} | {label} | e{v.epoch}@{v.strength:g} | "
+                + " | ".join(cells)
+                + f" | {v.quality:.3f} | "
+                + " | ".join(metrics)
+                + " |"
+            )
+    return lines
 
 
 def grading_noise_lines(rows: pd.DataFrame) -> list[str]:

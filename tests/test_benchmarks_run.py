@@ -162,3 +162,50 @@ def test_grading_noise_paragraph_names_the_misses():
     assert "10.0 of the 14.0 points" in line  # a-0's 40 points over 4 runs
     assert "other 3 runs' regrets (mean 5.3%)" in line
     assert "median ±6 points" in line
+
+
+def test_miss_table_shows_pick_and_best_part_by_part():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from benchmarks.bench_selection import miss_table
+    from lorasel.demo import Verdict
+
+    oracle = pd.DataFrame(
+        {
+            "checkpoint": ["e9", "e7"],
+            "strength": [1.0, 0.75],
+            "in_domain": [0.98, 0.97],
+            "trigger": [0.8, 0.7],
+            "out_of_domain": [0.57, 0.62],
+            "unrelated": [0.53, 0.96],
+        }
+    )
+    table = pd.DataFrame(
+        {
+            "checkpoint": ["e9", "e7"],
+            "strength": [1.0, 0.75],
+            "fidelity": [0.78, 0.66],
+            "flexibility": [0.665, 0.668],
+            "preservation": [0.672, 0.836],
+        }
+    )
+    outcome = SimpleNamespace(
+        oracle=oracle,
+        ranking=SimpleNamespace(table=table),
+        verdicts={
+            "lorasel": Verdict("e9", "e9", 9, 1.0, 0.70, 0.41),
+            "oracle": Verdict("e7", "e7", 7, 0.75, 0.81, 0.0),
+        },
+    )
+    lines = miss_table([{"concept": "moon", "seed": 1, "outcome": outcome}])
+    assert (
+        "| moon-1 | lorasel's pick | e9@1 | 0.98 | 0.80 | 0.57 | 0.53 | 0.700 | 0.780 | 0.665 | 0.672 |"
+        in lines
+    )
+    assert (
+        "| moon-1 | oracle's best | e7@0.75 | 0.97 | 0.70 | 0.62 | 0.96 | 0.810 | 0.660 | 0.668 | 0.836 |"
+        in lines
+    )
+    assert miss_table([]) == []
