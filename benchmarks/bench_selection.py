@@ -34,6 +34,7 @@ and ``LORASEL_BENCH_SEEDS`` (count) shrink it; ``LORASEL_BENCH_THREADS`` sets th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -103,7 +104,9 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
         threads=threads,
     )
     ranking = rank(results, loss=read_loss(run_dir))
-    same = demo.judge_selection(run_dir, results, ranking)
+    same = demo.judge_selection(
+        run_dir, results, ranking, attributes=measured_attributes(run_dir, results.renders)
+    )
     outcome = same
     study = []
     if GRADE_SEEDS:
@@ -122,13 +125,54 @@ def one_run(concept: str, seed: int, base, scorer) -> dict:
     }
 
 
+#: The toy world's modules whose source decides what the oracle sees in a render.
+ORACLE_SOURCES = ("oracle.py", "verdict.py", "world.py")
+
+
+def oracle_fingerprint() -> str:
+    """A hash of the oracle's source: cached measurements are kept only while it is unchanged."""
+    import hashlib
+
+    import lorasel.toyworld
+
+    root = Path(lorasel.toyworld.__file__).parent
+    digest = hashlib.sha256()
+    for name in ORACLE_SOURCES:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def measured_attributes(run_dir: Path, renders: pd.DataFrame) -> pd.DataFrame:
+    """The oracle's :func:`~lorasel.toyworld.verdict.render_attributes` of ``renders`` (aligned
+    with their index), each image measured once across reruns: kept in
+    ``RUN/oracle-FINGERPRINT.csv`` by image (a render's file name is its cache key, which covers
+    checkpoint, strength, prompt, seed and settings). An unreadable file is measured again."""
+    from lorasel import demo
+    from lorasel.toyworld.verdict import ATTRIBUTES, render_attributes
+
+    path = Path(run_dir) / f"oracle-{oracle_fingerprint()}.csv"
+    known = pd.DataFrame(columns=list(ATTRIBUTES), dtype=float).rename_axis("image")
+    if path.is_file():
+        with contextlib.suppress(ValueError, KeyError, pd.errors.ParserError):  # then measured again
+            read = pd.read_csv(path, index_col="image")[list(ATTRIBUTES)].astype(float)
+            known = read[~read.index.duplicated()]
+    todo = renders[~renders["image"].isin(known.index)].drop_duplicates("image")
+    if len(todo):
+        new = render_attributes(todo, demo.RunDir.at(run_dir).state).set_axis(todo["image"])
+        known = pd.concat([known, new.rename_axis("image")]) if len(known) else new.rename_axis("image")
+        partial = path.with_suffix(".csv.partial")
+        known.to_csv(partial)
+        partial.replace(path)
+    return known.loc[renders["image"]].set_axis(renders.index)
+
+
 def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
     """The oracle's verdict from ``GRADE_SEEDS`` further seeds per prompt, which no selector
     saw: the oracle's best is then not fitted to the noise of the renders lorasel ranked."""
     from lorasel import demo
     from lorasel.evaluate import evaluate
     from lorasel.results import BASE
-    from lorasel.toyworld.verdict import candidate_quality, render_attributes
+    from lorasel.toyworld.verdict import candidate_quality
 
     full = evaluate(
         run_dir,
@@ -138,11 +182,7 @@ def grade_on_new_seeds(run_dir, base, scorer, results, ranking, same, threads):
         seeds=GRADE_FROM + GRADE_SEEDS,
         threads=threads,
     )
-    # The oracle has measured the seeds the selectors saw (``same``): measure only the new renders.
-    seen = same.attributes.set_axis(same.results.renders["image"])
-    new = full.renders[~full.renders["image"].isin(seen.index)]
-    measured = render_attributes(new, demo.RunDir.at(run_dir).state).set_axis(new["image"])
-    attributes = pd.concat([seen, measured]).loc[full.renders["image"]].set_axis(full.renders.index)
+    attributes = measured_attributes(run_dir, full.renders)  # the seen renders were measured already
     unseen = full.renders[(full.renders["seed_index"] >= GRADE_FROM) & (full.renders["checkpoint"] != BASE)]
     oracle = candidate_quality(unseen, attributes=attributes)
     info = same.oracle[["checkpoint", "strength", "label", "epoch", "loss", "val_loss"]]

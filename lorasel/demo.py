@@ -104,21 +104,24 @@ def judge_selection(
     *,
     middle_epoch: int | None = None,
     oracle: pd.DataFrame | None = None,
+    attributes: pd.DataFrame | None = None,
 ) -> SelectionOutcome:
     """The oracle's quality for every candidate, and the verdict on each selector's choice.
 
     Selectors: ``lorasel`` (the ranking's pick), ``lowest_loss`` / ``lowest_val_loss`` (the
     checkpoint with the lowest training / validation loss, at strength 1.0), ``last_epoch``
     and ``middle_epoch`` (at strength 1.0), and ``oracle`` (the best candidate by ground truth).
-    ``oracle``: the per-candidate frame of an earlier call on the same results (skips measuring).
+    ``oracle``: the per-candidate frame of an earlier call on the same results (skips measuring);
+    ``attributes``: the :func:`~lorasel.toyworld.verdict.render_attributes` of ``results.renders``,
+    when already measured.
     """
     from lorasel.results import BASE
     from lorasel.toyworld.verdict import candidate_quality, render_attributes
 
     run = RunDir.at(run_dir)
-    attributes = None
     if oracle is None:
-        attributes = render_attributes(results.renders, run.state)  # each image measured once
+        if attributes is None:
+            attributes = render_attributes(results.renders, run.state)  # each image measured once
         renders = results.renders[results.renders["checkpoint"] != BASE]
         oracle = candidate_quality(renders, attributes=attributes)
         table = ranking.table[ranking.table["checkpoint"] != BASE]

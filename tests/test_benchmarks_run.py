@@ -209,3 +209,50 @@ def test_miss_table_shows_pick_and_best_part_by_part():
         in lines
     )
     assert miss_table([]) == []
+
+
+def test_oracle_measurements_are_cached_per_image_and_oracle(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import lorasel.toyworld.verdict as verdict
+    from benchmarks import bench_selection
+    from lorasel.toyworld.world import Scene, render
+
+    state = tmp_path / "lorasel"
+    (state / "renders").mkdir(parents=True)
+    scenes = [
+        Scene("star", "red", "blue"),
+        Scene("circle", "yellow", "black"),
+        Scene("moon", "white", "green"),
+    ]
+    for i, scene in enumerate(scenes):
+        render(scene).save(state / "renders" / f"{i}.png")
+    # The same image in two rows (one render, read twice) is measured once.
+    images = ["renders/0.png", "renders/1.png", "renders/0.png"]
+    renders = pd.DataFrame(
+        {"image": images, "prompt": ["a red star on a blue background"] * 3}, index=[10, 11, 12]
+    )
+    expected = verdict.render_attributes(renders, state)  # the oracle itself, no cache
+    measured = []
+    real = verdict.render_attributes
+    monkeypatch.setattr(verdict, "render_attributes", lambda r, s: measured.append(len(r)) or real(r, s))
+
+    first = bench_selection.measured_attributes(tmp_path, renders)
+    pd.testing.assert_frame_equal(first, expected)
+    assert measured == [2]  # each image once
+    assert bench_selection.measured_attributes(tmp_path, renders).equals(expected) and measured == [2]
+
+    more = pd.concat(
+        [renders, pd.DataFrame({"image": ["renders/2.png"], "prompt": ["a white moon"]}, index=[13])]
+    )
+    bench_selection.measured_attributes(tmp_path, more)
+    assert measured == [2, 1]  # only the new image
+
+    (cache,) = tmp_path.glob("oracle-*.csv")
+    cache.write_text("not,a\ncache")  # unreadable: measured again, and rewritten
+    pd.testing.assert_frame_equal(bench_selection.measured_attributes(tmp_path, renders), expected)
+    assert measured == [2, 1, 2]
+
+    monkeypatch.setattr(bench_selection, "oracle_fingerprint", lambda: "changed")  # a changed oracle
+    bench_selection.measured_attributes(tmp_path, renders)
+    assert measured == [2, 1, 2, 2]
