@@ -6,15 +6,15 @@ Overfitting trades the second for the first, along epochs and along strength, so
 picks well. **Diversity** (renders of one prompt still differ across seeds) and
 **preservation** (prompts without the trigger still look like the base model's) are measured,
 shown and available through ``--weights``, but weigh 0 by default: on the toy world, graded by
-its oracle on 10 seeds no selector saw, these weights gave a mean regret of 8.5% against 13.9%
-with a quarter each for the secondaries; weights tuned on five concepts of the selection
-benchmark and graded on the sixth did worse than these (16.1%), so the default stays the plain
+its oracle on 10 seeds no selector saw (18 runs), these weights gave a mean regret of 10.1%
+against 15.7% with a quarter each for the secondaries; weights tuned on five concepts of the
+selection benchmark and graded on the sixth did worse (15.7%), and the two best weights in sample
+on its first 12 runs (a quarter for preservation; fidelity alone), named before 6 new runs were
+graded, read 16.8% and 16.1% on those against the default's 13.2%, so the default stays the plain
 balance (reports/benchmarks.md). Min-max scaling stretches a metric's spread in the
 run to [0, 1] whatever its size, so a secondary metric that barely varies still moves the pick;
 preservation, in particular, falls with strength (Spearman -0.8 to -0.9 in the benchmark's
-runs) while the oracle's best is at strength 1 in 10 of its 12 runs. Fidelity alone (7.3%) and
-a quarter for preservation (6.7%) did a little better in sample, but not when chosen on the
-other concepts. The numbers live in one constant,
+runs) while the oracle's best is at strength 1 in 15 of its 18 runs. The numbers live in one constant,
 :data:`DEFAULT_WEIGHTS`.
 """
 
