@@ -215,7 +215,7 @@ def test_oracle_measurements_are_cached_per_image_and_oracle(tmp_path, monkeypat
     import pandas as pd
 
     import lorasel.toyworld.verdict as verdict
-    from benchmarks import bench_selection
+    from benchmarks import oracle_cache
     from lorasel.toyworld.world import Scene, render
 
     state = tmp_path / "lorasel"
@@ -237,22 +237,22 @@ def test_oracle_measurements_are_cached_per_image_and_oracle(tmp_path, monkeypat
     real = verdict.render_attributes
     monkeypatch.setattr(verdict, "render_attributes", lambda r, s: measured.append(len(r)) or real(r, s))
 
-    first = bench_selection.measured_attributes(tmp_path, renders)
+    first = oracle_cache.measured_attributes(tmp_path, renders)
     pd.testing.assert_frame_equal(first, expected)
     assert measured == [2]  # each image once
-    assert bench_selection.measured_attributes(tmp_path, renders).equals(expected) and measured == [2]
+    assert oracle_cache.measured_attributes(tmp_path, renders).equals(expected) and measured == [2]
 
     more = pd.concat(
         [renders, pd.DataFrame({"image": ["renders/2.png"], "prompt": ["a white moon"]}, index=[13])]
     )
-    bench_selection.measured_attributes(tmp_path, more)
+    oracle_cache.measured_attributes(tmp_path, more)
     assert measured == [2, 1]  # only the new image
 
     (cache,) = tmp_path.glob("oracle-*.csv")
     cache.write_text("not,a\ncache")  # unreadable: measured again, and rewritten
-    pd.testing.assert_frame_equal(bench_selection.measured_attributes(tmp_path, renders), expected)
+    pd.testing.assert_frame_equal(oracle_cache.measured_attributes(tmp_path, renders), expected)
     assert measured == [2, 1, 2]
 
-    monkeypatch.setattr(bench_selection, "oracle_fingerprint", lambda: "changed")  # a changed oracle
-    bench_selection.measured_attributes(tmp_path, renders)
+    monkeypatch.setattr(oracle_cache, "oracle_fingerprint", lambda: "changed")  # a changed oracle
+    oracle_cache.measured_attributes(tmp_path, renders)
     assert measured == [2, 1, 2, 2]
