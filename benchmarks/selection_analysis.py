@@ -23,21 +23,15 @@ def mean_interval(values, rounds: int = 10_000, level: float = 0.95, seed: int =
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def grading_noise(
-    renders: pd.DataFrame,
-    attributes: pd.DataFrame,
-    checkpoint: str,
-    strength: float,
-    rounds: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """How much of one choice's regret is the grading's luck: the regret of (``checkpoint``,
-    ``strength``) on the grading seeds, and its standard deviation when those seeds are drawn
-    again with replacement (``rounds`` draws, jointly for every candidate, as a render's seed is
-    shared by all of them). ``renders``: the graded renders of the competing candidates; ``attributes``:
-    their oracle attributes (:func:`lorasel.toyworld.verdict.render_attributes`). Each draw
-    grades as :func:`lorasel.toyworld.verdict.candidate_quality` does: the mean over prompt kinds
-    of the mean over the kind's renders."""
+def regraded(renders: pd.DataFrame, attributes: pd.DataFrame, rounds: int = 2000, seed: int = 0):
+    """Every candidate's regret on the grading seeds as graded (row 0) and on ``rounds`` redraws
+    of those seeds with replacement (rows 1..), drawn jointly for every candidate, as a render's
+    seed is shared by all of them. Returns the candidates (an index of (checkpoint, strength))
+    and the regrets ``[1 + rounds, candidates]``. ``renders``: the graded renders of the
+    competing candidates; ``attributes``: their oracle attributes
+    (:func:`lorasel.toyworld.verdict.render_attributes`). Each draw grades as
+    :func:`lorasel.toyworld.verdict.candidate_quality` does: the mean over prompt kinds of the
+    mean over the kind's renders."""
     frame = renders[["checkpoint", "strength", "kind", "seed_index"]].assign(
         oracle=attributes.loc[renders.index].mean(axis=1, skipna=True)
     )
@@ -48,7 +42,6 @@ def grading_noise(
     kinds = cube.index.get_level_values("kind").unique()
     full = cube.reindex(pd.MultiIndex.from_tuples([(*c, k) for c in candidates for k in kinds]))
     values = full.to_numpy().reshape(len(candidates), len(kinds), -1)  # NaN: a kind absent or unjudged
-    mine = candidates.get_loc((checkpoint, strength))
     n = values.shape[2]
     draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=rounds)
     counts = np.vstack([np.ones((1, n)), draws])  # [1 + rounds, seeds]; row 0: the seeds as graded
@@ -57,10 +50,37 @@ def grading_noise(
     weights = np.einsum("cks,rs->rck", valid.astype(float), counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         quality = np.nanmean(sums / weights, axis=2)  # [1 + rounds, candidates]
-    best, worst = quality.max(axis=1), quality.min(axis=1)
+    best, worst = quality.max(axis=1, keepdims=True), quality.min(axis=1, keepdims=True)
     spread = np.where(best > worst, best - worst, np.nan)
-    regret = np.nan_to_num((best - quality[:, mine]) / spread, nan=0.0)
-    return float(regret[0]), float(regret[1:].std())
+    return candidates, np.nan_to_num((best - quality) / spread, nan=0.0)
+
+
+def grading_noise(
+    renders: pd.DataFrame,
+    attributes: pd.DataFrame,
+    checkpoint: str,
+    strength: float,
+    rounds: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """How much of one choice's regret is the grading's luck: the regret of (``checkpoint``,
+    ``strength``) on the grading seeds, and its standard deviation over redraws of those seeds
+    (:func:`regraded`)."""
+    candidates, regret = regraded(renders, attributes, rounds, seed)
+    mine = regret[:, candidates.get_loc((checkpoint, strength))]
+    return float(mine[0]), float(mine[1:].std())
+
+
+def grading_floor(
+    renders: pd.DataFrame, attributes: pd.DataFrame, rounds: int = 2000, seed: int = 0
+) -> float:
+    """The regret this grading gives its own best: the mean regret, over redraws of the grading
+    seeds (:func:`regraded`), of the candidate that is best as graded (the mean over those tied
+    for best). The best on a few seeds is partly the luckiest, so even a selector that always
+    found the true best would read about this much regret on average."""
+    _, regret = regraded(renders, attributes, rounds, seed)
+    best = regret[0] <= 1e-12
+    return float(regret[1:, best].mean())
 
 
 def weight_sweep(runs: list[dict]) -> pd.DataFrame:

@@ -40,7 +40,7 @@ def test_bad_bench_setting_is_one_line_and_keeps_the_report(
 
 
 def test_seed_study_table_averages_over_runs():
-    from benchmarks.bench_selection import seed_study_lines
+    from benchmarks.selection_report import seed_study_lines
 
     def row(n, lorasel, reference, size, hit):
         return {"seeds": n, "lorasel": lorasel, "reference": reference, "set_size": size, "best_in_set": hit}
@@ -75,7 +75,7 @@ def test_mean_interval_matches_the_normal_theory():
 def test_precision_line_gives_paired_differences():
     import pandas as pd
 
-    from benchmarks.bench_selection import precision_lines, regret_by_run
+    from benchmarks.selection_report import precision_lines, regret_by_run
 
     rows = []
     for i, (ours, loss) in enumerate([(0.0, 0.2), (0.1, 0.3), (0.0, 0.2), (0.1, 0.3)]):
@@ -126,6 +126,25 @@ def test_grading_noise_matches_the_binomial_law():
     assert grading_noise(renders, attributes, "c", 0.5) == (0.0, 0.0)
 
 
+def test_grading_floor_matches_the_binomial_law():
+    from scipy.stats import binom
+
+    from benchmarks.selection_analysis import grading_floor
+
+    # A, shown on 5 of 9 seeds, is best as graded; a redraw of the 9 seeds that takes A's seeds 4
+    # times or fewer makes B best and gives A a regret of 1 (never a tie: 9 draws are odd).
+    renders, attributes = _graded({("a", 1.0): [1] * 5 + [0] * 4, ("b", 1.0): [0] * 5 + [1] * 4})
+    floor = grading_floor(renders, attributes, rounds=20_000)
+    assert floor == pytest.approx(binom.cdf(4, 9, 5 / 9), abs=0.01)
+    # A candidate best on every seed keeps its lead in every redraw; two tied for best share it.
+    renders, attributes = _graded({("a", 1.0): [1] * 6, ("b", 1.0): [0] * 6, ("c", 0.5): [1] * 6})
+    assert grading_floor(renders, attributes) == 0.0
+    renders, attributes = _graded({("a", 1.0): [1, 0], ("b", 1.0): [0, 1], ("c", 0.5): [0, 0]})
+    # Redraws: (a's seed, b's seed) counts (2,0), (1,1), (0,2) with p 1/4, 1/2, 1/4; a or b loses 1 in
+    # a quarter of them.
+    assert grading_floor(renders, attributes, rounds=20_000) == pytest.approx(0.25, abs=0.01)
+
+
 def test_grading_noise_grades_as_the_oracle_does():
     import numpy as np
 
@@ -148,7 +167,7 @@ def test_grading_noise_grades_as_the_oracle_does():
 def test_grading_noise_paragraph_names_the_misses():
     import pandas as pd
 
-    from benchmarks.bench_selection import grading_noise_lines
+    from benchmarks.selection_report import grading_noise_lines
 
     rows = pd.DataFrame(
         {
@@ -162,6 +181,16 @@ def test_grading_noise_paragraph_names_the_misses():
     assert "10.0 of the 14.0 points" in line  # a-0's 40 points over 4 runs
     assert "other 3 runs' regrets (mean 5.3%)" in line
     assert "median ±6 points" in line
+    assert "reference" not in line and "floor" not in line  # without those columns
+    rows["ref_regret"] = [0.30, 0.0, 0.0, 0.0]
+    rows["ref_sd"] = [0.05, 0.0, 0.0, 0.0]
+    rows["floor"] = [0.02, 0.04, 0.0, 0.06]
+    (line,) = [x for x in grading_noise_lines(rows) if x]
+    assert "The reference misses 1 of them as well (a-0)" in line and "none is lorasel's own" in line
+    assert "mean regret of 3.0% (per run 0–6%)" in line
+    rows["ref_regret"] = [0.05, 0.0, 0.0, 0.0]  # within twice its SD: the miss is lorasel's own
+    (line,) = [x for x in grading_noise_lines(rows) if x]
+    assert "misses 0 of them as well (none)" in line and "the other 1 (a-0) are lorasel's own" in line
 
 
 def test_miss_table_shows_pick_and_best_part_by_part():
@@ -169,7 +198,7 @@ def test_miss_table_shows_pick_and_best_part_by_part():
 
     import pandas as pd
 
-    from benchmarks.bench_selection import miss_table
+    from benchmarks.selection_report import miss_table
     from lorasel.demo import Verdict
 
     oracle = pd.DataFrame(

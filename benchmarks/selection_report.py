@@ -1,0 +1,395 @@
+"""The selection benchmark's section of ``reports/benchmarks.md``, from its runs
+(:func:`benchmarks.bench_selection.one_run`): the table of selectors, the verdict, how precisely
+the runs know it, the grading's noise and the misses, the per-run table, the weight sweep, the
+seed study and the phenomenon. Renders nothing: it reads what the runs measured and re-ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.selection_analysis import (
+    figure,
+    grading_floor,
+    grading_noise,
+    held_out_weights,
+    learnability,
+    mean_interval,
+    weight_sweep,
+)
+from benchmarks.selection_settings import GRADE_FROM, GRADE_SEEDS, LABELS, SELECT_SEEDS, SELECTORS
+
+
+def report(runs: list[dict], concepts: list[str], n_seeds: int, out_dir: Path, *, started: float) -> str:
+    """The report's selection section from the runs of :func:`benchmarks.bench_selection.one_run`
+    (``started``: the bench's start, a ``time.perf_counter()`` reading, for its wall time)."""
+    frame = summarise(runs)
+
+    def per_selector_of(frame: pd.DataFrame) -> pd.DataFrame:
+        return (
+            frame.groupby("selector", sort=False)
+            .agg(
+                mean_quality=("quality", "mean"),
+                mean_regret=("regret", "mean"),
+                max_regret=("regret", "max"),
+                zero_regret=("regret", lambda s: int((s < 1e-9).sum())),
+            )
+            .reindex([s for s in SELECTORS if s in set(frame["selector"])])
+        )
+
+    per_selector = per_selector_of(frame)
+    by_run = regret_by_run(frame)
+    if "oracle_seen" in per_selector.index:
+        excess = by_run.sub(by_run["oracle_seen"], axis=0)
+        per_selector["excess"] = excess.mean().reindex(per_selector.index)
+    per_selector_same = per_selector_of(summarise(runs, key="same"))
+    sweep = weight_sweep(runs)
+    learn = learnability(runs)
+    fig = figure(runs, out_dir)
+    lorasel_regret = per_selector.loc["lorasel", "mean_regret"]
+    loss_based = per_selector.loc[[s for s in ("lowest_loss", "lowest_val_loss") if s in per_selector.index]]
+    below_loss = bool((loss_based["mean_regret"] > lorasel_regret).all())
+    # The regret above the reference bounds the true regret from below; regret is never negative.
+    lower = (
+        max(0.0, per_selector.loc["lorasel", "excess"])
+        if "excess" in per_selector.columns
+        else lorasel_regret
+    )
+    # Below a loss-based selector is shown when the 95% interval of the paired difference lies below 0.
+    unshown = [LABELS[s] for s in loss_based.index if mean_interval(by_run["lorasel"] - by_run[s])[1] >= 0]
+    below = "below every loss-based selector: met" + (
+        f" on the means (not shown at 95% against {', '.join(unshown)})" if unshown else ""
+    )
+    if not below_loss or lower > 0.05:
+        verdict = "NOT met"
+    elif lorasel_regret <= 0.05:
+        verdict = "met"
+    else:
+        verdict = (
+            f"{below}; ≤ 5%: not decided at this grading size (between "
+            f"{100 * lower:.1f}% and {100 * lorasel_regret:.1f}%, see below)"
+        )
+    lines = [
+        "## Selection quality against the oracle (toy world)",
+        "",
+        f"{len(concepts)} concepts × {n_seeds} training seeds = {len(runs)} runs of the `toyworld` preset; each "
+        f"checkpoint evaluated at strengths {', '.join(f'{s:g}' for s in sorted(runs[0]['outcome'].oracle['strength'].unique()))} "
+        f"with the concept's prompt set and {SELECT_SEEDS} seeds per prompt — what every selector sees. The oracle "
+        "measures renders (shape, colour, background against the prompt); a candidate's quality is the "
+        "mean over prompt kinds of the fraction of asked-for attributes shown"
+        + (
+            f", on {GRADE_SEEDS} further seeds per prompt that no selector saw (so the oracle's best is not "
+            "fitted to the noise of the renders lorasel ranked)"
+            if GRADE_SEEDS
+            else ", on the same renders"
+        )
+        + ". Regret is the shortfall from the oracle's best candidate as a share of the oracle's range "
+        "(best − worst) in that run.",
+        "",
+    ]
+    with_reference = "excess" in per_selector.columns
+    lines += [
+        "| selector | mean oracle quality | mean regret | worst regret | runs with zero regret |"
+        + (" mean regret above the reference |" if with_reference else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|" if with_reference else ""),
+    ]
+    for name, row in per_selector.iterrows():
+        lines.append(
+            f"| {LABELS[name]} | {row.mean_quality:.3f} | {100 * row.mean_regret:.1f}% | "
+            f"{100 * row.max_regret:.1f}% | {int(row.zero_regret)}/{len(runs)} |"
+            + (f" {100 * row.excess:+.1f}% |" if with_reference else "")
+        )
+    if GRADE_SEEDS:
+        lines += [
+            "",
+            f"Graded instead on the {SELECT_SEEDS} seeds the selectors saw (the oracle's best then shares their noise): "
+            + ", ".join(
+                f"{LABELS[name]} {100 * row.mean_regret:.1f}%" for name, row in per_selector_same.iterrows()
+            )
+            + ".",
+        ]
+    lines += [
+        "",
+        f"Target (lorasel's mean regret ≤ 5% and below every loss-based selector): **{verdict}**.",
+        "",
+        *precision_lines(by_run),
+        *noise_lines(runs),
+        "",
+        "Per run (choice as epoch@strength):",
+        "",
+        "| concept | seed | oracle's best | " + " | ".join(LABELS[s] for s in SELECTORS) + " |",
+        "|---|---:|---|" + "---|" * len(SELECTORS),
+    ]
+    for (concept, seed), rows in frame.groupby(["concept", "seed"], sort=False):
+        cells = []
+        for s in SELECTORS:
+            hit = rows[rows["selector"] == s]
+            cells.append("-" if hit.empty else f"{hit.iloc[0].choice} ({100 * hit.iloc[0].regret:.0f}%)")
+        best = f"{rows.iloc[0].oracle_best} ({rows.iloc[0].oracle_best_quality:.3f})"
+        lines.append(f"| {concept} | {seed} | {best} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mean regret of lorasel's pick under other composite weights (fidelity, flexibility, diversity, "
+        "preservation), on the same renders (200 bootstrap rounds):",
+        "",
+        "| weights | mean regret | worst regret |",
+        "|---|---:|---:|",
+    ]
+    for row in sweep.itertuples(index=False):
+        lines.append(f"| {row.weights} | {100 * row.mean_regret:.1f}% | {100 * row.max_regret:.1f}% |")
+    held_regret, chosen = held_out_weights(runs, sweep)
+    lines += [
+        "",
+        f"Weights chosen on the toy world without grading them on the runs they were chosen on (leave "
+        f"one concept out: the best weights of the sweep on the other concepts, measured on the held-out "
+        f"one): mean regret {100 * held_regret:.1f}% (chosen — {'; '.join(chosen)}).",
+    ]
+    if "oracle_seen" in per_selector.index:
+        reference = per_selector.loc["oracle_seen", "mean_regret"]
+        lines += [
+            "",
+            f"Reference: the oracle's own choice from the {SELECT_SEEDS} seeds per prompt the selectors saw, "
+            f"graded on the {GRADE_SEEDS} new ones, has a mean regret of {100 * reference:.1f}%. It is not a "
+            "floor: the oracle is exact per render, but a few binary judgements per candidate measure it "
+            "coarsely, and lorasel's continuous CLIP scores can separate the same candidates better.",
+            "",
+            "The true regret (against the candidate that is best on infinitely many seeds) is bracketed: "
+            "the regret above is an upper bound on average (the best on the new seeds is partly the "
+            "luckiest), and the regret above the reference is a lower bound on average (the reference's "
+            "choice, made from the same renders, is not the true best either; regret is never below 0). "
+            f"For lorasel's pick: between {100 * lower:.1f}% and {100 * lorasel_regret:.1f}%. Runs in "
+            "which lorasel's pick grades better than / equal to / worse than the reference's: "
+            f"{int((excess['lorasel'] < -1e-9).sum())} / {int((excess['lorasel'].abs() <= 1e-9).sum())} / "
+            f"{int((excess['lorasel'] > 1e-9).sum())} of {len(excess)}. More grading seeds tighten the "
+            "upper bound.",
+        ]
+    lines += seed_study_lines(runs)
+    if {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(by_run.columns):
+        for rival in ("lowest_val_loss", "middle_epoch"):
+            diff = by_run["lorasel"] - by_run[rival]
+            lines += [
+                "",
+                f"Per run, lorasel's pick against {LABELS[rival]}: better in {int((diff < -1e-9).sum())}, "
+                f"equal in {int((diff.abs() <= 1e-9).sum())}, worse in {int((diff > 1e-9).sum())} of {len(diff)}.",
+            ]
+    lines += [
+        "",
+        "**The phenomenon** (issue 3's learnability bar, with the real trainer): per epoch at strength "
+        "1.0, mean over the runs — in-domain renders that show the concept's shape (oracle), "
+        "out-of-domain renders that show the background their prompt asks for, training loss:",
+        "",
+        "| epoch | concept shown (in-domain) | asked background (out-of-domain) | training loss |",
+        "|---:|---:|---:|---:|",
+    ]
+    for epoch, row in learn.iterrows():
+        label = "base model" if epoch == 0 else str(int(epoch))
+        loss = "-" if pd.isna(row.loss) else f"{row.loss:.4f}"
+        lines.append(f"| {label} | {row.concept:.0%} | {row.ood_background:.0%} | {loss} |")
+    train_s = sum(r["train_s"] for r in runs)
+    eval_s = sum(r["eval_s"] for r in runs)
+    lines += [
+        "",
+        f"![oracle quality and loss per epoch](figures/{fig})",
+        "",
+        f"Wall time {time.perf_counter() - started:.0f} s (training {train_s:.0f} s, evaluation {eval_s:.0f} s; "
+        "cached runs cost nothing). Reproduce: `python -m benchmarks.run selection`.",
+    ]
+    return "\n".join(lines)
+
+
+def summarise(runs: list[dict], key: str = "outcome") -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        verdicts = r[key].verdicts
+        best = verdicts["oracle"]
+        for name in SELECTORS:
+            v = verdicts.get(name)
+            if v is None:
+                continue
+            rows.append(
+                {
+                    "concept": r["concept"],
+                    "seed": r["seed"],
+                    "selector": name,
+                    "choice": f"e{v.epoch}@{v.strength:g}",
+                    "quality": v.quality,
+                    "regret": v.regret,
+                    "oracle_best": f"e{best.epoch}@{best.strength:g}",
+                    "oracle_best_quality": best.quality,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def regret_by_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarise`'s rows as a table: one row per run (concept, seed), a column per selector."""
+    return frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
+
+
+def precision_lines(by_run: pd.DataFrame) -> list[str]:
+    """How precisely the means over runs are known (``by_run``: :func:`regret_by_run`): bootstrap
+    intervals over the runs of lorasel's mean regret and of its paired difference from each
+    loss-based selector."""
+    if "lorasel" not in by_run.columns:
+        return []
+    low, high = mean_interval(by_run["lorasel"])
+    parts = [
+        f"lorasel's mean regret {100 * by_run['lorasel'].mean():.1f}% ({100 * low:.1f}–{100 * high:.1f}%)"
+    ]
+    for rival in ("lowest_loss", "lowest_val_loss"):
+        if rival in by_run.columns:
+            diff = by_run["lorasel"] - by_run[rival]
+            low, high = mean_interval(diff)
+            parts.append(
+                f"lorasel minus {LABELS[rival]} {100 * diff.mean():+.1f} points ({100 * low:+.1f} to {100 * high:+.1f})"
+            )
+    return [
+        f"How precisely {len(by_run)} runs know these means (95% bootstrap intervals over the runs): "
+        + "; ".join(parts)
+        + ". A difference whose interval excludes 0 is shown; a mean regret of 5% is shown only when the "
+        "interval lies below it."
+    ]
+
+
+def noise_lines(runs: list[dict]) -> list[str]:
+    """Which of lorasel's regrets the grading's luck explains: per run, the regret's standard
+    deviation over redraws of the grading seeds (:func:`grading_noise`); a regret above twice it is a
+    miss the grading does not explain. The same for the reference's choice (a miss both make is
+    one the renders could not show), and the grading's floor (:func:`grading_floor`). Empty
+    without grading seeds."""
+    from lorasel.results import BASE
+
+    if not GRADE_SEEDS:
+        return []
+    rows = []
+    for r in runs:
+        o = r["outcome"]
+        renders = o.results.renders
+        graded = renders[(renders["seed_index"] >= GRADE_FROM) & (renders["checkpoint"] != BASE)]
+        row = {"run": f"{r['concept']}-{r['seed']}", "floor": grading_floor(graded, o.attributes)}
+        for role, prefix in (("lorasel", ""), ("oracle_seen", "ref_")):
+            if role in o.verdicts:
+                v = o.verdicts[role]
+                regret, sd = grading_noise(graded, o.attributes, v.checkpoint, v.strength)
+                row |= {f"{prefix}regret": regret, f"{prefix}sd": sd}
+        rows.append(row)
+    rows = pd.DataFrame(rows)
+    misses = [r for r, miss in zip(runs, rows["regret"] > 2 * rows["sd"], strict=True) if miss]
+    return grading_noise_lines(rows) + miss_table(misses)
+
+
+KINDS = ("in_domain", "trigger", "out_of_domain", "unrelated")
+
+
+def miss_table(runs: list[dict]) -> list[str]:
+    """For each run, lorasel's pick beside the oracle's best, part by part: the oracle's quality
+    per prompt kind (what the miss cost) and lorasel's CLIP measurements (what it saw)."""
+    if not runs:
+        return []
+    lines = [
+        "",
+        "Those misses part by part — the oracle per prompt kind (in-domain, trigger alone, "
+        "out-of-domain, unrelated: prompts without the trigger) and lorasel's CLIP means on the "
+        "renders it ranked:",
+        "",
+        "| run | candidate | choice | in-domain | trigger | out-of-domain | unrelated | oracle quality "
+        "| fidelity | flexibility | preservation |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        o = r["outcome"]
+        table = o.ranking.table.set_index(["checkpoint", "strength"])
+        oracle = o.oracle.set_index(["checkpoint", "strength"])
+        for role in ("lorasel", "oracle"):
+            v = o.verdicts[role]
+            parts = oracle.loc[(v.checkpoint, v.strength)]
+            seen = table.loc[(v.checkpoint, v.strength)]
+            cells = [f"{parts[k]:.2f}" if k in parts and pd.notna(parts[k]) else "-" for k in KINDS]
+            metrics = [f"{seen[m]:.3f}" for m in ("fidelity", "flexibility", "preservation")]
+            label = "lorasel's pick" if role == "lorasel" else "oracle's best"
+            lines.append(
+                f"| {r['concept']}-{r['seed']} | {label} | e{v.epoch}@{v.strength:g} | "
+                + " | ".join(cells)
+                + f" | {v.quality:.3f} | "
+                + " | ".join(metrics)
+                + " |"
+            )
+    return lines
+
+
+def grading_noise_lines(rows: pd.DataFrame) -> list[str]:
+    """:func:`noise_lines`'s paragraph from its rows (run, regret, sd; optionally floor, and
+    ref_regret, ref_sd for the reference's choice)."""
+    misses = rows[rows["regret"] > 2 * rows["sd"]]
+    rest = rows.drop(misses.index)
+    total = rows["regret"].sum() / len(rows)
+    listed = ", ".join(f"{m.run} {100 * m.regret:.0f}% (±{100 * m.sd:.0f})" for m in misses.itertuples())
+    text = (
+        "How much of lorasel's regret is the grading's luck: per run, the standard deviation of its "
+        f"regret when the {GRADE_SEEDS} grading seeds are drawn again with replacement (median "
+        f"±{100 * rows['sd'].median():.0f} points). Regrets above twice it, misses the grading does not "
+        f"explain: {listed or 'none'}"
+        + (
+            f" — {100 * misses['regret'].sum() / len(rows):.1f} of the {100 * total:.1f} points of the mean"
+            if not misses.empty
+            else ""
+        )
+        + (
+            f"; the other {len(rest)} runs' regrets (mean {100 * rest['regret'].mean():.1f}%) are within "
+            "twice theirs."
+            if not rest.empty
+            else "."
+        )
+    )
+    if not misses.empty and {"ref_regret", "ref_sd"} <= set(rows.columns):
+        shared = misses["ref_regret"] > 2 * misses["ref_sd"]
+        names = ", ".join(misses.loc[shared, "run"])
+        own = ", ".join(misses.loc[~shared, "run"])
+        text += (
+            f" The reference misses {int(shared.sum())} of them as well ({names or 'none'}): there "
+            f"the oracle itself, judging the same {SELECT_SEEDS} seeds per prompt, finds no better "
+            "candidate: no scoring of those renders could have found it, more seeds per prompt might; "
+            + (
+                f"the other {int((~shared).sum())} ({own}) are lorasel's own: its CLIP scores "
+                "disagree with the oracle on renders that do show the better candidate."
+                if own
+                else "none is lorasel's own."
+            )
+        )
+    if "floor" in rows.columns:
+        text += (
+            " The grading's own floor: regraded on redrawn seeds, the candidate that is best as "
+            f"graded has a mean regret of {100 * rows['floor'].mean():.1f}% (per run "
+            f"{100 * rows['floor'].min():.0f}–{100 * rows['floor'].max():.0f}%), the luck by which it "
+            "leads on these few seeds; a selector that always found the true best would read about "
+            "that much here."
+        )
+    return ["", text]
+
+
+def seed_study_lines(runs: list[dict]) -> list[str]:
+    """The report's table of lorasel's pick against seeds per prompt (empty without a study)."""
+    rows = pd.DataFrame([dict(row, run=i) for i, r in enumerate(runs) for row in r.get("seed_study", [])])
+    if rows.empty:
+        return []
+    lines = [
+        "",
+        f"**Seeds per prompt.** The same runs ranked on only the first n seeds per prompt (`lorasel eval "
+        f"--seeds n`; the renders cost grows with n), all graded on the same {GRADE_SEEDS} unseen seeds "
+        f"(seed indices {GRADE_FROM}–{GRADE_FROM + GRADE_SEEDS - 1}, which no row saw):",
+        "",
+        "| seeds per prompt | lorasel's mean regret (upper bound) | above the reference (lower bound) | "
+        "reference's mean regret | candidates in the 95% set for the best, median | oracle's best in the set |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, group in rows.groupby("seeds"):
+        above = max(0.0, float((group["lorasel"] - group["reference"]).mean()))
+        lines.append(
+            f"| {n} | {100 * group['lorasel'].mean():.1f}% | {100 * above:.1f}% | "
+            f"{100 * group['reference'].mean():.1f}% | {group['set_size'].median():g} | "
+            f"{int(group['best_in_set'].sum())}/{len(group)} |"
+        )
+    return lines
