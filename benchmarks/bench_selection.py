@@ -17,11 +17,12 @@ grades on ``LORASEL_BENCH_GRADE_SEEDS`` (default 10) further seeds per prompt th
 (seed indices from the largest of those counts on; graded on the selectors' own renders, the
 oracle's best would share their noise), so every row of the report has the same grading. One
 more row is a reference rather than a rival: the oracle's own choice from the renders the
-selectors saw, graded on the new seeds. It is not a floor: the oracle is exact per render, but a
-few binary judgements per candidate measure it coarsely, and CLIP's continuous scores can
-separate candidates better. A selector's regret and its regret above the reference bracket its
-true regret on average: the first overstates it (the best on the grading seeds is partly the
-luckiest), the second understates it (the reference's choice is not the true best either).
+selectors saw, graded on the new seeds. It is not a limit lorasel cannot beat: the oracle is
+exact per render, but a few binary judgements per candidate measure it coarsely, and CLIP's
+continuous scores can separate candidates better. A selector's regret and its regret above the
+reference bracket its true regret on average: the first overstates it (the best on the grading
+seeds is partly the luckiest), the second understates it (the reference's choice is not the true
+best either).
 Each seed index costs 10,416 renders for the 24 runs (6 concepts × 4 training seeds), about
 27 min in two 1-thread processes on 2 CPU cores (``one_run`` on 12 runs each). Runs are cached
 under ``BENCH_DIR`` (default ``.bench/selection``): a rerun re-ranks without training or

@@ -153,8 +153,9 @@ def report(runs: list[dict], concepts: list[str], n_seeds: int, out_dir: Path, *
             "",
             f"Reference: the oracle's own choice from the {SELECT_SEEDS} seeds per prompt the selectors saw, "
             f"graded on the {GRADE_SEEDS} new ones, has a mean regret of {100 * reference:.1f}%. It is not a "
-            "floor: the oracle is exact per render, but a few binary judgements per candidate measure it "
-            "coarsely, and lorasel's continuous CLIP scores can separate the same candidates better.",
+            "limit lorasel cannot beat: the oracle is exact per render, but a few binary judgements per "
+            "candidate measure it coarsely, and lorasel's continuous CLIP scores can separate the same "
+            "candidates better.",
             "",
             "The true regret (against the candidate that is best on infinitely many seeds) is bracketed: "
             "the regret above is an upper bound on average (the best on the new seeds is partly the "
