@@ -43,7 +43,7 @@ def _naive_round(
     w = renders.set_index(["prompt_id", "seed_index"]).index.map(weights)
     frame = renders.assign(w=np.asarray(w, dtype=float))
     out = {}
-    for m in ("fidelity", "flexibility", "preservation"):
+    for m in ("fidelity", "flexibility", "adherence", "preservation"):
         rows = frame[frame[m].notna()]
         g = rows.assign(wx=rows[m] * rows["w"]).groupby(["checkpoint", "strength"])
         out[m] = g["wx"].sum() / g["w"].sum()

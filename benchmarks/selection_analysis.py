@@ -89,17 +89,28 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
     from lorasel.rank import Weights, rank, read_loss
     from lorasel.rank.weights import DEFAULT_WEIGHTS
 
-    d = DEFAULT_WEIGHTS
-    grid: dict[str, Weights | None] = {
-        f"default ({d.fidelity:g}, {d.flexibility:g}, {d.diversity:g}, {d.preservation:g})": None
-    }
-    # Fidelity : flexibility from one alone to the other, without and with each secondary term.
-    for fid, flex in ((1, 0), (2, 1), (1, 1), (1, 2), (0, 1)):
+    def label(w: Weights) -> str:
+        return "(" + ", ".join(f"{v:g}" for v in w.as_dict().values()) + ")"
+
+    grid: dict[str, Weights | None] = {f"default {label(DEFAULT_WEIGHTS)}": None}
+    # Fidelity, flexibility, adherence: each alone, the pairs, the balance and each one doubled;
+    # without and with each secondary term (diversity, preservation).
+    for fid, flex, adh in (
+        (1, 0, 0),
+        (1, 1, 0),
+        (1, 0, 1),
+        (0, 1, 1),
+        (1, 1, 1),
+        (2, 1, 1),
+        (1, 2, 1),
+        (1, 1, 2),
+    ):
         for div, pres in ((0.0, 0.0), (0.25, 0.0), (0.0, 0.25), (0.25, 0.25)):
-            weights = Weights(fid, flex, div, pres)
-            if weights != d:
-                grid[f"({fid:g}, {flex:g}, {div:g}, {pres:g})"] = weights
-    grid["all equal (1, 1, 1, 1)"] = Weights(1, 1, 1, 1)
+            weights = Weights(fidelity=fid, flexibility=flex, adherence=adh, diversity=div, preservation=pres)
+            if weights != DEFAULT_WEIGHTS:
+                grid[label(weights)] = weights
+    equal = Weights(fidelity=1, flexibility=1, adherence=1, diversity=1, preservation=1)
+    grid[f"all equal {label(equal)}"] = equal
     rows = []
     for label, weights in grid.items():
         regrets = []

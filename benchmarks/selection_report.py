@@ -132,8 +132,8 @@ def report(runs: list[dict], concepts: list[str], n_seeds: int, out_dir: Path, *
         lines.append(f"| {concept} | {seed} | {best} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Mean regret of lorasel's pick under other composite weights (fidelity, flexibility, diversity, "
-        "preservation), on the same renders (200 bootstrap rounds):",
+        "Mean regret of lorasel's pick under other composite weights (fidelity, flexibility, adherence, "
+        "diversity, preservation), on the same renders (200 bootstrap rounds):",
         "",
         "| weights | mean regret | worst regret |",
         "|---|---:|---:|",

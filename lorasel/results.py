@@ -21,6 +21,8 @@ BASE``, ``strength == 0.0``):
     fidelity          float  mean CLIP image cosine to the reference images (in_domain, trigger; else NaN)
     flexibility       float  CLIP text cosine to the prompt with trigger -> class word (out_of_domain; else NaN)
     flexibility_gain  float  flexibility minus the base model's on the same prompt and seed (else NaN)
+    adherence         float  CLIP text cosine to the prompt with trigger -> class word (in_domain; else NaN):
+                             does the LoRA still draw what an in-domain prompt asks (colour, background)?
     preservation      float  cosine to the base render of the same prompt and seed (unrelated; else NaN)
 
 ``diversity`` — one row per (checkpoint, strength, prompt_id): ``kind`` and
@@ -42,7 +44,18 @@ import pandas as pd
 
 BASE = "base"
 KINDS = ("in_domain", "trigger", "out_of_domain", "unrelated")
-METRICS = ("fidelity", "flexibility", "diversity", "preservation")
+METRICS = ("fidelity", "flexibility", "adherence", "diversity", "preservation")
+#: What the renders of each kind of prompt measure (diversity is measured on every kind).
+KIND_METRICS = {
+    "in_domain": ("fidelity", "adherence"),
+    "trigger": ("fidelity",),
+    "out_of_domain": ("flexibility",),
+    "unrelated": ("preservation",),
+}
+#: Short names of the metrics, for narrow columns and captions.
+METRIC_SHORT = {"fidelity": "fid", "flexibility": "flex", "adherence": "adh", "diversity": "div", "preservation": "pres"}  # fmt: skip
+#: Metrics measured per render (the rest, diversity, per (checkpoint, strength, prompt)).
+RENDER_METRICS = ("fidelity", "flexibility", "flexibility_gain", "adherence", "preservation")
 
 RENDER_COLUMNS = (
     "checkpoint",
@@ -59,6 +72,7 @@ RENDER_COLUMNS = (
     "fidelity",
     "flexibility",
     "flexibility_gain",
+    "adherence",
     "preservation",
 )
 DIVERSITY_COLUMNS = ("checkpoint", "strength", "prompt_id", "kind", "diversity")
@@ -87,9 +101,7 @@ class Results:
     def candidates(self) -> pd.DataFrame:
         """Per (checkpoint, strength): mean of each metric (the base model included)."""
         keys = ["checkpoint", "label", "epoch", "step", "strength"]
-        per_render = self.renders.groupby(keys, dropna=False, sort=False)[
-            ["fidelity", "flexibility", "flexibility_gain", "preservation"]
-        ].mean()
+        per_render = self.renders.groupby(keys, dropna=False, sort=False)[list(RENDER_METRICS)].mean()
         diversity = self.diversity.groupby(["checkpoint", "strength"], sort=False)["diversity"].mean()
         out = per_render.reset_index().merge(
             diversity.reset_index(), on=["checkpoint", "strength"], how="left"

@@ -3,7 +3,8 @@
 K checkpoints × S strengths × P prompts of each of the 4 kinds × N seeds, plus the base model
 (strength 0). Metric means come from a ``quality(epoch, strength)`` function; each (prompt,
 seed) unit adds one offset shared by every candidate (the common random numbers of a real
-evaluation) and each render adds its own noise.
+evaluation) and each render adds its own noise. A metric the quality function leaves out is not
+measured (NaN), as adherence is in a store written before lorasel measured it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lorasel.results import BASE, KINDS, Results
+from lorasel.results import BASE, KIND_METRICS, KINDS, METRICS, RENDER_METRICS, Results
 
 Quality = Callable[[int, float], dict[str, float]]
 
@@ -31,6 +32,7 @@ def overfitting(epochs: int) -> Quality:
         return {
             "fidelity": 0.5 + 0.4 * (1.0 - math.exp(-4.0 * t)),
             "flexibility": 0.33 - 0.12 * t**2,
+            "adherence": 0.30 - 0.05 * t**2,
             "diversity": 3.0 - 1.2 * t,
             "preservation": 1.0 - 0.15 * t,
         }
@@ -59,8 +61,6 @@ def make_results(
     """Build a :class:`Results`; with ``state_dir``, also write one small PNG per render there."""
     rng = np.random.default_rng(seed)
     quality = quality or overfitting(checkpoints)
-    kinds_metric = {"in_domain": "fidelity", "trigger": "fidelity", "out_of_domain": "flexibility"}
-    kinds_metric["unrelated"] = "preservation"
     units = [
         (f"{kind}/{p}", kind, s) for kind in KINDS for p in range(prompts_per_kind) for s in range(seeds)
     ]
@@ -85,17 +85,18 @@ def make_results(
                 "prompt_id": pid, "kind": kind,
                 "prompt": prompt_text(pid, kind) if prompt_text else f"a {kind.replace('_', ' ')} prompt {pid}",
                 "seed_index": s, "seed": 1000 + s, "image": f"renders/{ci:03d}_{pid.replace('/', '_')}_{s}.png",
-                "fidelity": math.nan, "flexibility": math.nan, "flexibility_gain": math.nan,
-                "preservation": math.nan,
+                **dict.fromkeys(RENDER_METRICS, math.nan),
             }  # fmt: skip
-            metric = kinds_metric[kind]
-            value = q[metric] + unit_offset[(pid, s)] + rng.normal(0.0, render_noise)
-            if metric == "preservation" and cid == BASE:
-                value = 1.0  # the base model's render is its own reference
-            row[metric] = value
-            if metric == "flexibility":
-                base_value = base_quality["flexibility"] + unit_offset[(pid, s)]
-                row["flexibility_gain"] = value - base_value
+            for metric in KIND_METRICS[kind]:
+                if metric not in q:
+                    continue
+                value = q[metric] + unit_offset[(pid, s)] + rng.normal(0.0, render_noise)
+                if metric == "preservation" and cid == BASE:
+                    value = 1.0  # the base model's render is its own reference
+                row[metric] = value
+                if metric == "flexibility":
+                    base_value = base_quality["flexibility"] + unit_offset[(pid, s)]
+                    row["flexibility_gain"] = value - base_value
             renders.append(row)
         for pid in sorted({u[0] for u in units}):
             kind = pid.split("/")[0]
@@ -161,17 +162,26 @@ def from_table(
 ) -> Results:
     """Results whose candidates have exactly the given means (plus optional shared unit noise).
 
-    ``rows``: dicts with ``checkpoint`` (e.g. "a"), ``strength`` and the four metrics; a
-    checkpoint's epoch is its order of first appearance (1-based).
+    ``rows``: dicts with ``checkpoint`` (e.g. "a"), ``strength`` and the metrics (fidelity,
+    flexibility, diversity, preservation; adherence too, or it is not measured); a checkpoint's
+    epoch is its order of first appearance (1-based).
     """
     table = {(r["checkpoint"], float(r["strength"])): r for r in rows}
     order = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    measured = [m for m in METRICS if all(m in r for r in rows)]
 
     def quality(epoch: int, strength: float) -> dict[str, float]:
         if epoch == 0:
-            return {"fidelity": 0.3, "flexibility": 0.35, "diversity": 3.0, "preservation": 1.0}
+            base = {
+                "fidelity": 0.3,
+                "flexibility": 0.35,
+                "adherence": 0.3,
+                "diversity": 3.0,
+                "preservation": 1.0,
+            }
+            return {m: v for m, v in base.items() if m in measured}
         r = table[(order[epoch - 1], float(strength))]
-        return {m: r[m] for m in ("fidelity", "flexibility", "diversity", "preservation")}
+        return {m: r[m] for m in measured}
 
     strengths = sorted({float(r["strength"]) for r in rows})
     return make_results(
@@ -198,7 +208,6 @@ def known_truth_run(
     """
     from lorasel.rank import rank
     from lorasel.rank.score import composite
-    from lorasel.results import METRICS
 
     quality = overfitting(epochs)
     results = make_results(

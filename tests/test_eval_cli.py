@@ -52,7 +52,7 @@ def test_eval_prints_progress_warnings_and_a_summary_table(run):
     lines = result.stdout.splitlines()
     assert any("mean per checkpoint × strength" in line for line in lines)
     header = next(line for line in lines if "fidelity" in line)
-    for column in ("checkpoint", "strength", "fidelity", "flexibility", "diversity", "preservation"):
+    for column in ("checkpoint", "strength", "fidelity", "flexib.", "adher.", "divers.", "preserv."):
         assert column in header
     rows = [line for line in lines if "zkz-000001" in line or " base " in line]
     assert len(rows) == 2 and not any("zkz-000009" in line for line in lines)

@@ -104,8 +104,10 @@ def test_three_checkpoints_end_to_end(evaluated):
     assert all((run / "lorasel" / p).is_file() for p in r.image)
     # Metrics are filled for exactly their kinds.
     for kind, metric in (("in_domain", "fidelity"), ("trigger", "fidelity"), ("out_of_domain", "flexibility"),
-                         ("out_of_domain", "flexibility_gain"), ("unrelated", "preservation")):  # fmt: skip
+                         ("out_of_domain", "flexibility_gain"), ("in_domain", "adherence"),
+                         ("unrelated", "preservation")):  # fmt: skip
         assert r.loc[r.kind == kind, metric].notna().all(), (kind, metric)
+    assert r.loc[r.kind != "in_domain", "adherence"].isna().all()
     assert r.loc[r.kind == "unrelated", "fidelity"].isna().all()
     assert r.loc[r.kind != "unrelated", "preservation"].isna().all()
     assert np.allclose(base.loc[base.kind == "unrelated", "preservation"], 1.0)
@@ -136,6 +138,29 @@ def test_three_checkpoints_end_to_end(evaluated):
     assert renders[-1].done == len(r) and renders[-1].eta_s == 0 and renders[-1].rate > 0
     assert [e.done for e in renders] == sorted(e.done for e in renders)
     assert events[-1].phase == "done"
+
+
+def test_adherence_and_flexibility_are_open_clips_cosine_to_the_prompt_without_the_trigger(evaluated):
+    """Recomputed with open_clip's own encoders from the PNG on disk: the render against its
+    prompt with the trigger dropped (the class word is already in these prompts)."""
+    from PIL import Image
+
+    run, results, _ = evaluated
+    scorer = h.tiny_scorer()
+    r = results.renders
+    rows = r[
+        (r.checkpoint == "checkpoints/zkz-000003.safetensors") & (r.strength == 1.0) & (r.seed_index == 1)
+    ]
+    for kind, metric in (("in_domain", "adherence"), ("out_of_domain", "flexibility")):
+        row = rows[rows.kind == kind].iloc[0]
+        text = row.prompt.replace("zkz ", "")
+        assert "zkz" not in text and "star" in text
+        with torch.no_grad():
+            image = scorer.preprocess(Image.open(run / "lorasel" / row.image).convert("RGB"))[None]
+            a = scorer.model.encode_image(image)[0].double()
+            b = scorer.model.encode_text(scorer.tokenizer([text]))[0].double()
+        expected = float(a @ b / (a.norm() * b.norm()))
+        assert row[metric] == pytest.approx(expected, abs=1e-5), kind
 
 
 def test_base_render_matches_a_plain_diffusers_call(evaluated):
@@ -187,6 +212,57 @@ def test_rerun_renders_nothing(evaluated_copy, monkeypatch):
     again = _eval(run)
     assert spy.count == 0
     pd.testing.assert_frame_equal(again.renders, clean.renders)
+
+
+def _as_schema_1(db) -> None:
+    """Turn a store into what lorasel wrote before it measured adherence (schema 1)."""
+    with sqlite3.connect(db) as con:
+        con.execute("ALTER TABLE result_renders DROP COLUMN adherence")
+        con.execute("PRAGMA user_version = 1")
+
+
+def test_a_store_from_before_adherence_reads_as_not_measured_and_a_rerun_measures_it(
+    evaluated_copy, monkeypatch
+):
+    from lorasel.rank import rank
+
+    run, clean = evaluated_copy
+    db = run / "lorasel" / "results.sqlite"
+    _as_schema_1(db)
+    old = load_results(run)  # read-only: the file is left as it was
+    assert old.renders["adherence"].isna().all() and list(old.renders.columns) == list(RENDER_COLUMNS)
+    pd.testing.assert_frame_equal(
+        old.renders.drop(columns="adherence"), clean.renders.drop(columns="adherence")
+    )
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    ranking = rank(old, n_boot=50)
+    assert ranking.unmeasured == ("adherence",)
+    assert "adherence was not measured" in ranking.unmeasured_note()
+    assert "nothing is rendered again" in ranking.unmeasured_note()
+    # The same ranking as one that never weighed adherence.
+    from lorasel.rank import Weights
+
+    without = rank(clean, weights=Weights(adherence=0.0), n_boot=50)
+    assert ranking.table["score"].tolist() == pytest.approx(without.table["score"].tolist())
+    assert rank(old, weights=Weights(adherence=0.0), n_boot=50).unmeasured_note() is None
+    # A rerun migrates the store, renders nothing and measures adherence.
+    spy = RenderSpy(monkeypatch)
+    again = _eval(run)
+    assert spy.count == 0
+    pd.testing.assert_frame_equal(again.renders, clean.renders)
+    pd.testing.assert_frame_equal(load_results(run).renders, clean.renders)
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_a_store_missing_a_column_is_one_clear_error(evaluated_copy):
+    run, _ = evaluated_copy
+    with sqlite3.connect(run / "lorasel" / "results.sqlite") as con:
+        con.execute("ALTER TABLE result_renders DROP COLUMN seed_index")
+    with pytest.raises(ResultsError, match=r"lack columns \['seed_index'\]") as info:
+        load_results(run)
+    assert "move it aside" in info.value.hint
 
 
 class Stop(Exception):

@@ -28,25 +28,28 @@ from tests.synthetic_results import from_table, known_truth_run, make_results
 # --------------------------------------------------------------------------- weights and options
 
 
-def test_default_weights_cover_every_metric_and_balance_fidelity_with_flexibility():
+def test_default_weights_cover_every_metric_and_balance_fidelity_with_flexibility_and_adherence():
     w = DEFAULT_WEIGHTS.as_dict()
     assert tuple(w) == METRICS
     # The toy-world oracle's choice (reports/benchmarks.md): the secondaries are shown, not scored.
-    assert w["fidelity"] == w["flexibility"] > 0
+    assert w["fidelity"] == w["flexibility"] == w["adherence"] > 0
     assert w["diversity"] == w["preservation"] == 0
     assert Weights() == DEFAULT_WEIGHTS
 
 
 def test_weights_parse_keeps_defaults_for_names_not_given():
     w = Weights.parse("fidelity=2, preservation=0.5")
-    assert w == Weights(fidelity=2.0, flexibility=1.0, diversity=0.0, preservation=0.5)
+    assert w == Weights(fidelity=2.0, flexibility=1.0, adherence=1.0, diversity=0.0, preservation=0.5)
+    # The weights of lorasel before adherence, written out in full, still parse (adherence stays 1).
+    assert Weights.parse("fidelity=1,flexibility=1,diversity=0,preservation=0") == DEFAULT_WEIGHTS
+    assert Weights.parse("ADHERENCE=0").as_dict() == {**DEFAULT_WEIGHTS.as_dict(), "adherence": 0.0}
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("fidelity=-1", "negative"),
-        ("fidelity=0,flexibility=0,diversity=0,preservation=0", "all weights are zero"),
+        ("fidelity=0,flexibility=0,adherence=0,diversity=0,preservation=0", "all weights are zero"),
         ("sharpness=1", "unknown metric 'sharpness'"),
         ("fidelity", "not name=value"),
         ("fidelity=abc", "not a number"),
@@ -236,7 +239,7 @@ def test_vectorised_bootstrap_equals_a_naive_loop():
         for c, cand in evidence.candidates.iterrows():
             mine = (renders["checkpoint"] == cand["checkpoint"]) & (renders["strength"] == cand["strength"])
             total = 0.0
-            for m in ("fidelity", "flexibility", "preservation"):
+            for m in ("fidelity", "flexibility", "adherence", "preservation"):
                 rows = mine & renders[m].notna()
                 mean = np.average(renders.loc[rows, m], weights=weight[rows])
                 total += w[m] * (mean - norm.low[m]) / (norm.high[m] - norm.low[m])

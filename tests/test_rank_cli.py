@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import types
 
@@ -16,13 +17,13 @@ from lorasel.cli import app
 from lorasel.errors import ResultsError
 from lorasel.rank import inputs
 from lorasel.results import BASE, METRICS
-from tests.synthetic_results import make_results
+from tests.synthetic_results import make_results, overfitting
 
 runner = CliRunner()
 
 RANK_FIELDS = [
-    "checkpoint", "epoch", "step", "strength", "fidelity", "flexibility", "diversity", "preservation",
-    "score", "rank", "p_best", "loss",
+    "checkpoint", "epoch", "step", "strength", "fidelity", "flexibility", "adherence", "diversity",
+    "preservation", "score", "rank", "p_best", "loss",
 ]  # fmt: skip
 PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best"]
 
@@ -57,7 +58,7 @@ def test_rank_human_output(run):
     assert "pick: zkz-" in out
     assert "lowest loss would pick: zkz-000004 at strength 1" in out
     assert "Spearman rho" in out
-    assert "note: 1 other candidate could be the best at 2 seeds per prompt" in out
+    assert re.search(r"note: \d+ other candidates? could be the best at 2 seeds per prompt", out)
 
 
 def test_rank_json_rows_are_design_fields(run):
@@ -119,10 +120,14 @@ def test_pick_human_output(run):
     assert result.stdout.startswith("pick: zkz-")
     assert "P(best)" in result.stdout and "runner-up:" in result.stdout
     assert "lowest loss would pick:" in result.stdout
-    # One candidate is tied with the pick at the run's 2 seeds: the way to separate them.
+    # Candidates tied with the pick at the run's 2 seeds: the way to separate them.
     tied = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)["tied_with"]
-    assert len(tied) == 1
-    assert "  note        1 other candidate could be the best at 2 seeds per prompt" in result.stdout
+    assert len(tied) >= 1
+    many = "s" if len(tied) > 1 else ""
+    assert (
+        f"  note        {len(tied)} other candidate{many} could be the best at 2 seeds per prompt"
+        in result.stdout
+    )
     assert "--seeds 4, which renders only the new seeds" in result.stdout
 
 
@@ -152,7 +157,7 @@ def test_pick_minimum_moves_the_pick(run):
         (["pick", "--min-flexibility", "-2"], "--min-flexibility -2 is outside [-1, 1]"),
         (["rank", "--weights", "fidelity=-1"], "weight fidelity=-1 is negative"),
         (
-            ["pick", "--weights", "fidelity=0,flexibility=0,diversity=0,preservation=0"],
+            ["pick", "--weights", "fidelity=0,flexibility=0,adherence=0,diversity=0,preservation=0"],
             "all weights are zero",
         ),
         (["report", "--weights", "sharpness=2"], "unknown metric 'sharpness'"),
@@ -241,6 +246,23 @@ def test_unusable_loss_log_is_a_warning_line(run):
     assert result.exit_code == 0, result.output
     assert "warning: loss log" in result.stderr and "lacks column(s) ['loss']" in result.stderr
     assert "no training loss log found" in result.stdout
+
+
+def test_results_without_adherence_rank_on_the_rest_with_one_warning(tmp_path, monkeypatch):
+    """A store written before lorasel measured adherence: ranked on what it has, and said so."""
+    quality = overfitting(4)
+    results = make_results(quality=lambda e, s: {k: v for k, v in quality(e, s).items() if k != "adherence"})
+    monkeypatch.setattr(inputs, "load_inputs", lambda path, workdir=None: results)
+    (tmp_path / "r").mkdir()
+    result = runner.invoke(app, ["rank", str(tmp_path / "r"), "--json"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "adherence was not measured" in warnings[0]
+    assert "rerun lorasel eval" in warnings[0]
+    assert all(row["adherence"] is None for row in json.loads(result.stdout))
+    quiet = runner.invoke(app, ["pick", str(tmp_path / "r"), "--weights", "adherence=0"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "warning" not in quiet.stderr
 
 
 def test_control_characters_in_names_do_not_reach_the_terminal(tmp_path, monkeypatch):

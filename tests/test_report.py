@@ -19,7 +19,7 @@ from lorasel.rank.ranking import TABLE_COLUMNS
 from lorasel.report import write_csv, write_html
 from lorasel.results import BASE
 from tests.cdp import Browser, find_chromium
-from tests.synthetic_results import make_results
+from tests.synthetic_results import make_results, overfitting
 
 SCRIPT_PAYLOAD = "<script>window.pwned=1;document.title='pwned'</script>"
 IMG_PAYLOAD = "<img src=x onerror=\"window.pwned=2;document.title='pwned'\">"
@@ -140,6 +140,16 @@ def test_html_content(report):
     assert len(html) < 400_000
 
 
+def test_html_says_when_a_weighted_metric_was_not_measured(tmp_path):
+    quality = overfitting(3)
+    results = make_results(
+        checkpoints=3, quality=lambda e, s: {k: v for k, v in quality(e, s).items() if k != "adherence"}
+    )
+    html = write_html(results, rank(results, n_boot=50), tmp_path / "r.html", tmp_path).read_text()
+    assert "adherence not used (not measured)" in html and "flexibility not used" not in html
+    assert "Note: adherence was not measured in this evaluation" in html
+
+
 def test_html_is_written_atomically(report, tmp_path, monkeypatch):
     target = tmp_path / "report.html"
     target.write_text("previous")
@@ -190,7 +200,7 @@ def test_report_in_headless_chromium(report, tmp_path):
             None,
         ]
         browser.evaluate("document.querySelector('#ranking-table th[data-key=p_best]').click()")
-        p_best = [float(v) for v in browser.evaluate(column.format(11)) if v]
+        p_best = [float(v) for v in browser.evaluate(column.format(12)) if v]
         assert p_best == sorted(p_best) and len(p_best) == 6
         browser.evaluate("document.querySelector('#ranking-table th[data-key=checkpoint]').click()")
         labels = browser.evaluate(column.format(1))

@@ -106,7 +106,9 @@ async def test_weights_change_the_ranking_live(tmp_path):
         assert "fid 1.25" in screen_text(app)
         await pilot.press("0", "w", "equals_sign")  # reset; flexibility 1 -> 1.25
         await settle(pilot)
-        assert app.state.weights == Weights(fidelity=1.0, flexibility=1.25, diversity=0.0, preservation=0.0)
+        assert app.state.weights == Weights(
+            fidelity=1.0, flexibility=1.25, adherence=1.0, diversity=0.0, preservation=0.0
+        )
         assert app.ranking.best.label == "b"
         assert app.pick_json() == choose(rank(results, weights=app.state.weights)).to_json()
         await pilot.press("minus")
@@ -116,7 +118,11 @@ async def test_weights_change_the_ranking_live(tmp_path):
 
 async def test_weights_cannot_all_be_zero(tmp_path):
     results = from_table(TRADE_OFF)
-    app = tui(tmp_path, results, weights=Weights(fidelity=0.25, flexibility=0, diversity=0, preservation=0))
+    app = tui(
+        tmp_path,
+        results,
+        weights=Weights(fidelity=0.25, flexibility=0, adherence=0, diversity=0, preservation=0),
+    )
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("minus")
@@ -124,6 +130,17 @@ async def test_weights_cannot_all_be_zero(tmp_path):
         assert app.state.weights.fidelity == 0.25
         assert any("all weights are zero" in n.message for n in app._notifications)
         assert app.ranking.best.label == "a"  # fidelity alone
+
+
+async def test_results_without_adherence_are_a_notification_once(tmp_path):
+    results = from_table(TRADE_OFF)  # its rows have no adherence: a store from before it was measured
+    app = tui(tmp_path, results, loss_loader=lambda root: None)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("plus")  # re-rank: the same note is not repeated
+        await settle(pilot)
+        notes = [n.message for n in app._notifications if "adherence was not measured" in n.message]
+        assert len(notes) == 1 and "press v" in notes[0]
 
 
 async def test_loss_toggle_shows_what_loss_would_pick(run):
@@ -309,7 +326,7 @@ async def test_print_pick_exits_with_the_pick_json(run):
         await settle(pilot)
         await pilot.press("w", "minus", "minus", "p")
         await pilot.pause()
-    weights = Weights(fidelity=1.0, flexibility=0.5, diversity=0.0, preservation=0.0)
+    weights = Weights(fidelity=1.0, flexibility=0.5, adherence=1.0, diversity=0.0, preservation=0.0)
     assert app.return_value == choose(rank(run.results, weights=weights, loss=run.loss)).to_json()
 
 

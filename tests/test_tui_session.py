@@ -36,14 +36,18 @@ def ranking():
 
 
 def test_weight_adjustment_clamps_at_zero_and_refuses_all_zero():
-    state = ViewState(weights=Weights(fidelity=0.25, flexibility=0.0, diversity=0.0, preservation=0.0))
+    state = ViewState(
+        weights=Weights(fidelity=0.25, flexibility=0.0, adherence=0.0, diversity=0.0, preservation=0.0)
+    )
     with pytest.raises(ConfigError, match="all weights are zero"):
         state.adjust_weight(-0.25)
-    lower = ViewState().next_weight(2).adjust_weight(-0.25)  # diversity 0.25 -> 0
+    lower = ViewState().next_weight(3).adjust_weight(-0.25)  # diversity 0 stays 0
     assert lower.weights.diversity == 0.0 and lower.weight_name == "diversity"
     assert lower.adjust_weight(-0.25) is lower  # already 0: nothing changes
     assert ViewState().adjust_weight(0.25).weights.fidelity == 1.25
     assert ViewState().next_weight(-1).weight_name == "preservation"
+    adherence = ViewState().next_weight(2).adjust_weight(-0.25)
+    assert adherence.weight_name == "adherence" and adherence.weights.adherence == 0.75
 
 
 def test_strength_filter_cycles_through_every_strength_and_back_to_all():

@@ -62,7 +62,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Render fixed prompts with every checkpoint at every strength and measure fidelity,
-    flexibility, diversity and preservation. Rerun at will: finished renders are kept."""
+    flexibility, adherence, diversity and preservation. Rerun at will: finished renders are kept."""
     from lorasel.evaluate import evaluate, parse_size, parse_strengths
 
     show = os.environ.get("RANK", "0") == "0"  # under `accelerate launch`, one process talks
@@ -150,20 +150,33 @@ class _ProgressBar:
 
 
 def _summary(results) -> None:
-    """Per checkpoint × strength: the four metrics, as a table on stdout."""
+    """Per checkpoint × strength: the metrics, as a table on stdout."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from lorasel.results import METRICS
 
     table = Table(title="lorasel eval: mean per checkpoint × strength")
-    for name in ("checkpoint", "strength", "fidelity", "flexibility", "diversity", "preservation"):
-        table.add_column(name, justify="left" if name == "checkpoint" else "right")
+    table.add_column("checkpoint", overflow="fold")  # wrapped rather than cut: it names a file
+    table.add_column("strength", justify="right")
+    for name in METRICS:  # headings as `lorasel rank` shortens them, to fit 80 columns
+        table.add_column(HEADINGS.get(name, name), justify="right")
     for row in results.candidates().itertuples(index=False):
         table.add_row(
-            str(row.label),
+            Text(str(row.label)),  # a file name: not Rich markup
             f"{row.strength:g}",
-            *(_fmt(getattr(row, m)) for m in ("fidelity", "flexibility", "diversity", "preservation")),
+            *(_fmt(getattr(row, m)) for m in METRICS),
         )
     Console(soft_wrap=True).print(table)
+
+
+HEADINGS = {
+    "flexibility": "flexib.",
+    "adherence": "adher.",
+    "diversity": "divers.",
+    "preservation": "preserv.",
+}
 
 
 def _fmt(value) -> str:

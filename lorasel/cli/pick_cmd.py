@@ -71,7 +71,8 @@ def pick_command(
     )
     typer.echo(
         f"  metrics     fidelity {num(m['fidelity'])}, flexibility {num(m['flexibility'])}, "
-        f"diversity {num(m['diversity'], 2)}, preservation {num(m['preservation'])}"
+        f"adherence {num(m['adherence'])}, diversity {num(m['diversity'], 2)}, "
+        f"preservation {num(m['preservation'])}"
     )
     if chosen.eligible < int((ranking.table["checkpoint"] != "base").sum()):
         typer.echo(f"  among       {chosen.eligible} candidates meeting the minimums")

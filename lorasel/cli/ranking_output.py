@@ -26,8 +26,8 @@ WeightsOpt = Annotated[
     str | None,
     typer.Option(
         "--weights",
-        help="Composite score weights (default fidelity=1,flexibility=1,diversity=0,preservation=0), "
-        "e.g. fidelity=2 or preservation=0.25 (names not given keep their default).",
+        help="Composite score weights (default fidelity=1,flexibility=1,adherence=1,diversity=0,"
+        "preservation=0), e.g. fidelity=2 or preservation=0.25 (names not given keep their default).",
     ),
 ]
 WorkdirOpt = Annotated[
@@ -68,7 +68,11 @@ def load_and_rank(
     parsed_strengths = parse_strengths(strengths) if strengths is not None else None
     results = inputs.load_inputs(path, workdir)
     loss = read_loss(RunDir.at(path).root)
-    return results, rank(results, weights=parsed_weights, strengths=parsed_strengths, loss=loss)
+    ranking = rank(results, weights=parsed_weights, strengths=parsed_strengths, loss=loss)
+    note = ranking.unmeasured_note()
+    if note:
+        typer.echo(f"warning: {note}", err=True)
+    return results, ranking
 
 
 def printable(text: object, limit: int | None = None) -> str:
@@ -91,8 +95,8 @@ def describe(c: Candidate) -> str:
 
 def table_text(ranking: Ranking) -> str:
     """The ranked table as aligned text (the base model last, unranked)."""
-    head = ("rank", "checkpoint", "epoch", "strength", "fidelity", "flexib.", "divers.", "preserv.",
-            "score", "95% interval", "P(best)", "", "loss")  # fmt: skip
+    head = ("rank", "checkpoint", "epoch", "strength", "fidelity", "flexib.", "adher.", "divers.",
+            "preserv.", "score", "95% interval", "P(best)", "", "loss")  # fmt: skip
     rows = []
     for c in ranking.candidates():
         marks = ("=" if c.tied else "") + ("*" if c.pareto else "")
@@ -105,6 +109,7 @@ def table_text(ranking: Ranking) -> str:
                 f"{c.strength:g}",
                 _num(m["fidelity"]),
                 _num(m["flexibility"]),
+                _num(m["adherence"]),
                 _num(m["diversity"], 2),
                 _num(m["preservation"]),
                 _num(c.score),
@@ -115,7 +120,7 @@ def table_text(ranking: Ranking) -> str:
             )
         )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    left = {1, 11}
+    left = {1, 12}
     lines = [
         "  ".join(
             cell.ljust(w) if i in left else cell.rjust(w)

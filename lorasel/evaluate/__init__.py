@@ -1,5 +1,5 @@
 """The evaluator: render fixed prompts at several strengths for every checkpoint, cached and
-resumable, and measure fidelity, flexibility, diversity and preservation.
+resumable, and measure fidelity, flexibility, adherence, diversity and preservation.
 
 - ``evaluate(path, ...) -> Results``: plan, render what is missing, score, store.
 - ``load_results(path, workdir=None) -> Results``: the last complete evaluation.

@@ -14,6 +14,8 @@ from lorasel.evaluate.plan import RenderItem
 from lorasel.results import BASE, CHECKPOINT_COLUMNS, DIVERSITY_COLUMNS, RENDER_COLUMNS, Results
 
 FIDELITY_KINDS = ("in_domain", "trigger")
+#: Kinds whose renders are scored against their prompt's text: flexibility, adherence.
+TEXT_KINDS = ("out_of_domain", "in_domain")
 
 
 def build_results(
@@ -29,7 +31,7 @@ def build_results(
     """The frames of ``lorasel.results`` for ``items`` (the base model's renders included).
 
     Per render: fidelity (in_domain, trigger), flexibility and its gain over the base
-    (out_of_domain), preservation (unrelated). Per (checkpoint, strength, prompt): diversity.
+    (out_of_domain), adherence (in_domain), preservation (unrelated). Per (checkpoint, strength, prompt): diversity.
     ``settings["centroid_distance"]`` maps "checkpoint@strength" to ‖μ_gen − μ_ref‖².
     """
     info = {c.checkpoint: c for c in checkpoints}
@@ -42,13 +44,18 @@ def build_results(
     if mask.any():
         fidelity[mask] = metrics.fidelity(emb[mask], reference_embeddings)
 
-    flexibility = np.full(n, np.nan)
-    mask = kinds == "out_of_domain"
-    if mask.any():
-        texts = np.stack(
-            [text_embeddings[it.prompt.scoring_text] for it, m in zip(items, mask, strict=True) if m]
-        )
-        flexibility[mask] = metrics.flexibility(emb[mask], texts)
+    # Both are the render's CLIP text cosine to its prompt with the trigger replaced by the
+    # class word: on out-of-domain prompts (flexibility) and on in-domain ones (adherence).
+    text_score = {}
+    for kind in TEXT_KINDS:
+        text_score[kind] = np.full(n, np.nan)
+        mask = kinds == kind
+        if mask.any():
+            texts = np.stack(
+                [text_embeddings[it.prompt.scoring_text] for it, m in zip(items, mask, strict=True) if m]
+            )
+            text_score[kind][mask] = metrics.text_alignment(emb[mask], texts)
+    flexibility, adherence = text_score["out_of_domain"], text_score["in_domain"]
 
     # Paired with the base model's render of the same prompt and seed.
     base_row = {(it.prompt.text, it.seed_index): i for i, it in enumerate(items) if it.checkpoint == BASE}
@@ -80,6 +87,7 @@ def build_results(
                 "fidelity": fidelity[i],
                 "flexibility": flexibility[i],
                 "flexibility_gain": gain[i],
+                "adherence": adherence[i],
                 "preservation": preservation[i],
             }
         )

@@ -1,11 +1,13 @@
-"""The four measurements, as pure functions over CLIP embeddings (float64 numpy).
+"""The five measurements, as pure functions over CLIP embeddings (float64 numpy).
 
 Definitions follow the LyCORIS evaluation framework (REFERENCE.md §4):
 
 - fidelity: mean cosine between a render and the reference (training) images; also the squared
   distance between the centroid of the renders and the centroid of the references;
 - flexibility: cosine between a render and the text of its prompt with the trigger replaced by
-  the class word (the raw cosine, not torchmetrics' 100·max(cos, 0));
+  the class word (the raw cosine, not torchmetrics' 100·max(cos, 0)), on out-of-domain prompts;
+- adherence: the same cosine on in-domain prompts (does the LoRA still draw the colour and
+  background an in-domain prompt names, or only its training images?);
 - diversity: the Vendi score of one prompt's renders over seeds, exp of the entropy of the
   eigenvalues of K/n, K the cosine-similarity matrix: 1 for identical images, n for orthogonal;
 - preservation: cosine between a render and the base model's render of the same prompt and seed.
@@ -39,9 +41,14 @@ def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("nd,nd->n", normalize(a), normalize(b))
 
 
-def flexibility(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
-    """Per render: cosine to its own prompt's text embedding (trigger → class word). → [n]"""
+def text_alignment(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """Per render: cosine to its own prompt's text embedding (trigger → class word). → [n]
+
+    Flexibility on out-of-domain prompts, adherence on in-domain ones."""
     return paired_cosine(images, texts)
+
+
+flexibility = adherence = text_alignment
 
 
 def preservation(renders: np.ndarray, base_renders: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from lorasel.errors import EvaluationError
-from lorasel.evaluate.assemble import build_results
+from lorasel.evaluate.assemble import TEXT_KINDS, build_results
 from lorasel.evaluate.candidates import CheckpointInfo
 from lorasel.evaluate.plan import Batch
 from lorasel.evaluate.progress import ProgressEvent, RenderProgress
@@ -136,7 +136,7 @@ def score_plan(
 
     vectors = render_embeddings(scorer, store, keys, on_chunk)
     texts = text_embeddings(
-        scorer, store, [it.prompt.scoring_text for it in items if it.prompt.kind == "out_of_domain"]
+        scorer, store, [it.prompt.scoring_text for it in items if it.prompt.kind in TEXT_KINDS]
     )
     return build_results(
         items,

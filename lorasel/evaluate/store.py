@@ -9,6 +9,10 @@
 - ``file_hashes``: content hashes of checkpoint files by (path, size, mtime).
 - ``result_*``: the frames of the last complete evaluation (``lorasel.results.Results``).
 
+Schema 2 added ``result_renders.adherence``; a schema-1 store gains the column (empty) when
+it is next opened for writing, and reads as adherence not measured until ``lorasel eval``
+runs again (which renders nothing new: it only embeds the in-domain prompts' texts).
+
 WAL mode and a busy timeout let several processes (``accelerate launch``) write one store.
 """
 
@@ -29,9 +33,9 @@ import pandas as pd
 
 from lorasel.errors import EvaluationError, ResultsError
 from lorasel.io import atomic_write_bytes
-from lorasel.results import CHECKPOINT_COLUMNS, DIVERSITY_COLUMNS, RENDER_COLUMNS, Results
+from lorasel.results import CHECKPOINT_COLUMNS, DIVERSITY_COLUMNS, RENDER_COLUMNS, RENDER_METRICS, Results
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 120.0
 _CHUNK = 500  # SQLite's host-parameter limit is 999 on old builds
 
@@ -126,6 +130,7 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         con.execute(statement)
+                _add_missing_columns(con, "result_renders", RENDER_COLUMNS)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 con.execute("COMMIT")
             else:
@@ -273,8 +278,10 @@ class Store:
                 ("result_checkpoints", checkpoints),
             ):
                 con.execute(f"DELETE FROM {table}")
+                # By name: a table migrated from an older schema has its new columns last.
+                names = ", ".join(frame.columns)
                 marks = ",".join("?" * frame.shape[1])
-                con.executemany(f"INSERT INTO {table} VALUES ({marks})", _sql_rows(frame))
+                con.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", _sql_rows(frame))
             con.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('results_settings', ?)",
                 (json.dumps(results.settings, sort_keys=True, default=str),),
@@ -297,17 +304,40 @@ class Store:
                 f"results database {self.db_path} is unreadable ({exc})",
                 hint="move it aside and run `lorasel eval PATH` again",
             ) from exc
+        for col in RENDER_METRICS:
+            if col not in renders:  # a schema-1 store opened read-only: not measured
+                renders[col] = np.nan
+        for name, frame, columns in (
+            ("renders", renders, RENDER_COLUMNS),
+            ("diversity", diversity, DIVERSITY_COLUMNS),
+            ("checkpoints", checkpoints, CHECKPOINT_COLUMNS),
+        ):
+            missing = [c for c in columns if c not in frame]
+            if missing:
+                raise ResultsError(
+                    f"results database {self.db_path} is unreadable (its {name} lack columns {missing})",
+                    hint="move it aside and run `lorasel eval PATH` again",
+                )
         for frame in (renders, checkpoints):
             for col in ("epoch", "step"):
                 frame[col] = frame[col].astype("Int64")
-        for col in ("strength", "fidelity", "flexibility", "flexibility_gain", "preservation"):
+        for col in ("strength", *RENDER_METRICS):
             renders[col] = renders[col].astype("float64")
+        renders = renders.loc[:, list(RENDER_COLUMNS)]
         for col in ("seed_index", "seed"):
             renders[col] = renders[col].astype("int64")
         diversity["strength"] = diversity["strength"].astype("float64")
         diversity["diversity"] = diversity["diversity"].astype("float64")
         checkpoints["metadata"] = [json.loads(m) for m in checkpoints["metadata"]]
         return Results(renders=renders, diversity=diversity, checkpoints=checkpoints, settings=settings)
+
+
+def _add_missing_columns(con: sqlite3.Connection, table: str, columns: Sequence[str]) -> None:
+    """Bring a table written by an older schema up to date: its missing columns, added empty."""
+    have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+    for column in columns:
+        if column not in have:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _sql_rows(frame: pd.DataFrame) -> list[tuple]:

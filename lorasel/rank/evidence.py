@@ -18,7 +18,7 @@ from lorasel.errors import ConfigError, ResultsError
 from lorasel.results import BASE, KINDS, Results
 
 #: Metrics measured per render (per unit); diversity is measured per (candidate, prompt).
-UNIT_METRICS = ("fidelity", "flexibility", "preservation")
+UNIT_METRICS = ("fidelity", "flexibility", "adherence", "preservation")
 
 #: Strengths closer than this are the same strength (they come from float parsing).
 STRENGTH_TOL = 1e-6

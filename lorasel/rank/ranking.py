@@ -96,7 +96,8 @@ class Ranking:
     ``table``: one row per (checkpoint, strength), columns :data:`TABLE_COLUMNS`, sorted by rank
     with the base model last (rank, p_best NA). ``boot_scores``: ``[n_boot, len(table)]``, the
     bootstrap scores of the table's rows (column i is row i). ``seeds_per_prompt``: the most
-    seeds any prompt was rendered with. ``loss_spearman``: Spearman ρ
+    seeds any prompt was rendered with. ``unmeasured``: metrics no competing candidate has a
+    value of (left out of the score, whatever their weight). ``loss_spearman``: Spearman ρ
     between each checkpoint's loss and its best score over strengths (None without loss).
     """
 
@@ -110,6 +111,21 @@ class Ranking:
     loss_spearman: float | None
     boot_scores: np.ndarray = field(repr=False)
     seeds_per_prompt: int = 0
+    unmeasured: tuple[str, ...] = ()
+
+    def unmeasured_note(self, rerun: str = "lorasel eval") -> str | None:
+        """A line on the weighted metrics this evaluation did not measure (a store written by an
+        older lorasel has no adherence), left out of the score, or None."""
+        missing = [m for m in self.unmeasured if self.weights.as_dict()[m] > 0]
+        if not missing:
+            return None
+        names = " and ".join(missing)
+        return (
+            f"{names} {'was' if len(missing) == 1 else 'were'} not measured in this evaluation "
+            f"(an older lorasel wrote it) and {'is' if len(missing) == 1 else 'are'} left out of the score; "
+            f"rerun {rerun} with the same options to measure {'it' if len(missing) == 1 else 'them'} "
+            "(nothing is rendered again)"
+        )
 
     def tie_advice(self, tied: int | None = None, rerun: str = "lorasel eval") -> str | None:
         """What to do when ``tied`` other candidates (default: the table's) could be the best:
@@ -263,4 +279,5 @@ def rank(
         loss_spearman=loss_spearman,
         boot_scores=boot,
         seeds_per_prompt=int(evidence.units.groupby("prompt_id").size().max()) if len(evidence.units) else 0,
+        unmeasured=tuple(m for m in METRICS if not np.isfinite(point[m][contest]).any()),
     )

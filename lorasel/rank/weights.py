@@ -34,6 +34,7 @@ class Weights:
 
     fidelity: float = 1.0
     flexibility: float = 1.0
+    adherence: float = 1.0
     diversity: float = 0.0
     preservation: float = 0.0
 
@@ -98,7 +99,7 @@ class Weights:
 
 
 #: The default composite (see the module docstring for why).
-DEFAULT_WEIGHTS = Weights(fidelity=1.0, flexibility=1.0, diversity=0.0, preservation=0.0)
+DEFAULT_WEIGHTS = Weights(fidelity=1.0, flexibility=1.0, adherence=1.0, diversity=0.0, preservation=0.0)
 
 
 def parse_strengths(text: str) -> list[float]:

@@ -26,15 +26,12 @@ from lorasel.rank.bootstrap import TIE_LEVEL
 from lorasel.rank.ranking import Candidate, Ranking
 from lorasel.report import plots
 from lorasel.report.thumbnails import thumbnail
-from lorasel.results import BASE, KINDS, Results
+from lorasel.results import BASE, KIND_METRICS, KINDS, METRIC_SHORT, Results
 
 #: Longest metadata value shown (metadata such as ss_tag_frequency can be huge).
 MAX_META_CHARS = 300
 #: Most metadata keys shown per checkpoint.
 MAX_META_KEYS = 60
-#: Metric of each prompt kind, shown under its renders.
-KIND_METRIC = {"in_domain": "fidelity", "trigger": "fidelity", "out_of_domain": "flexibility", "unrelated": "preservation"}  # fmt: skip
-_SHORT = {"fidelity": "fid", "flexibility": "flex", "preservation": "pres"}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -92,6 +89,7 @@ _HEAD = (
     ("strength", "strength", "LoRA strength (multiplier)"),
     ("fidelity", "fidelity", "CLIP image cosine to the training images"),
     ("flexibility", "flexibility", "CLIP text cosine to out-of-domain prompts"),
+    ("adherence", "adherence", "CLIP text cosine to in-domain prompts"),
     ("diversity", "diversity", "Vendi score over seeds"),
     ("preservation", "preservation", "cosine to the base model on prompts without the trigger"),
     ("score", "score", "composite score (normalised within the run)"),
@@ -116,7 +114,10 @@ def _table_rows(ranking: Ranking) -> list[dict[str, Any]]:
             {"text": _opt_int(r["epoch"]) or "—", "sort": _sort_value(r["epoch"])},
             {"text": _opt_int(r["step"]) or "—", "sort": _sort_value(r["step"])},
             {"text": f"{r['strength']:g}", "sort": _sort_value(r["strength"])},
-            *({"text": _fmt(r[m]), "sort": _sort_value(r[m])} for m in ("fidelity", "flexibility")),
+            *(
+                {"text": _fmt(r[m]), "sort": _sort_value(r[m])}
+                for m in ("fidelity", "flexibility", "adherence")
+            ),
             {"text": _fmt(r["diversity"], 2), "sort": _sort_value(r["diversity"])},
             {"text": _fmt(r["preservation"]), "sort": _sort_value(r["preservation"])},
             {"text": _fmt(r["score"]), "sort": _sort_value(r["score"])},
@@ -170,8 +171,9 @@ def _grids(results: Results, ranking: Ranking, state_dir: Path, seeds: int) -> l
     for r in renders[["checkpoint", "skey", "prompt_id", "seed_index", "image", "kind"]].itertuples(
         index=False
     ):
-        metric = KIND_METRIC.get(r.kind)
-        lookup.setdefault((r.checkpoint, r.skey, r.prompt_id), []).append((r.seed_index, r.image, metric))
+        lookup.setdefault((r.checkpoint, r.skey, r.prompt_id), []).append(
+            (r.seed_index, r.image, KIND_METRICS.get(r.kind, ()))
+        )
     values = renders.set_index(["checkpoint", "skey", "prompt_id", "seed_index"])
     thumbs = _thumbnails(state_dir, renders["image"].astype(str).unique())
 
@@ -182,11 +184,10 @@ def _grids(results: Results, ranking: Ranking, state_dir: Path, seeds: int) -> l
         parts = []
         if cand is not None and checkpoint != BASE:
             parts.append(f"#{int(cand['rank'])} · {_fmt(cand['score'], 2)}")
-        if found and found[0][2]:
-            metric = found[0][2]
+        for metric in found[0][2] if found else ():
             v = values.loc[(checkpoint, strength, prompt_id, found[0][0]), metric]
             v = v.iloc[0] if isinstance(v, pd.Series) else v
-            parts.append(f"{_SHORT[metric]} {_fmt(v, 2)}")
+            parts.append(f"{METRIC_SHORT[metric]} {_fmt(v, 2)}")
         is_pick = checkpoint == best.checkpoint and strength == _strength_key(best.strength)
         return {"images": images, "caption": " · ".join(parts), "pick": is_pick}
 
@@ -216,7 +217,9 @@ def _settings(results: Results, ranking: Ranking) -> list[tuple[str, str]]:
     weights = ", ".join(f"{k}={v:g}" for k, v in ranking.weights.as_dict().items())
     norm = ranking.normalisation
     ranges = ", ".join(
-        f"{m} {norm.low[m]:.3f}–{norm.high[m]:.3f}" if m in norm.active else f"{m} not used (constant)"
+        f"{m} {norm.low[m]:.3f}–{norm.high[m]:.3f}"
+        if m in norm.active
+        else f"{m} not used ({'not measured' if m in ranking.unmeasured else 'constant'})"
         for m in norm.low
     )
     units = ", ".join(f"{k} {v}" for k, v in sorted(ranking.units.items()))
@@ -331,6 +334,7 @@ def render_html(
         "tied": tied,
         "tie_advice": ranking.tie_advice(len(tied)),
         "tie_level": f"{TIE_LEVEL:.0%}",
+        "unmeasured_note": ranking.unmeasured_note(),
         "lowest_loss": _candidate_view(lowest) if lowest else None,
         "loss_source": ranking.loss_source or "looked for logs/loss.csv and TensorBoard event files",
         "spearman_text": _spearman_text(ranking),

@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from lorasel.errors import ConfigError, ResultsError
 from lorasel.rank import DEFAULT_WEIGHTS, LossLog, Ranking, Weights, choose, read_loss
-from lorasel.results import BASE, Results
+from lorasel.results import BASE, RENDER_METRICS, Results
 from lorasel.rundir import RunDir
 from lorasel.tui import jobs
 from lorasel.tui import messages as msg
@@ -57,7 +57,7 @@ def _store_stamp(run: RunDir) -> tuple:
 def _fingerprint(results: Results, loss: LossLog | None) -> tuple:
     """Cheap identity of what a ranking depends on: a reload that changed nothing re-ranks nothing."""
     r = results.renders
-    metrics = float(r[["fidelity", "flexibility", "preservation"]].sum().sum())
+    metrics = float(r[list(RENDER_METRICS)].sum().sum())
     losses = None if loss is None else (loss.source, len(loss.steps), float(loss.steps["loss"].sum()))
     return (len(r), metrics, tuple(sorted(map(str, results.checkpoints["checkpoint"]))),
             repr(sorted(results.settings.items())), losses)  # fmt: skip
@@ -117,6 +117,7 @@ class LoraselTUI(App[dict | None]):
         self.renders = RenderCache(run.state)
         self._fingerprint: tuple | None = None
         self._generation = self._ranked_generation = 0
+        self._unmeasured_note: str | None = None  # shown once, not on every re-rank
         self._exported_generation = -1
         self._stamp: tuple | None = None
         self._evaluation: Worker | None = None
@@ -258,6 +259,10 @@ class LoraselTUI(App[dict | None]):
         self.ranking, self.ranked = message.ranking, message.index
         self._ranked_generation = message.generation
         self.main.show_ranking(message.ranking, self.state)
+        note = message.ranking.unmeasured_note(rerun="the evaluation (press v)")
+        if note and note != self._unmeasured_note:
+            self.notify(clean(note), severity="warning", markup=False)
+        self._unmeasured_note = note
         if first:
             self.refresh_bindings()
 

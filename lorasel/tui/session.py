@@ -17,16 +17,16 @@ import pandas as pd
 
 from lorasel.errors import ConfigError
 from lorasel.rank import DEFAULT_WEIGHTS, Weights
-from lorasel.results import BASE
+from lorasel.results import BASE, METRICS
 
 #: Columns the table can be sorted by, in the order the sort key cycles through them.
 SORT_KEYS = (
-    "rank", "epoch", "strength", "fidelity", "flexibility", "diversity", "preservation", "score",
-    "p_best", "loss",
+    "rank", "epoch", "strength", "fidelity", "flexibility", "adherence", "diversity", "preservation",
+    "score", "p_best", "loss",
 )  # fmt: skip
 #: Columns whose natural order is largest first (higher is better).
-LARGEST_FIRST = frozenset({"fidelity", "flexibility", "diversity", "preservation", "score", "p_best"})
-WEIGHT_NAMES = ("fidelity", "flexibility", "diversity", "preservation")
+LARGEST_FIRST = frozenset({*METRICS, "score", "p_best"})
+WEIGHT_NAMES = METRICS
 WEIGHT_STEP = 0.25
 
 #: A row of the table: (checkpoint id, strength).

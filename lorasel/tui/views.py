@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from lorasel.rank import Candidate, Ranking
-from lorasel.results import BASE, KINDS, Results
+from lorasel.results import BASE, KIND_METRICS, KINDS, Results
 from lorasel.tui.session import CandidateKey, candidate_key
 
-#: The metric each kind of prompt measures (as in the report's grids).
-KIND_METRIC = {"in_domain": "fidelity", "trigger": "fidelity", "out_of_domain": "flexibility", "unrelated": "preservation"}  # fmt: skip
+#: The metric shown for each kind of prompt: the first it measures (in-domain prompts: fidelity).
+KIND_METRIC = {kind: metrics[0] for kind, metrics in KIND_METRICS.items()}
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
 
@@ -72,7 +72,7 @@ class ResultsIndex:
         # Per (candidate, prompt): the mean over seeds of the metric the prompt's kind measures.
         metric_of = renders["kind"].map(KIND_METRIC)
         values = np.full(len(renders), np.nan)
-        for metric in ("fidelity", "flexibility", "preservation"):
+        for metric in sorted(set(KIND_METRIC.values())):
             rows = (metric_of == metric).to_numpy()
             values[rows] = renders.loc[rows, metric].astype(float).to_numpy()
         per_prompt = (

@@ -42,6 +42,7 @@ COLUMNS_HELP = (
     ("ep, str", "training epoch of the checkpoint, LoRA strength (multiplier)"),
     ("fid", "fidelity: CLIP image cosine to the training images"),
     ("flex", "flexibility: CLIP text cosine to out-of-domain prompts (trigger -> class word)"),
+    ("adh", "adherence: CLIP text cosine to in-domain prompts (trigger -> class word)"),
     ("div", "diversity: Vendi score of a prompt's renders over seeds"),
     ("pres", "preservation: cosine to the base model on prompts without the trigger"),
     ("score", "weighted mean of the metrics, each scaled 0-1 within the run"),

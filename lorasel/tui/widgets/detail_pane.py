@@ -16,6 +16,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from lorasel.rank import Candidate
+from lorasel.results import METRIC_SHORT
 from lorasel.tui.session import CandidateKey
 from lorasel.tui.text import clean, num, strength_text
 from lorasel.tui.views import RankingIndex, ResultsIndex, sparkline
@@ -24,7 +25,6 @@ from lorasel.tui.views import RankingIndex, ResultsIndex, sparkline
 MAX_META_CHARS = 160
 #: Longest prompt shown (the line is cut at the pane's edge anyway).
 MAX_PROMPT_CHARS = 300
-SHORT_METRIC = {"fidelity": "fid", "flexibility": "flex", "preservation": "pres", "": ""}
 
 
 def _summary(c: Candidate, key: CandidateKey, ranked: RankingIndex, text: Text) -> None:
@@ -47,9 +47,9 @@ def _summary(c: Candidate, key: CandidateKey, ranked: RankingIndex, text: Text) 
     if key != ranked.best and math.isfinite(win):
         text.append(f"  the pick beats it in {win:.0%} of rounds")
     m = c.metrics
+    # The table's short names (the help screen explains them): five metrics fit 80 columns.
     text.append(
-        f"\nfidelity {num(m['fidelity'])}  flexibility {num(m['flexibility'])}  "
-        f"diversity {num(m['diversity'], 2)}  preservation {num(m['preservation'])}"
+        "\n" + "  ".join(f"{METRIC_SHORT[k]} {num(v, 2 if k == 'diversity' else 3)}" for k, v in m.items())
     )
     where = [
         f"epoch {c.epoch}" if c.epoch is not None else "",
@@ -90,7 +90,7 @@ def _prompts(key: CandidateKey, index: ResultsIndex, text: Text) -> None:
     text.append(f"{'kind':<13} {'':<4} {'this':>6} {'base':>6} {'div':>5}  prompt\n", style="bold")
     for row in index.prompt_rows(key):
         text.append(
-            f"{row.kind:<13} {SHORT_METRIC.get(row.metric, row.metric):<4} {num(row.value):>6} "
+            f"{row.kind:<13} {METRIC_SHORT.get(row.metric, row.metric):<4} {num(row.value):>6} "
             f"{num(row.base_value):>6} {num(row.diversity, 2):>5}  "
         )
         text.append(clean(f"{row.prompt_id} {row.prompt}", MAX_PROMPT_CHARS) + "\n")

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from lorasel.results import METRIC_SHORT
 from lorasel.tui.session import CandidateKey
 from lorasel.tui.text import clean, num, strength_text
 from lorasel.tui.views import KIND_METRIC, ResultsIndex, Unit
@@ -15,7 +16,6 @@ from lorasel.tui.widgets.render_view import RenderView
 
 SLOTS = ("selected", "compare", "base")
 TITLES = {"selected": "selected", "compare": "compare", "base": "base model"}
-SHORT_METRIC = {"fidelity": "fid", "flexibility": "flex", "preservation": "pres"}
 
 
 class ImagesPane(Vertical):
@@ -67,7 +67,7 @@ class ImagesPane(Vertical):
                 continue
             if unit is not None and index is not None and unit.kind in KIND_METRIC:
                 value = index.prompt_value(key, unit.prompt_id)
-                caption.append(f"  {SHORT_METRIC[KIND_METRIC[unit.kind]]} {num(value, 2)}")
+                caption.append(f"  {METRIC_SHORT[KIND_METRIC[unit.kind]]} {num(value, 2)}")
             caption.append("\n")
             caption.append(clean(labels.get(slot, key[0]), 28))
             if slot != "base":

@@ -36,6 +36,7 @@ COLUMNS = (
     Column("strength", "str", 4),
     Column("fidelity", "fid", 5),
     Column("flexibility", "flex", 5),
+    Column("adherence", "adh", 5),
     Column("diversity", "div", 4, 2),
     Column("preservation", "pres", 5),
     Column("score", "score", 5),

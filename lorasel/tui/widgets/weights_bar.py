@@ -6,10 +6,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from lorasel.results import METRIC_SHORT
 from lorasel.tui.session import WEIGHT_NAMES, ViewState
 from lorasel.tui.text import strength_text
-
-SHORT = {"fidelity": "fid", "flexibility": "flex", "diversity": "div", "preservation": "pres"}
 
 
 def weights_text(state: ViewState) -> Text:
@@ -17,7 +16,7 @@ def weights_text(state: ViewState) -> Text:
     text.append("weights ", style="bold")
     values = state.weights.as_dict()
     for i, name in enumerate(WEIGHT_NAMES):
-        item = f"{SHORT[name]} {values[name]:.2f}"
+        item = f"{METRIC_SHORT[name]} {values[name]:g}"
         text.append(item, style="reverse bold" if i == state.weight_index else "")
         text.append("  ")
     text.append("│ strength ", style="bold")
