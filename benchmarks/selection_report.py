@@ -297,8 +297,8 @@ def miss_table(runs: list[dict]) -> list[str]:
         "renders it ranked:",
         "",
         "| run | candidate | choice | in-domain | trigger | out-of-domain | unrelated | oracle quality "
-        "| fidelity | flexibility | preservation |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fidelity | flexibility | adherence | preservation |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         o = r["outcome"]
@@ -309,7 +309,7 @@ def miss_table(runs: list[dict]) -> list[str]:
             parts = oracle.loc[(v.checkpoint, v.strength)]
             seen = table.loc[(v.checkpoint, v.strength)]
             cells = [f"{parts[k]:.2f}" if k in parts and pd.notna(parts[k]) else "-" for k in KINDS]
-            metrics = [f"{seen[m]:.3f}" for m in ("fidelity", "flexibility", "preservation")]
+            metrics = [f"{seen[m]:.3f}" for m in ("fidelity", "flexibility", "adherence", "preservation")]
             label = "lorasel's pick" if role == "lorasel" else "oracle's best"
             lines.append(
                 f"| {r['concept']}-{r['seed']} | {label} | e{v.epoch}@{v.strength:g} | "
