@@ -237,7 +237,7 @@ def test_a_store_from_before_adherence_reads_as_not_measured_and_a_rerun_measure
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == 1
     ranking = rank(old, n_boot=50)
-    assert ranking.unmeasured == ("adherence",)
+    assert ranking.unmeasured == {"adherence": "stale"}
     assert "adherence was not measured" in ranking.unmeasured_note()
     assert "nothing is rendered again" in ranking.unmeasured_note()
     # The same ranking as one that never weighed adherence.

@@ -456,3 +456,22 @@ def test_pick_json_has_the_design_fields():
     assert all(list(t) == fields for t in data["tied_with"])
     assert set(data["metrics"]) == set(METRICS)
     assert data["checkpoint"].endswith(ranking.best.checkpoint) and data["checkpoint"].startswith("/")
+
+
+def test_a_prompt_set_without_in_domain_prompts_ranks_without_adherence_and_says_why():
+    full = make_results(checkpoints=3, seeds=2)
+    keep = full.renders["kind"] != "in_domain"
+    results = Results(
+        renders=full.renders[keep].reset_index(drop=True),
+        diversity=full.diversity[full.diversity["kind"] != "in_domain"].reset_index(drop=True),
+        checkpoints=full.checkpoints,
+        settings=full.settings,
+    )
+    ranking = rank(results, n_boot=50)
+    assert ranking.unmeasured == {"adherence": "no prompts"}  # fidelity still has the trigger prompts
+    assert ranking.unmeasured_note() == (
+        "adherence is left out of the score: the prompt set has no in_domain prompts to measure it"
+    )
+    alone = rank(results, weights=Weights(adherence=0.0), n_boot=50)
+    assert alone.unmeasured_note() is None
+    assert ranking.table["score"].tolist() == pytest.approx(alone.table["score"].tolist())

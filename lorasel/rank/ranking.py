@@ -17,7 +17,7 @@ from lorasel.rank.loss import LossLog, checkpoint_loss, spearman
 from lorasel.rank.pareto import pareto_front
 from lorasel.rank.score import Normalisation, composite, fit_normalisation
 from lorasel.rank.weights import DEFAULT_WEIGHTS, Weights
-from lorasel.results import BASE, METRICS, Results
+from lorasel.results import BASE, KIND_METRICS, METRICS, Results
 
 #: Columns of :attr:`Ranking.table` (docs/internals.md), plus ``path``, ``val_loss``, ``win_vs_best``.
 TABLE_COLUMNS = (
@@ -97,7 +97,9 @@ class Ranking:
     with the base model last (rank, p_best NA). ``boot_scores``: ``[n_boot, len(table)]``, the
     bootstrap scores of the table's rows (column i is row i). ``seeds_per_prompt``: the most
     seeds any prompt was rendered with. ``unmeasured``: metrics no competing candidate has a
-    value of (left out of the score, whatever their weight). ``loss_spearman``: Spearman ρ
+    value of (left out of the score, whatever their weight), each with why: ``"stale"`` (the
+    prompts that measure it were rendered, but the results predate the metric) or ``"no
+    prompts"`` (the prompt set has none of the kinds that measure it). ``loss_spearman``: Spearman ρ
     between each checkpoint's loss and its best score over strengths (None without loss).
     """
 
@@ -111,21 +113,28 @@ class Ranking:
     loss_spearman: float | None
     boot_scores: np.ndarray = field(repr=False)
     seeds_per_prompt: int = 0
-    unmeasured: tuple[str, ...] = ()
+    unmeasured: dict[str, str] = field(default_factory=dict)
 
     def unmeasured_note(self, rerun: str = "lorasel eval") -> str | None:
-        """A line on the weighted metrics this evaluation did not measure (a store written by an
-        older lorasel has no adherence), left out of the score, or None."""
-        missing = [m for m in self.unmeasured if self.weights.as_dict()[m] > 0]
-        if not missing:
-            return None
-        names = " and ".join(missing)
-        return (
-            f"{names} {'was' if len(missing) == 1 else 'were'} not measured in this evaluation "
-            f"(an older lorasel wrote it) and {'is' if len(missing) == 1 else 'are'} left out of the score; "
-            f"rerun {rerun} with the same options to measure {'it' if len(missing) == 1 else 'them'} "
-            "(nothing is rendered again)"
-        )
+        """One line on the weighted metrics left out of the score because nothing measured them
+        (see ``unmeasured``), or None."""
+        weights = self.weights.as_dict()
+        notes = []
+        stale = [m for m, why in self.unmeasured.items() if why == "stale" and weights[m] > 0]
+        if stale:
+            one = len(stale) == 1
+            notes.append(
+                f"{' and '.join(stale)} {'was' if one else 'were'} not measured in this evaluation "
+                f"(an older lorasel wrote it) and {'is' if one else 'are'} left out of the score; rerun "
+                f"{rerun} with the same options to measure {'it' if one else 'them'} (nothing is rendered again)"
+            )
+        for m, why in self.unmeasured.items():
+            if why == "no prompts" and weights[m] > 0:
+                kinds = " or ".join(k for k, measured in KIND_METRICS.items() if m in measured)
+                notes.append(
+                    f"{m} is left out of the score: the prompt set has no {kinds} prompts to measure it"
+                )
+        return "; ".join(notes) or None
 
     def tie_advice(self, tied: int | None = None, rerun: str = "lorasel eval") -> str | None:
         """What to do when ``tied`` other candidates (default: the table's) could be the best:
@@ -279,5 +288,18 @@ def rank(
         loss_spearman=loss_spearman,
         boot_scores=boot,
         seeds_per_prompt=int(evidence.units.groupby("prompt_id").size().max()) if len(evidence.units) else 0,
-        unmeasured=tuple(m for m in METRICS if not np.isfinite(point[m][contest]).any()),
+        unmeasured=_unmeasured(point, contest, set(evidence.units["kind"])),
     )
+
+
+def _unmeasured(point: dict[str, np.ndarray], contest: np.ndarray, kinds: set[str]) -> dict[str, str]:
+    """The metrics no competing candidate has a value of, and why (see :class:`Ranking`)."""
+    out = {}
+    for m in METRICS:
+        if np.isfinite(point[m][contest]).any():
+            continue
+        measured_on = (
+            {k for k, measured in KIND_METRICS.items() if m in measured} if m != "diversity" else kinds
+        )
+        out[m] = "stale" if measured_on & kinds else "no prompts"
+    return out
