@@ -20,7 +20,14 @@ from benchmarks.selection_analysis import (
     mean_interval,
     weight_sweep,
 )
-from benchmarks.selection_settings import GRADE_FROM, GRADE_SEEDS, LABELS, SELECT_SEEDS, SELECTORS
+from benchmarks.selection_settings import (
+    DEFAULT_CHOSEN_ON,
+    GRADE_FROM,
+    GRADE_SEEDS,
+    LABELS,
+    SELECT_SEEDS,
+    SELECTORS,
+)
 
 
 def report(runs: list[dict], concepts: list[str], n_seeds: int, out_dir: Path, *, started: float) -> str:
@@ -116,6 +123,7 @@ def report(runs: list[dict], concepts: list[str], n_seeds: int, out_dir: Path, *
         f"Target (lorasel's mean regret ≤ 5% and below every loss-based selector): **{verdict}**.",
         "",
         *precision_lines(by_run),
+        *new_runs_lines(by_run, DEFAULT_CHOSEN_ON),
         *noise_lines(runs),
         "",
         "Per run (choice as epoch@strength):",
@@ -252,6 +260,27 @@ def precision_lines(by_run: pd.DataFrame) -> list[str]:
         + "; ".join(parts)
         + ". A difference whose interval excludes 0 is shown; a mean regret of 5% is shown only when the "
         "interval lies below it."
+    ]
+
+
+def new_runs_lines(by_run: pd.DataFrame, chosen_on: int) -> list[str]:
+    """The runs of training seeds ``chosen_on`` and later apart (``by_run``: :func:`regret_by_run`):
+    the default scoring was chosen on the earlier ones, so only these measure it out of sample.
+    Empty when there are none, or no earlier ones."""
+    seeds = by_run.index.get_level_values("seed")
+    new = by_run[seeds >= chosen_on]
+    if new.empty or len(new) == len(by_run):
+        return []
+    last = int(seeds.max())
+    span = f"{chosen_on}" if last == chosen_on else f"{chosen_on}–{last}"
+    means = ", ".join(f"{LABELS[s]} {100 * new[s].mean():.1f}%" for s in SELECTORS if s in new.columns)
+    return [
+        "",
+        f"The default scoring was chosen on the {len(by_run) - len(new)} runs of training seeds "
+        f"0–{chosen_on - 1}, by a test named before any later one was graded "
+        f"([preregistered.md](preregistered.md)); so the means above are partly in sample. The "
+        f"{len(new)} runs of training seed{'s' if last > chosen_on else ''} {span} are new to that choice: "
+        f"there {means}.",
     ]
 
 

@@ -90,6 +90,25 @@ def test_precision_line_gives_paired_differences():
     assert "validation" not in line
 
 
+def test_new_runs_line_gives_the_runs_the_default_was_not_chosen_on():
+    import pandas as pd
+
+    from benchmarks.selection_report import new_runs_lines, regret_by_run
+
+    rows = []
+    for seed, ours, loss in [(0, 0.0, 0.2), (1, 0.0, 0.2), (2, 0.1, 0.1), (3, 0.3, 0.1)]:
+        rows += [
+            {"concept": "c", "seed": seed, "selector": "lorasel", "regret": ours},
+            {"concept": "c", "seed": seed, "selector": "lowest_loss", "regret": loss},
+        ]
+    by_run = regret_by_run(pd.DataFrame(rows))
+    _, line = new_runs_lines(by_run, chosen_on=2)
+    assert "chosen on the 2 runs of training seeds 0–1" in line
+    assert "The 2 runs of training seeds 2–3 are new to that choice" in line
+    assert "lorasel pick 20.0%, lowest training loss @1.0 10.0%." in line
+    assert new_runs_lines(by_run, chosen_on=4) == [] and new_runs_lines(by_run, chosen_on=0) == []
+
+
 def _graded(values: dict, prompts=None):
     """Renders and oracle attributes of hand-made candidates: ``values[(checkpoint, strength)]``
     is a list over seed indices of the oracle's verdict (every asked attribute shown or not);
