@@ -236,6 +236,7 @@ def test_miss_table_shows_pick_and_best_part_by_part():
             "strength": [1.0, 0.75],
             "fidelity": [0.78, 0.66],
             "flexibility": [0.665, 0.668],
+            "adherence": [0.612, 0.641],
             "preservation": [0.672, 0.836],
         }
     )
@@ -249,11 +250,11 @@ def test_miss_table_shows_pick_and_best_part_by_part():
     )
     lines = miss_table([{"concept": "moon", "seed": 1, "outcome": outcome}])
     assert (
-        "| moon-1 | lorasel's pick | e9@1 | 0.98 | 0.80 | 0.57 | 0.53 | 0.700 | 0.780 | 0.665 | 0.672 |"
+        "| moon-1 | lorasel's pick | e9@1 | 0.98 | 0.80 | 0.57 | 0.53 | 0.700 | 0.780 | 0.665 | 0.612 | 0.672 |"
         in lines
     )
     assert (
-        "| moon-1 | oracle's best | e7@0.75 | 0.97 | 0.70 | 0.62 | 0.96 | 0.810 | 0.660 | 0.668 | 0.836 |"
+        "| moon-1 | oracle's best | e7@0.75 | 0.97 | 0.70 | 0.62 | 0.96 | 0.810 | 0.660 | 0.668 | 0.641 | 0.836 |"
         in lines
     )
     assert miss_table([]) == []
