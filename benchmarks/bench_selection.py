@@ -23,8 +23,8 @@ continuous scores can separate candidates better. A selector's regret and its re
 reference bracket its true regret on average: the first overstates it (the best on the grading
 seeds is partly the luckiest), the second understates it (the reference's choice is not the true
 best either).
-Each seed index costs 10,416 renders for the 24 runs (6 concepts × 4 training seeds), about
-27 min in two 1-thread processes on 2 CPU cores (``one_run`` on 12 runs each). Runs are cached
+Each seed index costs 13,020 renders for the 30 runs (6 concepts × 5 training seeds), about
+34 min in two 1-thread processes on 2 CPU cores (``one_run`` on 15 runs each). Runs are cached
 under ``BENCH_DIR`` (default ``.bench/selection``): a rerun re-ranks without training or
 rendering again.
 

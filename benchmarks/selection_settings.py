@@ -8,7 +8,7 @@ from benchmarks.settings import env_count, env_counts
 CONCEPTS = ("star", "heart", "cross", "moon", "ring", "arrow")
 
 
-TRAIN_SEEDS = 4
+TRAIN_SEEDS = 5
 # Seeds per prompt the selectors see (lorasel eval's default) ...
 SELECT_SEEDS = env_count("LORASEL_BENCH_SELECT_SEEDS", 4)
 # ... and further seeds per prompt the oracle grades on (0: grade on the selectors' renders).
