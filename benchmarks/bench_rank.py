@@ -23,7 +23,7 @@ import pandas as pd
 
 from lorasel.rank import DEFAULT_WEIGHTS, rank
 from lorasel.rank.bootstrap import metric_means, point_means, unit_counts
-from lorasel.rank.evidence import gather_evidence
+from lorasel.rank.evidence import UNIT_METRICS, gather_evidence
 from lorasel.rank.score import composite, fit_normalisation
 from lorasel.results import METRICS
 from tests.synthetic_results import known_truth_run, make_results
@@ -43,7 +43,7 @@ def _naive_round(
     w = renders.set_index(["prompt_id", "seed_index"]).index.map(weights)
     frame = renders.assign(w=np.asarray(w, dtype=float))
     out = {}
-    for m in ("fidelity", "flexibility", "adherence", "preservation"):
+    for m in UNIT_METRICS:
         rows = frame[frame[m].notna()]
         g = rows.assign(wx=rows[m] * rows["w"]).groupby(["checkpoint", "strength"])
         out[m] = g["wx"].sum() / g["w"].sum()

@@ -28,6 +28,7 @@ from benchmarks.selection_settings import (
     SELECT_SEEDS,
     SELECTORS,
 )
+from lorasel.rank.evidence import UNIT_METRICS
 
 
 def report(runs: list[dict], concepts: list[str], n_seeds: int, out_dir: Path, *, started: float) -> str:
@@ -338,7 +339,7 @@ def miss_table(runs: list[dict]) -> list[str]:
             parts = oracle.loc[(v.checkpoint, v.strength)]
             seen = table.loc[(v.checkpoint, v.strength)]
             cells = [f"{parts[k]:.2f}" if k in parts and pd.notna(parts[k]) else "-" for k in KINDS]
-            metrics = [f"{seen[m]:.3f}" for m in ("fidelity", "flexibility", "adherence", "preservation")]
+            metrics = [f"{seen[m]:.3f}" for m in UNIT_METRICS]
             label = "lorasel's pick" if role == "lorasel" else "oracle's best"
             lines.append(
                 f"| {r['concept']}-{r['seed']} | {label} | e{v.epoch}@{v.strength:g} | "

@@ -155,13 +155,14 @@ def _summary(results) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from lorasel.cli.ranking_output import METRIC_HEADINGS
     from lorasel.results import METRICS
 
     table = Table(title="lorasel eval: mean per checkpoint × strength")
     table.add_column("checkpoint", overflow="fold")  # wrapped rather than cut: it names a file
     table.add_column("strength", justify="right")
     for name in METRICS:  # headings as `lorasel rank` shortens them, to fit 80 columns
-        table.add_column(HEADINGS.get(name, name), justify="right")
+        table.add_column(METRIC_HEADINGS[name], justify="right")
     for row in results.candidates().itertuples(index=False):
         table.add_row(
             Text(str(row.label)),  # a file name: not Rich markup
@@ -169,14 +170,6 @@ def _summary(results) -> None:
             *(_fmt(getattr(row, m)) for m in METRICS),
         )
     Console(soft_wrap=True).print(table)
-
-
-HEADINGS = {
-    "flexibility": "flexib.",
-    "adherence": "adher.",
-    "diversity": "divers.",
-    "preservation": "preserv.",
-}
 
 
 def _fmt(value) -> str:

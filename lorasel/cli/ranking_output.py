@@ -93,10 +93,17 @@ def describe(c: Candidate) -> str:
     return f"{printable(c.label, 48)} at strength {c.strength:g}"
 
 
+#: Column headings of the metrics in the text tables (`rank`, `eval`'s summary): 80 columns wide.
+METRIC_HEADINGS = {"fidelity": "fidelity", "flexibility": "flexib.", "adherence": "adher.", "diversity": "divers.",
+                   "preservation": "preserv."}  # fmt: skip
+
+
 def table_text(ranking: Ranking) -> str:
     """The ranked table as aligned text (the base model last, unranked)."""
-    head = ("rank", "checkpoint", "epoch", "strength", "fidelity", "flexib.", "adher.", "divers.",
-            "preserv.", "score", "95% interval", "P(best)", "", "loss")  # fmt: skip
+    from lorasel.results import METRICS
+
+    head = ("rank", "checkpoint", "epoch", "strength", *(METRIC_HEADINGS[m] for m in METRICS), "score",
+            "95% interval", "P(best)", "", "loss")  # fmt: skip
     rows = []
     for c in ranking.candidates():
         marks = ("=" if c.tied else "") + ("*" if c.pareto else "")

@@ -48,7 +48,7 @@ def text_alignment(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
     return paired_cosine(images, texts)
 
 
-flexibility = adherence = text_alignment
+flexibility = text_alignment  # the name REFERENCE.md §4 gives it
 
 
 def preservation(renders: np.ndarray, base_renders: np.ndarray) -> np.ndarray:
