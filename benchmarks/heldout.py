@@ -25,23 +25,26 @@ import time
 
 os.environ.setdefault("LORASEL_BENCH_SEED_STUDY", "1,2,4")
 
-from benchmarks.bench_selection import one_run  # noqa: E402
-from benchmarks.selection_analysis import mean_interval  # noqa: E402
-from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS  # noqa: E402
+from benchmarks.bench_selection import one_run
+from benchmarks.selection_analysis import mean_interval
+from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS
 
 
 def parse_item(text: str) -> tuple[str, int]:
     concept, _, seed = text.partition(":")
     if concept not in CONCEPTS or not seed.isdigit():
-        raise SystemExit(f"error: bad run {text!r} (hint: write CONCEPT:SEED, concepts {', '.join(CONCEPTS)})")
+        raise SystemExit(
+            f"error: bad run {text!r} (hint: write CONCEPT:SEED, concepts {', '.join(CONCEPTS)})"
+        )
     return concept, int(seed)
 
 
 def render(items: list[str]) -> None:
     from lorasel.models import load_base, load_scorer
 
+    runs = [parse_item(item) for item in items]  # every item checked before the models load
     base, scorer = load_base("toy"), load_scorer("toy")
-    for concept, seed in map(parse_item, items):
+    for concept, seed in runs:
         t0 = time.perf_counter()
         print(f"[heldout] {concept} seed {seed} started {time.strftime('%H:%M:%S')}", flush=True)
         run = one_run(concept, seed, base, scorer)
@@ -54,54 +57,66 @@ def render(items: list[str]) -> None:
 
 
 def grade(seed: int, concepts: list[str], others: list[tuple[float, ...]]) -> str:
-    """Markdown: per run, each selector's choice and regret, and the means."""
+    """Markdown: per run, each selector's choice and regret, and the means (:func:`table`)."""
     from lorasel import demo
     from lorasel.models import load_base, load_scorer
     from lorasel.rank import DEFAULT_WEIGHTS, Weights, rank, read_loss
 
     base, scorer = load_base("toy"), load_scorer("toy")
-    weights = [Weights(*w) for w in others]
-    names = [*SELECTORS, *(f"weights {w}" for w in others)]
-    heading = [LABELS[s] for s in SELECTORS] + [f"lorasel with ({', '.join(f'{x:g}' for x in w)})" for w in others]
-    lines = [
-        f"Default weights {tuple(DEFAULT_WEIGHTS.as_dict().values())}; training seed {seed}; "
-        "regret graded on 10 seeds per prompt no selector saw.",
-        "",
-        "| run | oracle's best | " + " | ".join(heading) + " |",
-        "|---|---|" + "---|" * len(heading),
-    ]
-    regrets: dict[str, list[float]] = {name: [] for name in names}
+    extra = {weights_label(w): Weights(*w) for w in others}
+    runs = []
     for concept in concepts:
         run = one_run(concept, seed, base, scorer)
         outcome = run["outcome"]
         verdicts = dict(outcome.verdicts)
-        for name, w in zip(names[len(SELECTORS) :], weights, strict=True):
-            ranking = rank(run["results"], weights=w, loss=read_loss(outcome.run_dir))
-            verdicts[name] = demo.judge_selection(
+        for label, weights in extra.items():
+            ranking = rank(run["results"], weights=weights, loss=read_loss(outcome.run_dir))
+            verdicts[label] = demo.judge_selection(
                 outcome.run_dir, run["results"], ranking, oracle=outcome.oracle
             ).verdicts["lorasel"]
+        runs.append((f"{concept}-{seed}", verdicts))
+    default = weights_label(tuple(DEFAULT_WEIGHTS.as_dict().values()))
+    return (
+        f"lorasel pick: the default weights {default}; graded on 10 seeds per prompt no selector saw.\n\n"
+        + table(runs, [*SELECTORS, *extra])
+    )
+
+
+def weights_label(weights: tuple[float, ...]) -> str:
+    return f"({', '.join(f'{x:g}' for x in weights)})"
+
+
+def table(runs: list[tuple[str, dict]], selectors: list[str]) -> str:
+    """Per run (name, {selector: Verdict}, with the oracle's best as ``"oracle"``): each
+    selector's choice and regret; then the means, and the paired 95% interval of lorasel's
+    regret minus each other selector's over the runs."""
+    heading = [LABELS.get(s, f"lorasel with {s}") for s in selectors]
+    lines = ["| run | oracle's best | " + " | ".join(heading) + " |", "|---|---|" + "---|" * len(heading)]
+    regrets: dict[str, list[float]] = {s: [] for s in selectors}
+    for name, verdicts in runs:
         best = verdicts["oracle"]
         cells = []
-        for name in names:
-            v = verdicts[name]
-            regrets[name].append(v.regret)
+        for s in selectors:
+            v = verdicts[s]
+            regrets[s].append(v.regret)
             cells.append(f"e{v.epoch}@{v.strength:g} ({100 * v.regret:.1f}%)")
-        lines.append(f"| {concept}-{seed} | e{best.epoch}@{best.strength:g} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{100 * sum(r) / len(r):.1f}%**" for r in regrets.values()) + " |")
-    lines.append("")
-    mine = regrets["lorasel"]
-    for name, label in zip(names[1:], heading[1:], strict=True):
-        diff = [a - b for a, b in zip(mine, regrets[name], strict=True)]
+        lines.append(f"| {name} | e{best.epoch}@{best.strength:g} | " + " | ".join(cells) + " |")
+    means = [f"**{100 * sum(r) / len(r):.1f}%**" for r in regrets.values()]
+    lines += ["| **mean** | | " + " | ".join(means) + " |", ""]
+    for s, label in zip(selectors[1:], heading[1:], strict=True):
+        diff = [a - b for a, b in zip(regrets["lorasel"], regrets[s], strict=True)]
         lo, hi = mean_interval(diff)
         lines.append(
-            f"- lorasel minus {label}: {100 * sum(diff) / len(diff):+.1f} points "
+            f"- lorasel pick minus {label}: {100 * sum(diff) / len(diff):+.1f} points "
             f"(95% interval over the runs {100 * lo:+.1f} to {100 * hi:+.1f})"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.heldout", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.heldout", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("render", help="train, render and grade runs (cached)")
     r.add_argument("items", nargs="+", metavar="CONCEPT:SEED")
@@ -121,7 +136,12 @@ def main(argv: list[str]) -> int:
     concepts = [c for c in args.concepts.split(",") if c]
     for c in concepts:
         parse_item(f"{c}:{args.seed}")
-    others = [tuple(float(x) for x in w.split(",")) for w in args.weights]
+    try:
+        others = [tuple(float(x) for x in w.split(",")) for w in args.weights]
+    except ValueError:
+        raise SystemExit("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)") from None
+    if any(len(w) != 5 for w in others):
+        raise SystemExit("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)")
     print(grade(args.seed, concepts, others), end="")
     return 0
 

@@ -305,3 +305,56 @@ def test_oracle_measurements_are_cached_per_image_and_oracle(tmp_path, monkeypat
     monkeypatch.setattr(oracle_cache, "oracle_fingerprint", lambda: "changed")  # a changed oracle
     oracle_cache.measured_attributes(tmp_path, renders)
     assert measured == [2, 1, 2, 2]
+
+
+@pytest.fixture
+def heldout(monkeypatch):
+    """benchmarks.heldout, imported without leaving its seed-study setting to other tests."""
+    import importlib
+
+    monkeypatch.setenv("LORASEL_BENCH_SEED_STUDY", "1,2,4,8")
+    return importlib.import_module("benchmarks.heldout")
+
+
+def test_heldout_table_gives_each_selector_its_regret_and_paired_intervals(heldout):
+    from lorasel.demo import Verdict
+
+    def v(epoch, regret):
+        return Verdict(f"e{epoch}", f"e{epoch}", epoch, 1.0, 1 - regret, regret)
+
+    runs = [
+        (
+            "star-5",
+            {"oracle": v(9, 0.0), "lorasel": v(9, 0.0), "lowest_loss": v(6, 0.5), "(1, 1)": v(8, 0.2)},
+        ),
+        (
+            "heart-5",
+            {"oracle": v(7, 0.0), "lorasel": v(8, 0.3), "lowest_loss": v(7, 0.0), "(1, 1)": v(8, 0.3)},
+        ),
+    ]
+    text = heldout.table(runs, ["lorasel", "lowest_loss", "(1, 1)"])
+    assert "| star-5 | e9@1 | e9@1 (0.0%) | e6@1 (50.0%) | e8@1 (20.0%) |" in text
+    assert "| **mean** | | **15.0%** | **25.0%** | **25.0%** |" in text
+    assert "lorasel with (1, 1)" in text.splitlines()[0]
+    # Paired differences: -0.5 and +0.3 against the loss (mean -10 points), -0.2 and 0 against (1, 1).
+    assert "lorasel pick minus lowest training loss @1.0: -10.0 points" in text
+    assert (
+        "lorasel pick minus lorasel with (1, 1): -10.0 points (95% interval over the runs -20.0 to +0.0)"
+        in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["render", "square:5"], "bad run 'square:5'"),
+        (["render", "star"], "bad run 'star'"),
+        (["grade", "5", "--concepts", "star,blob"], "bad run 'blob:5'"),
+        (["grade", "5", "--weights", "1,0,1"], "bad --weights"),
+        (["grade", "5", "--weights", "1,x,1,0,0"], "bad --weights"),
+    ],
+)
+def test_heldout_bad_arguments_are_one_line(heldout, argv, message):
+    with pytest.raises(SystemExit) as info:
+        heldout.main(argv)
+    assert str(info.value).startswith(f"error: {message}") and "hint:" in str(info.value)

@@ -94,26 +94,30 @@ TRADE_OFF = [
 
 
 async def test_weights_change_the_ranking_live(tmp_path):
-    results = from_table(TRADE_OFF)
+    results = from_table(TRADE_OFF)  # no adherence: the default scores fidelity alone here
     app = tui(tmp_path, results, loss_loader=lambda root: None)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        assert app.ranking.best.label == "c"
-        await pilot.press("plus")  # fidelity 1 -> 1.25
-        await settle(pilot)
-        assert app.state.weights.fidelity == 1.25
-        assert app.ranking.best.label == "a" and table_of(app).order[0] == ("a.safetensors", 1.0)
-        assert "fid 1.25" in screen_text(app)
-        await pilot.press("0", "w", "equals_sign")  # reset; flexibility 1 -> 1.25
+        assert app.ranking.best.label == "a"
+        await pilot.press("w", *["equals_sign"] * 4)  # flexibility 0 -> 1
         await settle(pilot)
         assert app.state.weights == Weights(
-            fidelity=1.0, flexibility=1.25, adherence=1.0, diversity=0.0, preservation=0.0
+            fidelity=1.0, flexibility=1.0, adherence=1.0, diversity=0.0, preservation=0.0
         )
+        assert app.ranking.best.label == "c" and table_of(app).order[0] == ("c.safetensors", 1.0)
+        assert "flex 1" in screen_text(app)
+        await pilot.press("equals_sign")  # flexibility 1 -> 1.25
+        await settle(pilot)
+        assert app.state.weights.flexibility == 1.25
         assert app.ranking.best.label == "b"
+        assert "flex 1.25" in screen_text(app)
         assert app.pick_json() == choose(rank(results, weights=app.state.weights)).to_json()
         await pilot.press("minus")
         await settle(pilot)
         assert app.ranking.best.label == "c"
+        await pilot.press("0")  # back to the default
+        await settle(pilot)
+        assert app.state.weights == Weights() and app.ranking.best.label == "a"
 
 
 async def test_weights_cannot_all_be_zero(tmp_path):
@@ -324,9 +328,9 @@ async def test_print_pick_exits_with_the_pick_json(run):
     app = tui(run.root, run.results)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await pilot.press("w", "minus", "minus", "p")
+        await pilot.press("w", "w", "minus", "minus", "p")  # adherence 1 -> 0.5
         await pilot.pause()
-    weights = Weights(fidelity=1.0, flexibility=0.5, adherence=1.0, diversity=0.0, preservation=0.0)
+    weights = Weights(fidelity=1.0, flexibility=0.0, adherence=0.5, diversity=0.0, preservation=0.0)
     assert app.return_value == choose(rank(run.results, weights=weights, loss=run.loss)).to_json()
 
 

@@ -26,8 +26,8 @@ WeightsOpt = Annotated[
     str | None,
     typer.Option(
         "--weights",
-        help="Composite score weights (default fidelity=1,flexibility=1,adherence=1,diversity=0,"
-        "preservation=0), e.g. fidelity=2 or preservation=0.25 (names not given keep their default).",
+        help="Composite score weights (default fidelity=1,flexibility=0,adherence=1,diversity=0,"
+        "preservation=0), e.g. flexibility=1 or fidelity=2 (names not given keep their default).",
     ),
 ]
 WorkdirOpt = Annotated[

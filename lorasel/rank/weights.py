@@ -1,27 +1,25 @@
 """The composite score's weights, and parsing of the ``--weights`` and ``--strengths`` options.
 
-The default composite weighs equally what a LoRA is for: **fidelity** (it draws the concept),
-**flexibility** (it still obeys out-of-domain prompts) and **adherence** (it still draws what an
-in-domain prompt asks for, colour and background, rather than only its training images).
-Overfitting trades the last two for the first, along epochs and along strength, so no one alone
-picks well. **Diversity** (renders of one prompt still differ across seeds) and **preservation**
+The default composite weighs equally what a LoRA is for: **fidelity** (it draws the concept) and
+**adherence** (it still draws what an in-domain prompt asks for, colour and background, rather
+than only its training images). Overfitting trades the second for the first, along epochs and
+along strength, so neither alone picks well. **Flexibility** (it still obeys out-of-domain
+prompts), **diversity** (renders of one prompt still differ across seeds) and **preservation**
 (prompts without the trigger still look like the base model's) are measured, shown and available
-through ``--weights``, but weigh 0 by default.
+through ``--weights`` (``--weights flexibility=1`` adds flexibility back), but weigh 0 by default.
 
 The numbers come from the toy world, graded by its oracle on 10 seeds per prompt that no selector
-saw (reports/benchmarks.md; the tests named before their runs, reports/preregistered.md). Over
-30 runs the default reads 11.6% mean regret, against 14.1% for fidelity and flexibility alone.
-Adherence joined by a pre-registered test: chosen in sample on 18 runs, it beat the previous
-default on the 6 runs rendered after it was named (9.9% against 18.1%). The next test, named
-before the 6 runs of a fifth seed, met its rule too: without flexibility (fidelity 1, adherence
-1) read 10.1% against 22.2% on those runs and 6.6% against 11.6% over 30 (-5.0 points, 95%
-interval -9.5 to -0.7), so flexibility=0 is due to become the default here. Two earlier
-weights that were best in sample (a quarter for preservation; fidelity alone) lost on the runs
-named for them (16.8% and 16.1% against 13.2%), which is why in-sample gains alone change
-nothing here. Min-max scaling stretches a metric's spread in the run to [0, 1] whatever its
-size, so a secondary metric that barely varies still moves the pick; preservation, in particular,
-falls with strength (Spearman -0.8 to -0.9 in the benchmark's runs) while the oracle's best is
-at strength 1 in most of its runs. The numbers live in one constant, :data:`DEFAULT_WEIGHTS`.
+saw (reports/benchmarks.md), and every change to them was named before the runs that tested it
+(reports/preregistered.md), because in-sample gains alone overstate: two weights that were best
+in sample (a quarter for preservation; fidelity alone) lost on the runs named for them (16.8% and
+16.1% against 13.2%). Adherence joined by such a test (9.9% against 18.1% on the 6 runs rendered
+after it was named). Flexibility left by the next: on the 6 runs of a fifth training seed,
+fidelity and adherence alone read 10.1% mean regret against 22.2% with flexibility, and over 30
+runs 6.6% against 11.6% (-5.0 points, 95% interval -9.5 to -0.7). Min-max scaling
+stretches a metric's spread in the run to [0, 1] whatever its size, so a secondary metric that
+barely varies still moves the pick; preservation, in particular, falls with strength (Spearman
+-0.8 to -0.9 in the benchmark's runs) while the oracle's best is at strength 1 in most of its
+runs. The numbers live in one constant, :data:`DEFAULT_WEIGHTS`.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ class Weights:
     """Weights of the normalised metrics in the composite score (non-negative, not all zero)."""
 
     fidelity: float = 1.0
-    flexibility: float = 1.0
+    flexibility: float = 0.0
     adherence: float = 1.0
     diversity: float = 0.0
     preservation: float = 0.0
@@ -47,7 +45,7 @@ class Weights:
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(
                     f"weight {name}={value!r} is not a finite number",
-                    hint="give weights as name=number, e.g. fidelity=1,flexibility=1",
+                    hint="give weights as name=number, e.g. fidelity=1,adherence=1",
                 )
             if value < 0:
                 raise ConfigError(
@@ -57,7 +55,7 @@ class Weights:
         if sum(self.as_dict().values()) <= 0:
             raise ConfigError(
                 "all weights are zero",
-                hint="give at least one metric a positive weight, e.g. fidelity=1,flexibility=1",
+                hint="give at least one metric a positive weight, e.g. fidelity=1,adherence=1",
             )
 
     def as_dict(self) -> dict[str, float]:
@@ -65,7 +63,7 @@ class Weights:
 
     @classmethod
     def parse(cls, text: str, base: Weights | None = None) -> Weights:
-        """Parse ``"fidelity=1,flexibility=1,diversity=0.25"``.
+        """Parse ``"fidelity=1,flexibility=0.5,diversity=0.25"``.
 
         Names not given keep their value in ``base`` (the defaults), so ``diversity=0`` alone
         switches diversity off.
@@ -81,7 +79,7 @@ class Weights:
             if not sep:
                 raise ConfigError(
                     f"--weights item {item!r} is not name=value",
-                    hint=f"write e.g. fidelity=1,flexibility=1 (names: {', '.join(known)})",
+                    hint=f"write e.g. fidelity=1,adherence=1 (names: {', '.join(known)})",
                 )
             if name not in known:
                 raise ConfigError(
@@ -98,12 +96,12 @@ class Weights:
                     hint="write e.g. fidelity=1,flexibility=0.5",
                 ) from None
         if not values:
-            raise ConfigError("--weights is empty", hint="write e.g. fidelity=1,flexibility=1")
+            raise ConfigError("--weights is empty", hint="write e.g. fidelity=1,adherence=1")
         return replace(base or DEFAULT_WEIGHTS, **values)
 
 
 #: The default composite (see the module docstring for why).
-DEFAULT_WEIGHTS = Weights(fidelity=1.0, flexibility=1.0, adherence=1.0, diversity=0.0, preservation=0.0)
+DEFAULT_WEIGHTS = Weights(fidelity=1.0, flexibility=0.0, adherence=1.0, diversity=0.0, preservation=0.0)
 
 
 def parse_strengths(text: str) -> list[float]:
