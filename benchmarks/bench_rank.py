@@ -30,7 +30,7 @@ from tests.synthetic_results import known_truth_run, make_results
 
 ROUNDS = 1000
 NAIVE_ROUNDS = 40
-REPS = 200
+REPS = 1000
 #: A pick this close to the true best's score (normalised units) counts as near-best.
 NEAR = 0.01
 

@@ -235,10 +235,23 @@ def test_unit_counts_resample_within_each_kind():
     strata = np.array([0, 0, 0, 1, 1, 2])
     counts = unit_counts(strata, 500, np.random.default_rng(0))
     assert counts.shape == (500, 6)
-    np.testing.assert_array_equal(counts[:, :3].sum(axis=1), 3)
-    np.testing.assert_array_equal(counts[:, 3:5].sum(axis=1), 2)
+    # Each stratum keeps its weight: n - 1 draws of weight n / (n - 1); one unit alone keeps it.
+    np.testing.assert_allclose(counts[:, :3].sum(axis=1), 3)
+    np.testing.assert_allclose(counts[:, 3:5].sum(axis=1), 2)
     np.testing.assert_array_equal(counts[:, 5], 1)
+    assert set(np.unique(counts[:, :3])) <= {0.0, 1.5, 3.0}
     assert counts[:, :3].mean() == pytest.approx(1.0, abs=0.1)
+
+
+def test_resampled_mean_has_the_textbook_variance():
+    """The variance of a stratum's resampled mean is s²/n with the unbiased s², as the normal
+    theory gives for the mean of n draws; plain n-of-n resampling gives (n - 1)/n of it."""
+    x = np.random.default_rng(1).normal(size=12)
+    counts = unit_counts(np.zeros(12), 200_000, np.random.default_rng(2))
+    means = counts @ x / counts.sum(axis=1)
+    assert means.mean() == pytest.approx(x.mean(), abs=0.005)
+    assert means.var() == pytest.approx(x.var(ddof=1) / 12, rel=0.02)
+    assert means.var() != pytest.approx(x.var(ddof=0) / 12, rel=0.02)
 
 
 def test_vectorised_bootstrap_equals_a_naive_loop():
