@@ -474,13 +474,34 @@ def test_choose_respects_minimums_and_recomputes_p_best_among_the_eligible():
     assert all(c.metrics["flexibility"] >= floor for c in chosen.tied_with)
 
 
+def test_choose_holds_adherence_to_a_minimum_too():
+    ranking = rank(make_results(checkpoints=6, strengths=(0.5, 1.0), seed=3), n_boot=100)
+    contest = ranking.table[ranking.table["checkpoint"] != BASE]
+    floor = float(contest["adherence"].iloc[0]) + 1e-6  # more than the pick has
+    chosen = choose(ranking, min_adherence=floor, min_fidelity=-1.0)
+    eligible = contest[contest["adherence"] >= floor]
+    assert chosen.minimums == {"fidelity": -1.0, "adherence": floor}
+    assert chosen.eligible == len(eligible) and chosen.best.label == eligible.iloc[0]["label"]
+    assert chosen.best.metrics["adherence"] >= floor
+
+
 def test_choose_raises_no_candidate_and_checks_the_range():
     ranking = rank(make_results(checkpoints=2), n_boot=20)
     with pytest.raises(NoCandidateError, match=r"fidelity >= 0.99") as info:
         choose(ranking, min_fidelity=0.99)
     assert info.value.exit_code == 3
+    with pytest.raises(NoCandidateError) as info:
+        choose(ranking, min_fidelity=0.5, min_adherence=0.99)
+    best = ranking.table.loc[ranking.table["checkpoint"] != BASE, "adherence"].max()
+    assert str(info.value) == (
+        f"no (checkpoint, strength) has fidelity >= 0.5 and adherence >= 0.99 (best fidelity "
+        f"{ranking.table.loc[ranking.table['checkpoint'] != BASE, 'fidelity'].max():.3f}, best adherence {best:.3f})"
+    )
+    assert info.value.hint.startswith("lower --min-fidelity / --min-adherence")
     with pytest.raises(ConfigError, match=r"--min-flexibility 1.5 is outside \[-1, 1\]"):
         choose(ranking, min_flexibility=1.5)
+    with pytest.raises(ConfigError, match=r"--min-adherence nan is outside \[-1, 1\]"):
+        choose(ranking, min_adherence=float("nan"))
 
 
 def test_pick_json_has_the_design_fields():

@@ -140,6 +140,16 @@ def test_pick_minimums_exit_3_when_nothing_meets_them(run):
     assert result.stderr.count("\n") == 1 and "hint:" in result.stderr
 
 
+def test_pick_adherence_minimum_moves_the_pick(run):
+    free = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)
+    floor = free["metrics"]["adherence"] + 1e-9  # the synthetic run has candidates with more
+    result = runner.invoke(app, ["pick", str(run.root), "--json", "--min-adherence", repr(floor)])
+    assert result.exit_code == 0, result.output
+    moved = json.loads(result.stdout)
+    assert moved["metrics"]["adherence"] >= floor
+    assert (moved["checkpoint"], moved["strength"]) != (free["checkpoint"], free["strength"])
+
+
 def test_pick_minimum_moves_the_pick(run):
     free = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)
     floor = free["metrics"]["flexibility"] + 1e-9
@@ -155,6 +165,7 @@ def test_pick_minimum_moves_the_pick(run):
     [
         (["pick", "--min-fidelity", "1.5"], "--min-fidelity 1.5 is outside [-1, 1]"),
         (["pick", "--min-flexibility", "-2"], "--min-flexibility -2 is outside [-1, 1]"),
+        (["pick", "--min-adherence", "1.01"], "--min-adherence 1.01 is outside [-1, 1]"),
         (["rank", "--weights", "fidelity=-1"], "weight fidelity=-1 is negative"),
         (
             ["pick", "--weights", "fidelity=0,flexibility=0,adherence=0,diversity=0,preservation=0"],

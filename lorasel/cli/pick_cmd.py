@@ -1,4 +1,5 @@
-"""`lorasel pick PATH [--json] [--min-fidelity X] [--min-flexibility X]`: the best (checkpoint, strength).
+"""`lorasel pick PATH [--json] [--min-fidelity X] [--min-flexibility X] [--min-adherence X]`: the best
+(checkpoint, strength).
 
 Exit status 0 when a pick is made, 3 when nothing meets the minimums, 2 for bad input.
 """
@@ -35,6 +36,10 @@ def pick_command(
         float | None,
         typer.Option("--min-flexibility", help="Only candidates with at least this flexibility (-1..1)."),
     ] = None,
+    min_adherence: Annotated[
+        float | None,
+        typer.Option("--min-adherence", help="Only candidates with at least this adherence (-1..1)."),
+    ] = None,
     strengths: StrengthsOpt = None,
     weights: WeightsOpt = None,
     workdir: WorkdirOpt = None,
@@ -43,13 +48,19 @@ def pick_command(
     import json
 
     from lorasel.rank import choose
+    from lorasel.rank.picking import MINIMUM_METRICS
     from lorasel.rank.weights import check_minimum
 
-    check_minimum("fidelity", min_fidelity)
-    check_minimum("flexibility", min_flexibility)
+    minimums = {
+        "min_fidelity": min_fidelity,
+        "min_flexibility": min_flexibility,
+        "min_adherence": min_adherence,
+    }
+    for name, value in zip(MINIMUM_METRICS, minimums.values(), strict=True):
+        check_minimum(name, value)  # before loading anything
     with warnings_to_stderr():
         _, ranking = load_and_rank(path, strengths=strengths, weights=weights, workdir=workdir)
-    chosen = choose(ranking, min_fidelity=min_fidelity, min_flexibility=min_flexibility)
+    chosen = choose(ranking, **minimums)
     if json_out:
         typer.echo(json.dumps(chosen.to_json(), indent=2, allow_nan=False))
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,7 @@ class Pick:
     ranking: Ranking
     eligible: int
     tied_with: tuple[Candidate, ...] = ()
-    min_fidelity: float | None = None
-    min_flexibility: float | None = None
+    minimums: dict[str, float] = field(default_factory=dict)  # the minimums asked, by metric
 
     @property
     def lowest_loss(self) -> Candidate | None:
@@ -62,33 +61,42 @@ class Pick:
         return out
 
 
+#: The metrics a pick can be held to a minimum of (CLIP cosines): ``--min-<name>``.
+MINIMUM_METRICS = ("fidelity", "flexibility", "adherence")
+
+
 def choose(
-    ranking: Ranking, *, min_fidelity: float | None = None, min_flexibility: float | None = None
+    ranking: Ranking,
+    *,
+    min_fidelity: float | None = None,
+    min_flexibility: float | None = None,
+    min_adherence: float | None = None,
 ) -> Pick:
-    """The best candidate of ``ranking`` whose fidelity and flexibility meet the minimums.
+    """The best candidate of ``ranking`` whose fidelity, flexibility and adherence meet the
+    minimums given.
 
     Raises NoCandidateError (exit 3) when none does. The base model is never chosen.
     """
-    min_fidelity = check_minimum("fidelity", min_fidelity)
-    min_flexibility = check_minimum("flexibility", min_flexibility)
+    minimums = {
+        name: check_minimum(name, value)
+        for name, value in zip(MINIMUM_METRICS, (min_fidelity, min_flexibility, min_adherence), strict=True)
+    }
+    asked = {name: value for name, value in minimums.items() if value is not None}
     table = ranking.table
     ok = (table["checkpoint"] != BASE).to_numpy().copy()
-    if min_fidelity is not None:
-        ok &= (table["fidelity"] >= min_fidelity).fillna(False).to_numpy(dtype=bool)
-    if min_flexibility is not None:
-        ok &= (table["flexibility"] >= min_flexibility).fillna(False).to_numpy(dtype=bool)
+    for name, value in asked.items():
+        ok &= (table[name] >= value).fillna(False).to_numpy(dtype=bool)
     rows = np.flatnonzero(ok)
     if rows.size == 0:
         contest = table[table["checkpoint"] != BASE]
-        asked = " and ".join(
-            f"{name} >= {value:g}"
-            for name, value in (("fidelity", min_fidelity), ("flexibility", min_flexibility))
-            if value is not None
-        )
+        best = ", ".join(f"best {name} {contest[name].max():.3f}" for name in asked)
         raise NoCandidateError(
-            f"no (checkpoint, strength) has {asked} (best fidelity {contest['fidelity'].max():.3f}, "
-            f"best flexibility {contest['flexibility'].max():.3f})",
-            hint="lower --min-fidelity / --min-flexibility, or evaluate more checkpoints or strengths",
+            "no (checkpoint, strength) has "
+            + " and ".join(f"{name} >= {value:g}" for name, value in asked.items())
+            + f" ({best})",
+            hint="lower "
+            + " / ".join(f"--min-{name}" for name in asked)
+            + ", or evaluate more checkpoints or strengths",
         )
     # P(best) and ties among the eligible candidates: the same bootstrap rounds, only their
     # columns competing (with no minimums this reproduces the table's values).
@@ -105,8 +113,7 @@ def choose(
         ranking=ranking,
         eligible=len(eligible),
         tied_with=tuple(c for c in eligible[1:] if c.tied),
-        min_fidelity=min_fidelity,
-        min_flexibility=min_flexibility,
+        minimums=asked,
     )
 
 
@@ -115,6 +122,7 @@ def pick(
     *,
     min_fidelity: float | None = None,
     min_flexibility: float | None = None,
+    min_adherence: float | None = None,
     strengths: Sequence[float] | None = None,
     weights: Weights | None = None,
     workdir: str | Path | None = None,
@@ -125,8 +133,13 @@ def pick(
     ConfigError for bad weights, strengths or minimums, NoCandidateError when nothing meets
     the minimums.
     """
-    check_minimum("fidelity", min_fidelity)
-    check_minimum("flexibility", min_flexibility)
+    minimums = {
+        "min_fidelity": min_fidelity,
+        "min_flexibility": min_flexibility,
+        "min_adherence": min_adherence,
+    }
+    for name, value in zip(MINIMUM_METRICS, minimums.values(), strict=True):
+        check_minimum(name, value)  # before loading anything
     results = inputs.load_inputs(path, workdir)
     ranking = rank(results, weights=weights, strengths=strengths, loss=read_loss(RunDir.at(path).root))
-    return choose(ranking, min_fidelity=min_fidelity, min_flexibility=min_flexibility)
+    return choose(ranking, **minimums)

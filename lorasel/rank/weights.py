@@ -126,7 +126,8 @@ def parse_strengths(text: str) -> list[float]:
 
 
 def check_minimum(name: str, value: float | None) -> float | None:
-    """A ``--min-fidelity`` / ``--min-flexibility`` must be a cosine: within [-1, 1]."""
+    """A ``--min-fidelity`` / ``--min-flexibility`` / ``--min-adherence`` must be a cosine:
+    within [-1, 1]."""
     if value is None:
         return None
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
