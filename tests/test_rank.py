@@ -217,15 +217,42 @@ def test_pareto_front_on_a_hand_made_set():
     assert pareto_front(fidelity, flexibility).tolist() == [True, True, False, True, True, False, False, True]
 
 
-def test_ranking_marks_the_pareto_front():
+def test_pareto_front_on_three_metrics_matches_the_definition():
+    rng = np.random.default_rng(7)
+    points = rng.integers(0, 4, size=(40, 3)).astype(float)  # many exact ties
+    points[3, 1] = np.nan
+    mask = pareto_front(*points.T)
+    for i, p in enumerate(points):
+        dominated = any(
+            np.all(q >= p) and np.any(q > p) for j, q in enumerate(points) if j != i and np.isfinite(q).all()
+        )
+        assert mask[i] == (np.isfinite(p).all() and not dominated)
+    assert mask.any()
+
+
+def test_ranking_marks_the_pareto_front_of_the_scored_metrics():
     rows = [
         {"checkpoint": "a", "strength": 1.0, "fidelity": 0.9, "flexibility": 0.2, "diversity": 2, "preservation": 1},
         {"checkpoint": "b", "strength": 1.0, "fidelity": 0.8, "flexibility": 0.3, "diversity": 2, "preservation": 1},
         {"checkpoint": "c", "strength": 1.0, "fidelity": 0.7, "flexibility": 0.25, "diversity": 2, "preservation": 1},
     ]  # fmt: skip
-    table = rank(from_table(rows), n_boot=10).table.set_index("label")
+    ranking = rank(from_table(rows), weights=BALANCED, n_boot=10)  # adherence unmeasured here
+    assert ranking.front == ("fidelity", "flexibility") and ranking.front_label() == "fidelity-flexibility"
+    table = ranking.table.set_index("label")
     assert table.loc[["a", "b", "c"], "pareto"].tolist() == [True, True, False]
     assert not table.loc["base", "pareto"]
+    # The default scores fidelity here (adherence unmeasured, flexibility weighs 0): a alone.
+    ranking = rank(from_table(rows), n_boot=10)
+    assert ranking.front == ("fidelity",)
+    assert ranking.table.set_index("label").loc[["a", "b", "c"], "pareto"].tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("weights", [None, BALANCED, Weights(fidelity=1, adherence=2, diversity=0.5)])
+def test_the_pick_is_always_on_the_front(weights):
+    for seed in range(5):
+        ranking = rank(make_results(checkpoints=5, seed=seed), weights=weights, n_boot=10)
+        assert ranking.best.pareto
+        assert ranking.front == tuple(m for m, w in (weights or DEFAULT_WEIGHTS).as_dict().items() if w > 0)
 
 
 # --------------------------------------------------------------------------- bootstrap

@@ -59,6 +59,9 @@ def test_rank_human_output(run):
     assert "lowest loss would pick: zkz-000004 at strength 1" in out
     assert "Spearman rho" in out
     assert re.search(r"note: \d+ other candidates? could be the best at 2 seeds per prompt", out)
+    assert "* on the fidelity-adherence Pareto front" in out
+    flexible = runner.invoke(app, ["rank", str(run.root), "--weights", "flexibility=1"]).stdout
+    assert "* on the fidelity-flexibility-adherence Pareto front" in flexible
 
 
 def test_rank_json_rows_are_design_fields(run):

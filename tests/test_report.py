@@ -134,6 +134,7 @@ def test_html_content(report):
     assert sum(1 for t, a in parser.tags if t == "details" and a.get("class") == "grid") == 8
     assert len(re.findall(r'<td class="pick">', html)) == 8  # the pick outlined in every grid
     assert "Recommendation" in html and f"{ranking.best.strength:g}" in html
+    assert "Fidelity against adherence." in html and "on the fidelity-adherence Pareto front" in html
     # Candidates are tied with the pick at 2 seeds per prompt: the report says how to separate them.
     contest = ranking.table[ranking.table["checkpoint"] != BASE]
     tied = int(contest["tied"].iloc[1:].sum())
@@ -160,7 +161,7 @@ def test_html_is_written_atomically(report, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr("lorasel.report.plots.fidelity_flexibility", boom)
+    monkeypatch.setattr("lorasel.report.plots.tradeoff", boom)
     with pytest.raises(RuntimeError):
         write_html(report["results"], report["ranking"], target, tmp_path)
     assert target.read_text() == "previous"

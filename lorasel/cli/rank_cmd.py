@@ -58,7 +58,7 @@ def rank_command(
     typer.echo(table_text(ranking))
     typer.echo("")
     typer.echo("= tied with the pick (could be the best: in the 95% confidence set for the best)")
-    typer.echo("* on the fidelity-flexibility Pareto front")
+    typer.echo(f"* on the {ranking.front_label()} Pareto front (no other candidate is better on all of them)")
     typer.echo(f"pick: {describe(best)} (score {best.score:.3f}, P(best) {best.p_best:.2f})")
     advice = ranking.tie_advice()
     if advice:

@@ -1,7 +1,7 @@
 """Rank (checkpoint, strength) pairs with confidence, and pick the best.
 
 - :func:`rank` → :class:`Ranking`: metrics normalised within the run (``score``), composite
-  score (``weights``), Pareto front on (fidelity, flexibility) (``pareto``), paired bootstrap
+  score (``weights``), Pareto front on the scored metrics (``pareto``), paired bootstrap
   over (prompt, seed) units for P(best), score intervals and ties (``bootstrap``), training
   loss beside the score (``loss``).
 - :func:`pick` → :class:`Pick`: the best candidate meeting optional minimums, as DESIGN.md's JSON.

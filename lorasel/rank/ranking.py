@@ -151,6 +151,15 @@ class Ranking:
             f"{rerun} with the same options and --seeds {2 * seeds}, which renders only the new seeds"
         )
 
+    @property
+    def front(self) -> tuple[str, ...]:
+        """The metrics of the Pareto front (the ``pareto`` column): those the score weighs."""
+        return front_metrics(self.weights, self.normalisation)
+
+    def front_label(self) -> str:
+        """``"fidelity-adherence"``: the front's metrics, for a legend."""
+        return "-".join(self.front) or "score"
+
     def _contest(self) -> pd.DataFrame:
         return self.table[self.table["checkpoint"] != BASE]
 
@@ -249,7 +258,8 @@ def rank(
     table["tied"] = False
     table.loc[contest, "tied"] = summary.tied
     table["pareto"] = False
-    table.loc[contest, "pareto"] = pareto_front(point["fidelity"][contest], point["flexibility"][contest])
+    front = front_metrics(weights, norm)
+    table.loc[contest, "pareto"] = pareto_front(*(point[m][contest] for m in front)) if front else True
 
     paths = dict(
         zip(
@@ -290,6 +300,13 @@ def rank(
         seeds_per_prompt=int(evidence.units.groupby("prompt_id").size().max()) if len(evidence.units) else 0,
         unmeasured=_unmeasured(point, contest, set(evidence.units["kind"])),
     )
+
+
+def front_metrics(weights: Weights, norm: Normalisation) -> tuple[str, ...]:
+    """The metrics of the Pareto front: those the score weighs (positive weight, measured and
+    not constant). Empty when every weighed metric is constant: then every candidate is on it."""
+    w = weights.as_dict()
+    return tuple(m for m in norm.active if w[m] > 0)
 
 
 def _unmeasured(point: dict[str, np.ndarray], contest: np.ndarray, kinds: set[str]) -> dict[str, str]:

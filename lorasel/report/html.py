@@ -96,7 +96,11 @@ _HEAD = (
     ("interval", "95% interval", "bootstrap percentile interval of the score"),
     ("p_best", "P(best)", "share of bootstrap rounds in which it is best"),
     ("tied", "tied", "could be the best: in the 95% confidence set for the best, like the pick"),
-    ("pareto", "Pareto", "on the fidelity-flexibility Pareto front"),
+    (
+        "pareto",
+        "Pareto",
+        "on the Pareto front of the scored metrics: no other candidate is better on all of them",
+    ),
     ("loss", "loss", "mean training loss of the epoch ending at the checkpoint"),
     ("val_loss", "val loss", "validation loss"),
 )
@@ -341,8 +345,17 @@ def render_html(
         "n_candidates": n,
         "x_label": x_label,
         "plot_score": plots.score_and_loss(ranking),
-        "plot_tradeoff": plots.fidelity_flexibility(ranking),
-        "table_head": [{"key": k, "text": t, "title": d} for k, t, d in _HEAD],
+        "plot_tradeoff": plots.tradeoff(ranking),
+        "tradeoff_metric": plots.tradeoff_metric(ranking),
+        "front_label": ranking.front_label(),
+        "table_head": [
+            {
+                "key": k,
+                "text": t,
+                "title": f"on the {ranking.front_label()} Pareto front" if k == "pareto" else d,
+            }
+            for k, t, d in _HEAD
+        ],
         "table_rows": _table_rows(ranking),
         "grid_axis": "checkpoint",
         "grid_seed_text": ", ".join(str(i) for i in range(max(1, seeds))) if seeds > 1 else "index 0",

@@ -78,10 +78,25 @@ def score_and_loss(ranking: Ranking) -> str:
     return _svg_uri(fig)
 
 
-def fidelity_flexibility(ranking: Ranking) -> str:
-    """Fidelity against flexibility: each checkpoint's strength path, the Pareto front, the base."""
+#: The x axis of :func:`tradeoff` for each metric it may show.
+TRADEOFF_AXES = {
+    "adherence": "adherence (CLIP text cosine, in-domain prompts)",
+    "flexibility": "flexibility (CLIP text cosine, out-of-domain prompts)",
+}
+
+
+def tradeoff_metric(ranking: Ranking) -> str:
+    """The metric :func:`tradeoff` sets against fidelity: the first the score weighs besides it
+    (adherence by default), else flexibility."""
+    return next((m for m in ranking.front if m in TRADEOFF_AXES), "flexibility")
+
+
+def tradeoff(ranking: Ranking) -> str:
+    """Fidelity against :func:`tradeoff_metric`: each checkpoint's strength path, the Pareto
+    front (a line when it is on these two metrics alone, else its points), the base, the pick."""
     from matplotlib import colormaps
 
+    x_metric = tradeoff_metric(ranking)
     table = ranking.table
     contest = table[table["checkpoint"] != BASE].copy()
     contest["x"], _ = _x_axis(contest)
@@ -93,25 +108,26 @@ def fidelity_flexibility(ranking: Ranking) -> str:
         rows = rows.sort_values("strength")
         frac = 0.0 if span[1] == span[0] else (rows["x"].iloc[0] - span[0]) / (span[1] - span[0])
         colour = cmap(0.1 + 0.8 * frac)
-        ax.plot(rows["flexibility"], rows["fidelity"], color=colour, marker="o", markersize=3, linewidth=1)
+        ax.plot(rows[x_metric], rows["fidelity"], color=colour, marker="o", markersize=3, linewidth=1)
         last = rows.iloc[-1]
         ax.annotate(
-            f"{last['x']:g}", (last["flexibility"], last["fidelity"]), fontsize=7, color=colour,
+            f"{last['x']:g}", (last[x_metric], last["fidelity"]), fontsize=7, color=colour,
             textcoords="offset points", xytext=(3, 3),
         )  # fmt: skip
-    front = contest[contest["pareto"]].sort_values("flexibility")
-    if len(front):
-        ax.step(front["flexibility"], front["fidelity"], where="pre", color="crimson", linewidth=1.2,
+    front = contest[contest["pareto"]].sort_values(x_metric)
+    if len(front) and set(ranking.front) == {"fidelity", x_metric}:
+        ax.step(front[x_metric], front["fidelity"], where="pre", color="crimson", linewidth=1.2,
                 alpha=0.7, label="Pareto front")  # fmt: skip
+    elif len(front):
+        ax.scatter(front[x_metric], front["fidelity"], s=14, color="crimson", alpha=0.7, zorder=4,
+                   label=f"Pareto front ({', '.join(ranking.front)})")  # fmt: skip
     base = table[table["checkpoint"] == BASE]
     if len(base):
-        ax.scatter(
-            base["flexibility"], base["fidelity"], marker="*", s=120, color="black", label="base model"
-        )
+        ax.scatter(base[x_metric], base["fidelity"], marker="*", s=120, color="black", label="base model")
     best = ranking.best
-    ax.scatter([best.metrics["flexibility"]], [best.metrics["fidelity"]], s=160, facecolors="none",
+    ax.scatter([best.metrics[x_metric]], [best.metrics["fidelity"]], s=160, facecolors="none",
                edgecolors="crimson", linewidths=2, label="pick", zorder=5)  # fmt: skip
-    ax.set_xlabel("flexibility (CLIP text cosine, out-of-domain prompts)")
+    ax.set_xlabel(TRADEOFF_AXES[x_metric])
     ax.set_ylabel("fidelity (CLIP image cosine)")
     ax.set_title("each line: one checkpoint over strengths (number: its epoch)", fontsize=9)
     ax.legend(fontsize=8, loc="best")
