@@ -48,19 +48,14 @@ def pick_command(
     import json
 
     from lorasel.rank import choose
-    from lorasel.rank.picking import MINIMUM_METRICS
-    from lorasel.rank.weights import check_minimum
+    from lorasel.rank.picking import minimums_of
 
-    minimums = {
-        "min_fidelity": min_fidelity,
-        "min_flexibility": min_flexibility,
-        "min_adherence": min_adherence,
-    }
-    for name, value in zip(MINIMUM_METRICS, minimums.values(), strict=True):
-        check_minimum(name, value)  # before loading anything
+    minimums_of(min_fidelity, min_flexibility, min_adherence)  # checked before loading anything
     with warnings_to_stderr():
         _, ranking = load_and_rank(path, strengths=strengths, weights=weights, workdir=workdir)
-    chosen = choose(ranking, **minimums)
+    chosen = choose(
+        ranking, min_fidelity=min_fidelity, min_flexibility=min_flexibility, min_adherence=min_adherence
+    )
     if json_out:
         typer.echo(json.dumps(chosen.to_json(), indent=2, allow_nan=False))
         return

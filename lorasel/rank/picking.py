@@ -65,6 +65,17 @@ class Pick:
 MINIMUM_METRICS = ("fidelity", "flexibility", "adherence")
 
 
+def minimums_of(
+    min_fidelity: float | None = None,
+    min_flexibility: float | None = None,
+    min_adherence: float | None = None,
+) -> dict[str, float]:
+    """The minimums asked, by metric, each checked (ConfigError outside [-1, 1])."""
+    values = (min_fidelity, min_flexibility, min_adherence)
+    checked = {name: check_minimum(name, value) for name, value in zip(MINIMUM_METRICS, values, strict=True)}
+    return {name: value for name, value in checked.items() if value is not None}
+
+
 def choose(
     ranking: Ranking,
     *,
@@ -77,11 +88,7 @@ def choose(
 
     Raises NoCandidateError (exit 3) when none does. The base model is never chosen.
     """
-    minimums = {
-        name: check_minimum(name, value)
-        for name, value in zip(MINIMUM_METRICS, (min_fidelity, min_flexibility, min_adherence), strict=True)
-    }
-    asked = {name: value for name, value in minimums.items() if value is not None}
+    asked = minimums_of(min_fidelity, min_flexibility, min_adherence)
     table = ranking.table
     ok = (table["checkpoint"] != BASE).to_numpy().copy()
     for name, value in asked.items():
@@ -133,13 +140,9 @@ def pick(
     ConfigError for bad weights, strengths or minimums, NoCandidateError when nothing meets
     the minimums.
     """
-    minimums = {
-        "min_fidelity": min_fidelity,
-        "min_flexibility": min_flexibility,
-        "min_adherence": min_adherence,
-    }
-    for name, value in zip(MINIMUM_METRICS, minimums.values(), strict=True):
-        check_minimum(name, value)  # before loading anything
+    minimums_of(min_fidelity, min_flexibility, min_adherence)  # checked before loading anything
     results = inputs.load_inputs(path, workdir)
     ranking = rank(results, weights=weights, strengths=strengths, loss=read_loss(RunDir.at(path).root))
-    return choose(ranking, **minimums)
+    return choose(
+        ranking, min_fidelity=min_fidelity, min_flexibility=min_flexibility, min_adherence=min_adherence
+    )
