@@ -134,7 +134,7 @@ def test_html_content(report):
     assert sum(1 for t, a in parser.tags if t == "details" and a.get("class") == "grid") == 8
     assert len(re.findall(r'<td class="pick">', html)) == 8  # the pick outlined in every grid
     assert "Recommendation" in html and f"{ranking.best.strength:g}" in html
-    assert "Fidelity against adherence." in html and "on the fidelity-adherence Pareto front" in html
+    assert "Fidelity against adherence." in html and "(fidelity-adherence)" in html
     # Candidates are tied with the pick at 2 seeds per prompt: the report says how to separate them.
     contest = ranking.table[ranking.table["checkpoint"] != BASE]
     tied = int(contest["tied"].iloc[1:].sum())

@@ -158,7 +158,7 @@ class Ranking:
 
     def front_label(self) -> str:
         """``"fidelity-adherence"``: the front's metrics, for a legend."""
-        return "-".join(self.front) or "score"
+        return "-".join(self.front) or "scored metrics"
 
     def _contest(self) -> pd.DataFrame:
         return self.table[self.table["checkpoint"] != BASE]

@@ -349,11 +349,7 @@ def render_html(
         "tradeoff_metric": plots.tradeoff_metric(ranking),
         "front_label": ranking.front_label(),
         "table_head": [
-            {
-                "key": k,
-                "text": t,
-                "title": f"on the {ranking.front_label()} Pareto front" if k == "pareto" else d,
-            }
+            {"key": k, "text": t, "title": f"{d} ({ranking.front_label()})" if k == "pareto" else d}
             for k, t, d in _HEAD
         ],
         "table_rows": _table_rows(ranking),
