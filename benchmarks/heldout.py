@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from typing import NoReturn
 
 os.environ.setdefault("LORASEL_BENCH_SEED_STUDY", "1,2,4")
 
@@ -30,12 +31,16 @@ from benchmarks.selection_analysis import mean_interval
 from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS
 
 
+def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_item(text: str) -> tuple[str, int]:
     concept, _, seed = text.partition(":")
     if concept not in CONCEPTS or not seed.isdigit():
-        raise SystemExit(
-            f"error: bad run {text!r} (hint: write CONCEPT:SEED, concepts {', '.join(CONCEPTS)})"
-        )
+        fail(f"error: bad run {text!r} (hint: write CONCEPT:SEED, concepts {', '.join(CONCEPTS)})")
     return concept, int(seed)
 
 
@@ -139,9 +144,9 @@ def main(argv: list[str]) -> int:
     try:
         others = [tuple(float(x) for x in w.split(",")) for w in args.weights]
     except ValueError:
-        raise SystemExit("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)") from None
+        fail("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)")
     if any(len(w) != 5 for w in others):
-        raise SystemExit("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)")
+        fail("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)")
     print(grade(args.seed, concepts, others), end="")
     return 0
 

@@ -354,7 +354,9 @@ def test_heldout_table_gives_each_selector_its_regret_and_paired_intervals(heldo
         (["grade", "5", "--weights", "1,x,1,0,0"], "bad --weights"),
     ],
 )
-def test_heldout_bad_arguments_are_one_line(heldout, argv, message):
+def test_heldout_bad_arguments_are_one_line(heldout, argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         heldout.main(argv)
-    assert str(info.value).startswith(f"error: {message}") and "hint:" in str(info.value)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith(f"error: {message}") and "hint:" in err and err.count("\n") == 1
