@@ -9,6 +9,9 @@ prints each selector's regret on them, with the weights named in the test beside
     python -m benchmarks.heldout render heart:5 moon:5 arrow:5     # another, beside it
     python -m benchmarks.heldout grade 5 --weights 1,1,1,0,0        # when both are done
 
+(``grade`` goes through the same cached ``one_run``: a run not finished would be rendered there;
+name only the finished ones with ``--concepts``.)
+
 Runs land in the benchmark's cache (``BENCH_DIR``, default ``.bench/selection``), so a later
 ``make bench`` with more training seeds reuses them. To save a fifth of the renders the seed
 study stops at 4 seeds per prompt (``LORASEL_BENCH_SEED_STUDY=1,2,4``, set here unless given), so
