@@ -30,7 +30,7 @@ from typing import NoReturn
 os.environ.setdefault("LORASEL_BENCH_SEED_STUDY", "1,2,4")
 
 from benchmarks.bench_selection import one_run
-from benchmarks.selection_analysis import mean_interval
+from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_label
 from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS
 
 
@@ -66,32 +66,21 @@ def render(items: list[str]) -> None:
 
 def grade(seed: int, concepts: list[str], others: list[tuple[float, ...]]) -> str:
     """Markdown: per run, each selector's choice and regret, and the means (:func:`table`)."""
-    from lorasel import demo
     from lorasel.models import load_base, load_scorer
-    from lorasel.rank import DEFAULT_WEIGHTS, Weights, rank, read_loss
+    from lorasel.rank import DEFAULT_WEIGHTS, Weights
 
     base, scorer = load_base("toy"), load_scorer("toy")
-    extra = {weights_label(w): Weights(*w) for w in others}
+    extra = {weights_label(Weights(*w)): Weights(*w) for w in others}
     runs = []
     for concept in concepts:
         run = one_run(concept, seed, base, scorer)
-        outcome = run["outcome"]
-        verdicts = dict(outcome.verdicts)
-        for label, weights in extra.items():
-            ranking = rank(run["results"], weights=weights, loss=read_loss(outcome.run_dir))
-            verdicts[label] = demo.judge_selection(
-                outcome.run_dir, run["results"], ranking, oracle=outcome.oracle
-            ).verdicts["lorasel"]
+        verdicts = dict(run["outcome"].verdicts)
+        verdicts.update({label: pick_verdict(run, weights) for label, weights in extra.items()})
         runs.append((f"{concept}-{seed}", verdicts))
-    default = weights_label(tuple(DEFAULT_WEIGHTS.as_dict().values()))
     return (
-        f"lorasel pick: the default weights {default}; graded on 10 seeds per prompt no selector saw.\n\n"
-        + table(runs, [*SELECTORS, *extra])
+        f"lorasel pick: the default weights {weights_label(DEFAULT_WEIGHTS)}; graded on 10 seeds per prompt "
+        "no selector saw.\n\n" + table(runs, [*SELECTORS, *extra])
     )
-
-
-def weights_label(weights: tuple[float, ...]) -> str:
-    return f"({', '.join(f'{x:g}' for x in weights)})"
 
 
 def table(runs: list[tuple[str, dict]], selectors: list[str]) -> str:

@@ -83,16 +83,29 @@ def grading_floor(
     return float(regret[1:, best].mean())
 
 
+def weights_label(weights) -> str:
+    """``"(1, 0, 1, 0, 0)"``: a :class:`~lorasel.rank.Weights` as the sweep's tables show it."""
+    return "(" + ", ".join(f"{v:g}" for v in weights.as_dict().values()) + ")"
+
+
+def pick_verdict(run: dict, weights, n_boot: int = 200):
+    """The oracle's verdict (graded as ``run["outcome"]``) on lorasel's pick from ``run``'s
+    results ranked with ``weights``: the pick is the point estimate's best, so a few bootstrap
+    rounds suffice."""
+    from lorasel.demo import judge_selection
+    from lorasel.rank import rank, read_loss
+
+    o = run["outcome"]
+    ranking = rank(run["results"], weights=weights, loss=read_loss(o.run_dir), n_boot=n_boot)
+    return judge_selection(o.run_dir, run["results"], ranking, oracle=o.oracle).verdicts["lorasel"]
+
+
 def weight_sweep(runs: list[dict]) -> pd.DataFrame:
     """Mean regret of lorasel's pick under other weights (justifies the default)."""
-    from lorasel.demo import judge_selection
-    from lorasel.rank import Weights, rank, read_loss
+    from lorasel.rank import Weights
     from lorasel.rank.weights import DEFAULT_WEIGHTS
 
-    def label(w: Weights) -> str:
-        return "(" + ", ".join(f"{v:g}" for v in w.as_dict().values()) + ")"
-
-    grid: dict[str, Weights | None] = {f"default {label(DEFAULT_WEIGHTS)}": None}
+    grid: dict[str, Weights | None] = {f"default {weights_label(DEFAULT_WEIGHTS)}": None}
     # Fidelity, flexibility, adherence: each alone, the pairs, the balance and each one doubled;
     # without and with each secondary term (diversity, preservation).
     for fid, flex, adh in (
@@ -108,17 +121,12 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
         for div, pres in ((0.0, 0.0), (0.25, 0.0), (0.0, 0.25), (0.25, 0.25)):
             weights = Weights(fidelity=fid, flexibility=flex, adherence=adh, diversity=div, preservation=pres)
             if weights != DEFAULT_WEIGHTS:
-                grid[label(weights)] = weights
+                grid[weights_label(weights)] = weights
     equal = Weights(fidelity=1, flexibility=1, adherence=1, diversity=1, preservation=1)
-    grid[f"all equal {label(equal)}"] = equal
+    grid[f"all equal {weights_label(equal)}"] = equal
     rows = []
     for label, weights in grid.items():
-        regrets = []
-        for r in runs:
-            o = r["outcome"]
-            ranking = rank(r["results"], weights=weights, loss=read_loss(o.run_dir), n_boot=200)
-            judged = judge_selection(o.run_dir, r["results"], ranking, oracle=o.oracle)
-            regrets.append(judged.verdicts["lorasel"].regret)
+        regrets = [pick_verdict(r, weights).regret for r in runs]
         rows.append(
             {
                 "weights": label,
