@@ -12,22 +12,17 @@ prints each selector's regret on them, with the weights named in the test beside
 (``grade`` goes through the same cached ``one_run``: a run not finished would be rendered there;
 name only the finished ones with ``--concepts``.)
 
-Runs land in the benchmark's cache (``BENCH_DIR``, default ``.bench/selection``), so a later
-``make bench`` with more training seeds reuses them. To save a fifth of the renders the seed
-study stops at 4 seeds per prompt (``LORASEL_BENCH_SEED_STUDY=1,2,4``, set here unless given), so
-the oracle grades on seed indices 4-13 instead of the benchmark's 8-17: unseen by every selector
-either way.
+Runs land in the benchmark's cache (``BENCH_DIR``, default ``.bench/selection``) with the
+benchmark's settings (the seed study up to 4 seeds per prompt, the oracle grading on seed indices
+4-13, unseen by every selector), so ``make bench`` reuses the runs of its training seeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import NoReturn
-
-os.environ.setdefault("LORASEL_BENCH_SEED_STUDY", "1,2,4")
 
 from benchmarks.bench_selection import one_run
 from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_label

@@ -103,10 +103,18 @@ def test_new_runs_line_gives_the_runs_the_default_was_not_chosen_on():
         ]
     by_run = regret_by_run(pd.DataFrame(rows))
     _, line = new_runs_lines(by_run, chosen_on=2)
-    assert "chosen on the 2 runs of training seeds 0–1" in line
+    assert "chosen and adopted on the 2 runs of training seeds 0–1" in line
     assert "The 2 runs of training seeds 2–3 are new to that choice" in line
     assert "lorasel pick 20.0%, lowest training loss @1.0 10.0%." in line
-    assert new_runs_lines(by_run, chosen_on=4) == [] and new_runs_lines(by_run, chosen_on=0) == []
+    assert new_runs_lines(by_run, chosen_on=4) == []  # every run in sample
+    _, line = new_runs_lines(by_run, chosen_on=3)
+    assert "chosen and adopted on the 3 runs of training seeds 0–2" in line
+    assert "The 1 run of training seed 3 is new to that choice" in line
+    # The benchmark's own case: only runs of later seeds, all out of sample.
+    later = regret_by_run(pd.DataFrame([dict(r, seed=r["seed"] + 5) for r in rows]))
+    _, line = new_runs_lines(later, chosen_on=5)
+    assert line.startswith("Every run here is new to the default scoring")
+    assert "training seeds 0–4" in line
 
 
 def _graded(values: dict, prompts=None):
@@ -307,16 +315,8 @@ def test_oracle_measurements_are_cached_per_image_and_oracle(tmp_path, monkeypat
     assert measured == [2, 1, 2, 2]
 
 
-@pytest.fixture
-def heldout(monkeypatch):
-    """benchmarks.heldout, imported without leaving its seed-study setting to other tests."""
-    import importlib
-
-    monkeypatch.setenv("LORASEL_BENCH_SEED_STUDY", "1,2,4,8")
-    return importlib.import_module("benchmarks.heldout")
-
-
-def test_heldout_table_gives_each_selector_its_regret_and_paired_intervals(heldout):
+def test_heldout_table_gives_each_selector_its_regret_and_paired_intervals():
+    from benchmarks import heldout
     from lorasel.demo import Verdict
 
     def v(epoch, regret):
@@ -354,9 +354,55 @@ def test_heldout_table_gives_each_selector_its_regret_and_paired_intervals(heldo
         (["grade", "5", "--weights", "1,x,1,0,0"], "bad --weights"),
     ],
 )
-def test_heldout_bad_arguments_are_one_line(heldout, argv, message, capsys):
+def test_heldout_bad_arguments_are_one_line(argv, message, capsys):
+    from benchmarks import heldout
+
     with pytest.raises(SystemExit) as info:
         heldout.main(argv)
     err = capsys.readouterr().err
     assert info.value.code == 2
     assert err.startswith(f"error: {message}") and "hint:" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("ours", "lower", "expected"),
+    [
+        # A mean under 5% whose interval over the runs reaches above it: met on the mean, not shown.
+        ([0.0, 0.0, 0.0, 0.19], 0.0, "≤ 5%: met on the mean (4.8%), not shown at 95% (interval 0.0–14.3%)"),
+        ([0.01] * 6, 0.0, "≤ 5%: met, shown at 95% (1.0%, interval 1.0–1.0%)"),
+        ([0.1] * 6, 0.06, "≤ 5%: NOT met (at least 6.0%)"),
+        ([0.1] * 6, 0.02, "≤ 5%: not decided at this grading size (between 2.0% and 10.0%, see below)"),
+    ],
+)
+def test_target_verdict_claims_only_what_its_interval_shows(ours, lower, expected):
+    import pandas as pd
+
+    from benchmarks.selection_report import target_verdict
+
+    n = len(ours)
+    by_run = pd.DataFrame(
+        {"lorasel": ours, "lowest_loss": [0.3] * n, "lowest_val_loss": [0.3] * (n - 1) + [0.0]}
+    )
+    verdict = target_verdict(by_run, lower)
+    assert verdict.endswith(expected)
+    assert verdict.startswith("below every loss-based selector: met")
+    worse = target_verdict(by_run.assign(lowest_loss=0.0), lower)
+    assert worse.startswith("below every loss-based selector: NOT met")
+
+
+def test_target_verdict_says_which_loss_selector_it_is_not_shown_against():
+    import pandas as pd
+
+    from benchmarks.selection_report import target_verdict
+
+    # Below both on the means; the validation loss beats lorasel on one run of four, so the
+    # paired interval against it reaches 0.
+    by_run = pd.DataFrame(
+        {"lorasel": [0.0, 0.0, 0.0, 0.19], "lowest_loss": [0.3] * 4, "lowest_val_loss": [0.3, 0.3, 0.3, 0.0]}
+    )
+    assert target_verdict(by_run, None).startswith(
+        "below every loss-based selector: met on the means (not shown at 95% against lowest validation loss @1.0);"
+    )
+    assert target_verdict(by_run.assign(lowest_val_loss=0.3), None).startswith(
+        "below every loss-based selector: met, shown at 95%;"
+    )
