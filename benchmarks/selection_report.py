@@ -54,9 +54,6 @@ def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Pat
         excess = by_run.sub(by_run["oracle_seen"], axis=0)
         per_selector["excess"] = excess.mean().reindex(per_selector.index)
     per_selector_same = per_selector_of(summarise(runs, key="same"))
-    sweep = weight_sweep(runs)
-    learn = learnability(runs)
-    fig = figure(runs, out_dir)
     # The regret above the reference bounds the true regret from below; regret is never negative.
     lower = max(0.0, (by_run["lorasel"] - by_run["oracle_seen"]).mean()) if "oracle_seen" in by_run else None
     verdict = target_verdict(by_run, lower)
@@ -108,6 +105,23 @@ def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Pat
         *precision_lines(by_run),
         *new_runs_lines(by_run, DEFAULT_CHOSEN_ON),
         *noise_lines(runs),
+        *per_run_lines(frame),
+        *sweep_lines(runs),
+        *reference_lines(by_run, lower),
+        *seed_study_lines(runs),
+        *head_to_head_lines(by_run),
+        *phenomenon_lines(runs, out_dir),
+        "",
+        f"Wall time {time.perf_counter() - started:.0f} s (training {sum(r['train_s'] for r in runs):.0f} s, "
+        f"evaluation {sum(r['eval_s'] for r in runs):.0f} s; cached runs cost nothing). Reproduce: "
+        "`python -m benchmarks.run selection`.",
+    ]
+    return "\n".join(lines)
+
+
+def per_run_lines(frame: pd.DataFrame) -> list[str]:
+    """Each run's choices and regrets (``frame``: :func:`summarise`)."""
+    lines = [
         "",
         "Per run (choice as epoch@strength):",
         "",
@@ -121,7 +135,14 @@ def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Pat
             cells.append("-" if hit.empty else f"{hit.iloc[0].choice} ({100 * hit.iloc[0].regret:.0f}%)")
         best = f"{rows.iloc[0].oracle_best} ({rows.iloc[0].oracle_best_quality:.3f})"
         lines.append(f"| {concept} | {seed} | {best} | " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def sweep_lines(runs: list[dict]) -> list[str]:
+    """lorasel's regret under other weights (:func:`weight_sweep`), and weights chosen leaving
+    one concept out (:func:`held_out_weights`)."""
+    sweep = weight_sweep(runs)
+    lines = [
         "",
         "Mean regret of lorasel's pick under other composite weights (fidelity, flexibility, adherence, "
         "diversity, preservation), on the same renders (200 bootstrap rounds):",
@@ -132,42 +153,60 @@ def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Pat
     for row in sweep.itertuples(index=False):
         lines.append(f"| {row.weights} | {100 * row.mean_regret:.1f}% | {100 * row.max_regret:.1f}% |")
     held_regret, chosen = held_out_weights(runs, sweep)
-    lines += [
+    return [
+        *lines,
         "",
         f"Weights chosen on the toy world without grading them on the runs they were chosen on (leave "
         f"one concept out: the best weights of the sweep on the other concepts, measured on the held-out "
         f"one): mean regret {100 * held_regret:.1f}% (chosen — {'; '.join(chosen)}).",
     ]
-    if "oracle_seen" in per_selector.index:
-        reference = per_selector.loc["oracle_seen", "mean_regret"]
+
+
+def reference_lines(by_run: pd.DataFrame, lower: float | None) -> list[str]:
+    """The reference (the oracle's choice from the selectors' renders) and the bracket it gives
+    lorasel's true regret (``lower``: lorasel's regret above it). Empty without a reference."""
+    if "oracle_seen" not in by_run.columns or lower is None:
+        return []
+    reference = by_run["oracle_seen"].mean()
+    excess = by_run["lorasel"] - by_run["oracle_seen"]
+    return [
+        "",
+        f"Reference: the oracle's own choice from the {SELECT_SEEDS} seeds per prompt the selectors saw, "
+        f"graded on the {GRADE_SEEDS} new ones, has a mean regret of {100 * reference:.1f}%. It is not a "
+        "limit lorasel cannot beat: the oracle is exact per render, but a few binary judgements per "
+        "candidate measure it coarsely, and lorasel's continuous CLIP scores can separate the same "
+        "candidates better.",
+        "",
+        "The true regret (against the candidate that is best on infinitely many seeds) is bracketed: "
+        "the regret above is an upper bound on average (the best on the new seeds is partly the "
+        "luckiest), and the regret above the reference is a lower bound on average (the reference's "
+        "choice, made from the same renders, is not the true best either; regret is never below 0). "
+        f"For lorasel's pick: between {100 * lower:.1f}% and {100 * by_run['lorasel'].mean():.1f}%. Runs in "
+        "which lorasel's pick grades better than / equal to / worse than the reference's: "
+        f"{int((excess < -1e-9).sum())} / {int((excess.abs() <= 1e-9).sum())} / "
+        f"{int((excess > 1e-9).sum())} of {len(excess)}. More grading seeds tighten the upper bound.",
+    ]
+
+
+def head_to_head_lines(by_run: pd.DataFrame) -> list[str]:
+    """Per run, lorasel's pick better / equal / worse than the validation loss and the middle epoch."""
+    if not {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(by_run.columns):
+        return []
+    lines = []
+    for rival in ("lowest_val_loss", "middle_epoch"):
+        diff = by_run["lorasel"] - by_run[rival]
         lines += [
             "",
-            f"Reference: the oracle's own choice from the {SELECT_SEEDS} seeds per prompt the selectors saw, "
-            f"graded on the {GRADE_SEEDS} new ones, has a mean regret of {100 * reference:.1f}%. It is not a "
-            "limit lorasel cannot beat: the oracle is exact per render, but a few binary judgements per "
-            "candidate measure it coarsely, and lorasel's continuous CLIP scores can separate the same "
-            "candidates better.",
-            "",
-            "The true regret (against the candidate that is best on infinitely many seeds) is bracketed: "
-            "the regret above is an upper bound on average (the best on the new seeds is partly the "
-            "luckiest), and the regret above the reference is a lower bound on average (the reference's "
-            "choice, made from the same renders, is not the true best either; regret is never below 0). "
-            f"For lorasel's pick: between {100 * lower:.1f}% and {100 * by_run['lorasel'].mean():.1f}%. Runs in "
-            "which lorasel's pick grades better than / equal to / worse than the reference's: "
-            f"{int((excess['lorasel'] < -1e-9).sum())} / {int((excess['lorasel'].abs() <= 1e-9).sum())} / "
-            f"{int((excess['lorasel'] > 1e-9).sum())} of {len(excess)}. More grading seeds tighten the "
-            "upper bound.",
+            f"Per run, lorasel's pick against {LABELS[rival]}: better in {int((diff < -1e-9).sum())}, "
+            f"equal in {int((diff.abs() <= 1e-9).sum())}, worse in {int((diff > 1e-9).sum())} of {len(diff)}.",
         ]
-    lines += seed_study_lines(runs)
-    if {"lorasel", "lowest_val_loss", "middle_epoch"} <= set(by_run.columns):
-        for rival in ("lowest_val_loss", "middle_epoch"):
-            diff = by_run["lorasel"] - by_run[rival]
-            lines += [
-                "",
-                f"Per run, lorasel's pick against {LABELS[rival]}: better in {int((diff < -1e-9).sum())}, "
-                f"equal in {int((diff.abs() <= 1e-9).sum())}, worse in {int((diff > 1e-9).sum())} of {len(diff)}.",
-            ]
-    lines += [
+    return lines
+
+
+def phenomenon_lines(runs: list[dict], out_dir: Path) -> list[str]:
+    """Per epoch at strength 1.0 over the runs: the concept learnt, prompts obeyed, training loss
+    (:func:`learnability`); and the figure of the first run (:func:`figure`)."""
+    lines = [
         "",
         "**The phenomenon** (issue 3's learnability bar, with the real trainer): per epoch at strength "
         "1.0, mean over the runs — in-domain renders that show the concept's shape (oracle), "
@@ -176,20 +215,11 @@ def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Pat
         "| epoch | concept shown (in-domain) | asked background (out-of-domain) | training loss |",
         "|---:|---:|---:|---:|",
     ]
-    for epoch, row in learn.iterrows():
+    for epoch, row in learnability(runs).iterrows():
         label = "base model" if epoch == 0 else str(int(epoch))
         loss = "-" if pd.isna(row.loss) else f"{row.loss:.4f}"
         lines.append(f"| {label} | {row.concept:.0%} | {row.ood_background:.0%} | {loss} |")
-    train_s = sum(r["train_s"] for r in runs)
-    eval_s = sum(r["eval_s"] for r in runs)
-    lines += [
-        "",
-        f"![oracle quality and loss per epoch](figures/{fig})",
-        "",
-        f"Wall time {time.perf_counter() - started:.0f} s (training {train_s:.0f} s, evaluation {eval_s:.0f} s; "
-        "cached runs cost nothing). Reproduce: `python -m benchmarks.run selection`.",
-    ]
-    return "\n".join(lines)
+    return [*lines, "", f"![oracle quality and loss per epoch](figures/{figure(runs, out_dir)})"]
 
 
 def summarise(runs: list[dict], key: str = "outcome") -> pd.DataFrame:
