@@ -43,9 +43,9 @@ def tiny_scorer():
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }
-    folder = Path(tempfile.mkdtemp(prefix="lorasel-clip-"))
-    (folder / f"{TINY_SCORER}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder)
+    with tempfile.TemporaryDirectory(prefix="lorasel-clip-") as folder:  # read at registration
+        (Path(folder) / f"{TINY_SCORER}.json").write_text(json.dumps(config))
+        open_clip.add_model_config(folder)
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(TINY_SCORER, pretrained=None)
     return Scorer(
