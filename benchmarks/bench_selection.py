@@ -64,15 +64,16 @@ def bench_dir() -> Path:
     return Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parents[1] / ".bench")) / "selection"
 
 
-def one_run(concept: str, seed: int, base, scorer) -> dict:
-    """Train (cached), evaluate (cached), rank and judge one concept × seed."""
+def one_run(concept: str, seed: int, base, scorer, *, threads: int = 0) -> dict:
+    """Train (cached), evaluate (cached), rank and judge one concept × seed, with ``threads``
+    torch threads (0: ``LORASEL_BENCH_THREADS``, else ``lorasel demo``'s default)."""
     from lorasel import demo
     from lorasel.evaluate import evaluate
     from lorasel.rank import rank, read_loss
 
     run_dir = bench_dir() / f"{concept}-seed{seed}"
     t0 = time.perf_counter()
-    threads = THREADS or demo.default_threads()
+    threads = threads or THREADS or demo.default_threads()
     overrides = [f"training.seed={seed}", f"training.cpu_threads={threads}"]
     demo.train_concept(run_dir, concept=concept, overrides=overrides)
     t1 = time.perf_counter()

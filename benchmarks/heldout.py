@@ -2,8 +2,9 @@
 
 The selection benchmark (:mod:`benchmarks.bench_selection`) grades every run it has; a change to
 the default scoring chosen on those runs is in sample there. This script trains, renders and
-grades only the runs named for a test, in as many processes as the machine has cores, and then
-prints each selector's regret on them, with the weights named in the test beside the default:
+grades only the runs named for a test, in as many processes as the machine has cores (one torch
+thread each, unless ``LORASEL_BENCH_THREADS`` says otherwise), and then prints each selector's
+regret on them, with the weights named in the test beside the default:
 
     python -m benchmarks.heldout render star:5 cross:5 ring:5      # one process
     python -m benchmarks.heldout render heart:5 moon:5 arrow:5     # another, beside it
@@ -26,7 +27,7 @@ from typing import NoReturn
 
 from benchmarks.bench_selection import one_run
 from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_label
-from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS
+from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS, THREADS
 
 
 def fail(message: str) -> NoReturn:
@@ -50,7 +51,9 @@ def render(items: list[str]) -> None:
     for concept, seed in runs:
         t0 = time.perf_counter()
         print(f"[heldout] {concept} seed {seed} started {time.strftime('%H:%M:%S')}", flush=True)
-        run = one_run(concept, seed, base, scorer)
+        # One process per core, one torch thread each: two processes of two threads on 2 cores
+        # rendered 18 images a minute each instead of 136 (2026-11-22).
+        run = one_run(concept, seed, base, scorer, threads=THREADS or 1)
         lorasel = run["outcome"].verdicts["lorasel"].regret
         print(
             f"[heldout] {concept} seed {seed} done in {time.perf_counter() - t0:.0f} s "

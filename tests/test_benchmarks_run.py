@@ -406,3 +406,32 @@ def test_target_verdict_says_which_loss_selector_it_is_not_shown_against():
     assert target_verdict(by_run.assign(lowest_val_loss=0.3), None).startswith(
         "below every loss-based selector: met, shown at 95%;"
     )
+
+
+def test_heldout_render_uses_one_thread_per_process(monkeypatch, capsys):
+    """Processes run one per core: two-thread processes on 2 cores rendered 7x slower."""
+    from types import SimpleNamespace
+
+    from benchmarks import heldout
+    from lorasel import models
+    from lorasel.demo import Verdict
+
+    calls = []
+
+    outcome = SimpleNamespace(verdicts={"lorasel": Verdict("e1", "e1", 1, 1.0, 0.5, 0.25)})
+
+    def fake_run(concept, seed, base, scorer, *, threads=0):
+        calls.append((concept, seed, threads))
+        return {"outcome": outcome}
+
+    monkeypatch.setattr(heldout, "one_run", fake_run)
+    monkeypatch.setattr(models, "load_base", lambda spec: "base")
+    monkeypatch.setattr(models, "load_scorer", lambda spec: "scorer")
+    monkeypatch.setattr(heldout, "THREADS", 0)  # LORASEL_BENCH_THREADS unset
+    heldout.render(["star:5", "moon:6"])
+    assert calls == [("star", 5, 1), ("moon", 6, 1)]
+    out = capsys.readouterr().out
+    assert "[heldout] moon seed 6 done" in out and "(lorasel regret 25.0%)" in out
+    monkeypatch.setattr(heldout, "THREADS", 2)  # LORASEL_BENCH_THREADS=2
+    heldout.render(["star:5"])
+    assert calls[-1] == ("star", 5, 2)
