@@ -183,10 +183,21 @@ def seed_study(run_dir, base, scorer, graded, threads, ranked=None) -> list[dict
 
 
 def run(out_dir: Path) -> str:
+    from lorasel.demo import check_concept
+    from lorasel.errors import ConfigError
     from lorasel.models import load_base, load_scorer
 
     concepts = [c for c in os.environ.get("LORASEL_BENCH_CONCEPTS", ",".join(CONCEPTS)).split(",") if c]
     seeds = list(TRAIN_SEEDS[: env_count("LORASEL_BENCH_SEEDS", len(TRAIN_SEEDS))])
+    if not concepts:
+        raise ConfigError("LORASEL_BENCH_CONCEPTS names no concept", hint=f"e.g. {','.join(CONCEPTS[:2])}")
+    if not seeds:
+        raise ConfigError("LORASEL_BENCH_SEEDS=0 leaves no training seed", hint="a count from 1, or unset it")
+    for concept in concepts:  # every setting checked before the models load
+        try:
+            check_concept(concept)
+        except ConfigError as exc:
+            raise ConfigError(f"LORASEL_BENCH_CONCEPTS: {exc.message}", hint=exc.hint) from exc
     base, scorer = load_base("toy"), load_scorer("toy")
     start = time.perf_counter()
     runs = []

@@ -43,6 +43,23 @@ def parse_item(text: str) -> tuple[str, int]:
     return concept, int(seed)
 
 
+def parse_weights(text: str):
+    """Five comma-separated weights (fidelity, flexibility, adherence, diversity, preservation)."""
+    from lorasel.errors import ConfigError
+    from lorasel.rank import Weights
+
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 5:
+        fail("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)")
+    try:
+        return Weights(*values)
+    except ConfigError as exc:
+        fail(exc.one_line())
+
+
 def render(items: list[str]) -> None:
     from lorasel.models import load_base, load_scorer
 
@@ -62,13 +79,14 @@ def render(items: list[str]) -> None:
         )
 
 
-def grade(seed: int, concepts: list[str], others: list[tuple[float, ...]]) -> str:
-    """Markdown: per run, each selector's choice and regret, and the means (:func:`table`)."""
+def grade(seed: int, concepts: list[str], others: list) -> str:
+    """Markdown: per run, each selector's choice and regret, and the means (:func:`table`);
+    ``others``: further :class:`~lorasel.rank.Weights` graded beside the default."""
     from lorasel.models import load_base, load_scorer
-    from lorasel.rank import DEFAULT_WEIGHTS, Weights
+    from lorasel.rank import DEFAULT_WEIGHTS
 
     base, scorer = load_base("toy"), load_scorer("toy")
-    extra = {weights_label(Weights(*w)): Weights(*w) for w in others}
+    extra = {weights_label(w): w for w in others}
     runs = []
     for concept in concepts:
         run = one_run(concept, seed, base, scorer)
@@ -129,14 +147,11 @@ def main(argv: list[str]) -> int:
         render(args.items)
         return 0
     concepts = [c for c in args.concepts.split(",") if c]
+    if not concepts:
+        fail(f"error: no concept to grade (hint: --concepts {','.join(CONCEPTS[:2])})")
     for c in concepts:
         parse_item(f"{c}:{args.seed}")
-    try:
-        others = [tuple(float(x) for x in w.split(",")) for w in args.weights]
-    except ValueError:
-        fail("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)")
-    if any(len(w) != 5 for w in others):
-        fail("error: bad --weights (hint: five numbers, e.g. 1,1,1,0,0)")
+    others = [parse_weights(w) for w in args.weights]  # every input checked before the models load
     print(grade(args.seed, concepts, others), end="")
     return 0
 

@@ -18,6 +18,10 @@ from benchmarks import run as bench_run
         ("selection", "LORASEL_BENCH_SEED_STUDY", "1,two", "is not a list of counts"),
         ("selection", "LORASEL_BENCH_SEED_STUDY", "0,4", "is not a list of counts"),
         ("selection", "LORASEL_BENCH_THREADS", "two", "is not a list of counts"),
+        ("selection", "LORASEL_BENCH_SEEDS", "two", "is not a count"),
+        ("selection", "LORASEL_BENCH_SEEDS", "0", "no training seed"),
+        ("selection", "LORASEL_BENCH_CONCEPTS", "star,blob", "unknown toy-world concept 'blob'"),
+        ("selection", "LORASEL_BENCH_CONCEPTS", ",", "no concept"),
         ("eval", "LORASEL_BENCH_THREADS", "two", "is not a list of counts"),
         ("eval", "LORASEL_BENCH_THREADS", "0", "is not a list of counts"),
     ],
@@ -352,6 +356,9 @@ def test_heldout_table_gives_each_selector_its_regret_and_paired_intervals():
         (["grade", "5", "--concepts", "star,blob"], "bad run 'blob:5'"),
         (["grade", "5", "--weights", "1,0,1"], "bad --weights"),
         (["grade", "5", "--weights", "1,x,1,0,0"], "bad --weights"),
+        (["grade", "5", "--weights", "1,-1,1,0,0"], "weight flexibility=-1 is negative"),
+        (["grade", "5", "--weights", "0,0,0,0,0"], "all weights are zero"),
+        (["grade", "5", "--concepts", ","], "no concept to grade"),
     ],
 )
 def test_heldout_bad_arguments_are_one_line(argv, message, capsys):
