@@ -198,7 +198,7 @@ def test_grading_noise_grades_as_the_oracle_does():
 def test_grading_noise_paragraph_names_the_misses():
     import pandas as pd
 
-    from benchmarks.selection_report import grading_noise_lines
+    from benchmarks.selection_misses import grading_noise_lines
 
     rows = pd.DataFrame(
         {
@@ -229,7 +229,7 @@ def test_miss_table_shows_pick_and_best_part_by_part():
 
     import pandas as pd
 
-    from benchmarks.selection_report import miss_table
+    from benchmarks.selection_misses import miss_table
     from lorasel.demo import Verdict
 
     oracle = pd.DataFrame(
