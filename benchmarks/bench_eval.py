@@ -7,6 +7,9 @@
     + one image at batch 1 + ``unfuse_lora`` + ``unload_lora_weights`` (an X/Y/Z grid that reloads
     the LoRA per cell), over the same checkpoints × strengths × prompts × seeds.
 (c) Peak memory (max RSS of a fresh process per mode; CUDA peak where present).
+(d) Processes against threads on this CPU: ``evaluate(workers=C, threads=1)`` against
+    ``evaluate(threads=C)`` for C cores, each a fresh interpreter that loads the models from their
+    specs (the helpers' start-up is on the clock), on ``PROCESS_SEEDS`` seeds per prompt.
 
 (a) alternates evaluate and bare rendering ``REPEATS`` times in one process (models loaded once);
 (b) and (c) run in fresh interpreters. At 1 torch thread and at the machine's cores (at most 4), every
@@ -33,6 +36,7 @@ K, STRENGTHS, SEEDS, BATCH = 3, (0.5, 1.0), 1, 8
 RANK = 8
 REPEATS = 3
 GRID_PROMPTS = 4  # the per-cell grid is slow: measured on the first prompts, per-image time reported
+PROCESS_SEEDS, PROCESS_REPEATS = 4, 2  # (d): 392 renders a try, about a minute each on 2 cores
 
 
 # -- the fixture: a run folder with a toy-world dataset and K LoRA checkpoints --------------
@@ -198,6 +202,43 @@ def mode_grid(run: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "switching": switching, "renders": n, **_peak()}
 
 
+def mode_processes(run: Path, workdir: Path, workers: int) -> dict:
+    """(d): one evaluation from specs, as `lorasel eval` runs it, at this process's threads."""
+    import torch
+
+    from lorasel.evaluate import evaluate
+
+    start = time.perf_counter()
+    results = evaluate(run, base="toy", scorer="toy", strengths=STRENGTHS, seeds=PROCESS_SEEDS, batch_size=BATCH,
+                       workdir=workdir, threads=torch.get_num_threads(), workers=workers)  # fmt: skip
+    return {"seconds": time.perf_counter() - start, "renders": len(results.renders)}
+
+
+def processes_table(run_dir: Path, tmp_path: Path, cores: int) -> list[str]:
+    """(d): ``cores`` one-thread processes against one process of ``cores`` threads, alternated."""
+    pairs = []
+    for r in range(PROCESS_REPEATS):
+        threaded = _child("processes", cores, run=run_dir, workdir=tmp_path / f"threads{r}", workers=1)
+        spread = _child("processes", 1, run=run_dir, workdir=tmp_path / f"workers{r}", workers=cores)
+        pairs.append((threaded["seconds"], spread["seconds"]))
+    n = threaded["renders"]
+    ratios = [t / w for t, w in pairs]
+    t_threads = statistics.median(t for t, _ in pairs)
+    t_workers = statistics.median(w for _, w in pairs)
+    return [
+        f"**{cores} processes of 1 thread against 1 process of {cores} threads** ({n} renders: {PROCESS_SEEDS} seeds "
+        "per prompt; models loaded from their specs on the clock, helpers' start-up included)",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| (d) `evaluate(threads={cores})`, median of {PROCESS_REPEATS} | {t_threads:.1f} s ({60 * n / t_threads:.0f} renders/min) |",
+        f"| (d) `evaluate(workers={cores}, threads=1)`, median of {PROCESS_REPEATS} | {t_workers:.1f} s ({60 * n / t_workers:.0f} renders/min) |",
+        f"| (d) **speed-up** of the processes (median of per-pair ratios {', '.join(f'{r:.2f}' for r in ratios)}) "
+        f"| **{statistics.median(ratios):.2f}×** |",
+        "",
+    ]
+
+
 def _child(mode: str, threads: int, **kwargs) -> dict:
     """Run ``mode_<mode>(**kwargs)`` in a fresh interpreter on ``threads`` torch threads; its JSON result."""
     code = (
@@ -270,6 +311,9 @@ def run(out_dir: Path) -> str:
         for threads in counts:
             n, table = _measure(run_dir, Path(tmp) / f"threads-{threads}", threads)
             tables += table
+        cores = max(counts)
+        if cores > 1:
+            tables += processes_table(run_dir, Path(tmp) / "processes", cores)
     lines = [
         "## eval: the evaluator's cost",
         "",
@@ -287,7 +331,9 @@ def run(out_dir: Path) -> str:
         "the reload and the batch-1 inefficiency only; with more threads the batch keeps them busy while batch-1 "
         "renders of this small model do not, and the gap widens. On a GPU batch 1 leaves the device mostly idle, "
         "which this CPU measurement cannot show (no GPU here). `lorasel eval` on the toy world uses 1 thread unless "
-        "given `--threads`.",
+        "given `--threads`; (d) is why `lorasel demo` renders with one one-thread process per core "
+        "(`lorasel eval --workers N --threads 1`): this small model's ops leave a second thread of one process "
+        "half idle.",
         "",
         "Reproduce: `python -m benchmarks.run eval` (`LORASEL_BENCH_THREADS=N` or `=1,2,...` for other thread counts).",
     ]

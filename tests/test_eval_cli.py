@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 
 import pytest
@@ -85,6 +86,12 @@ BAD_INPUT = {
     "zero seeds": (lambda t: ["--seeds", "0"], "seeds must be a whole number"),
     "bad size": (lambda t: ["--size", "16by16"], "is not WIDTHxHEIGHT"),
     "zero threads": (lambda t: ["--threads", "0"], "threads must be a whole number"),
+    "zero workers": (lambda t: ["--workers", "0"], "workers must be a whole number"),
+    # Found while the helper process loads the base: it is stopped, and the error is one line.
+    "unknown prompt set, 2 workers": (
+        lambda t: ["--workers", "2", "--prompts", "nosuchset"],
+        "unknown prompt set",
+    ),
     "unknown kind": (
         lambda t: ["--prompts", str(_prompt_file(t, '[prompts]\nweird = ["a {trigger}"]\n'))],
         "unknown prompt kind prompts.weird",
@@ -109,6 +116,7 @@ def test_bad_input_is_one_line_with_exit_2(run, tmp_path, case):
     assert "(hint: " in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.output
     assert not list((run / "lorasel" / "renders").rglob("*.png")) if (run / "lorasel").exists() else True
+    assert not multiprocessing.active_children()
 
 
 def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):

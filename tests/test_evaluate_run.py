@@ -502,3 +502,117 @@ def test_store_roundtrip_of_missing_values(tmp_path):
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(sqlite3.ProgrammingError):
         con.execute("SELECT 1")  # closed
+
+
+# -- several rendering processes on one CPU (evaluate(workers=N)) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_base_folder(tmp_path_factory):
+    """The tiny pipeline saved as a diffusers folder: a spec a helper process can load."""
+    folder = tmp_path_factory.mktemp("tiny-base") / "pipeline"
+    h.tiny_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
+def _pixels(state, renders: pd.DataFrame) -> dict[tuple, np.ndarray]:
+    from PIL import Image
+
+    return {
+        (row.checkpoint, row.strength, row.prompt, row.seed): np.asarray(Image.open(state / row.image))
+        for row in renders.itertuples()
+    }
+
+
+def test_a_helper_process_renders_the_same_images_as_this_process(
+    evaluated, tiny_base_folder, tmp_path, monkeypatch
+):
+    """The main process takes no unit here, so the helper renders the whole plan (a helper that
+    starts late otherwise finds little left on a plan this small)."""
+    from lorasel.evaluate.workers import RenderWorkers
+
+    run, single, _ = evaluated
+    monkeypatch.setattr(RenderWorkers, "main_batches", lambda self: iter(()))
+    events = []
+    results = _eval(
+        run, base=tiny_base_folder, workers=2, threads=1, workdir=tmp_path / "w", progress=events.append
+    )
+    mine, reference = _pixels(tmp_path / "w", results.renders), _pixels(run / "lorasel", single.renders)
+    assert mine.keys() == reference.keys()
+    for key, pixels in reference.items():
+        np.testing.assert_array_equal(mine[key], pixels)
+    columns = [
+        "checkpoint",
+        "strength",
+        "prompt",
+        "seed",
+        "fidelity",
+        "flexibility",
+        "adherence",
+        "preservation",
+    ]
+    pd.testing.assert_frame_equal(results.renders[columns], single.renders[columns])
+    # The helper's progress reaches the caller, up to every render of the plan.
+    renders = [e for e in events if e.phase == "render"]
+    assert renders and renders[-1].done == renders[-1].total == len(single.renders)
+
+
+def test_a_helper_that_dies_is_one_clear_error_and_a_rerun_finishes(run, tiny_base_folder, monkeypatch):
+    import multiprocessing
+
+    from lorasel.evaluate.workers import RenderWorkers
+
+    def kill_helpers(self):
+        for proc in multiprocessing.active_children():
+            proc.kill()
+            proc.join()
+        return iter(())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RenderWorkers, "main_batches", kill_helpers)
+        with pytest.raises(EvaluationError, match="render worker stopped unexpectedly") as info:
+            _eval(run, base=tiny_base_folder, workers=2)
+    assert "rerun" in info.value.hint
+    assert not multiprocessing.active_children()
+    assert len(_eval(run, base=tiny_base_folder).renders) == len(STRENGTHS) * PER_GROUP * 3 + PER_GROUP
+
+
+def test_units_are_taken_once_each_in_plan_order():
+    import multiprocessing
+
+    from lorasel.evaluate.plan import Batch
+    from lorasel.evaluate.workers import take_units, units_of
+
+    pairs = [("a", 0.5), ("a", 0.5), ("a", 1.0), ("b", 0.5), ("b", 0.5), ("a", 0.5)]
+    batches = [Batch(c, "hash", s, (f"item {i}",)) for i, (c, s) in enumerate(pairs)]
+    units = units_of(batches)
+    assert [len(u) for u in units] == [2, 1, 2, 1]
+    counter = multiprocessing.get_context("spawn").Value("q", 0)
+    first, second = take_units(units, counter), take_units(units, counter)
+    taken = [next(first), next(second), next(first), next(second), *first, *second]
+    assert sorted(map(id, taken)) == sorted(map(id, batches))
+    assert taken[:3] == [batches[0], batches[2], batches[1]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"workers": 0}, "workers must be a whole number"),
+        ({"workers": 2}, "needs the base as a spec"),
+    ],
+)
+def test_bad_workers_is_an_error_before_any_process_starts(run, kwargs, match):
+    import multiprocessing
+
+    with pytest.raises(EvaluationError, match=match):
+        _eval(run, **kwargs)
+    assert not multiprocessing.active_children()
+
+
+def test_workers_on_a_gpu_point_to_accelerate(run, tiny_base_folder, monkeypatch):
+    import lorasel.models.devices as devices
+
+    monkeypatch.setattr(devices, "default_device", lambda device=None: torch.device("cuda"))
+    with pytest.raises(EvaluationError, match="several processes on the CPU") as info:
+        _eval(run, base=tiny_base_folder, workers=2)
+    assert "accelerate launch" in info.value.hint

@@ -41,7 +41,10 @@ def demo_command(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(help="CPU threads for training and rendering. [default: the cores, at most 4]"),
+        typer.Option(
+            help="CPU threads for training; rendering runs as many one-thread processes, which the toy "
+            "world's small ops use better than threads. [default: the cores, at most 4]"
+        ),
     ] = None,
     tui: Annotated[
         bool,
@@ -96,7 +99,8 @@ def demo_command(
             strengths=demo.DEMO_STRENGTHS,
             seeds=seeds,
             steps=steps,
-            threads=threads,
+            threads=1,
+            workers=threads,
             progress=progress,
         )
     say("3/4 rank and report")

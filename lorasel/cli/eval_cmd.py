@@ -55,8 +55,17 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Images rendered per batch.")] = 8,
     threads: Annotated[
         int | None,
-        typer.Option(help="CPU threads for rendering on CPU. [default: 1 for the toy world, else torch's]"),
+        typer.Option(
+            help="CPU threads per rendering process on CPU. [default: 1 for the toy world, else torch's]"
+        ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes rendering on this machine's CPU (e.g. the cores, with --threads 1: on 2 cores "
+            "the toy world renders 1.4x faster with 2). GPUs: accelerate launch."
+        ),
+    ] = 1,
     workdir: Annotated[
         Path | None, typer.Option(help="Where to keep renders and results. [default: PATH/lorasel]")
     ] = None,
@@ -84,6 +93,7 @@ def eval_command(
             progress=bar.update,
             batch_size=batch_size,
             threads=threads,
+            workers=workers,
         )
     if show:
         _summary(results)

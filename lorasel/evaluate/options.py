@@ -80,6 +80,7 @@ class EvalOptions:
     size: tuple[int, int] | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     threads: int | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", check_strengths(self.strengths))
@@ -89,6 +90,7 @@ class EvalOptions:
         _positive_int("batch size", self.batch_size, "e.g. --batch-size 8")
         if self.threads is not None:
             _positive_int("threads", self.threads, "e.g. --threads 1")
+        _positive_int("workers", self.workers, "e.g. --workers 2 on 2 cores")
         if self.guidance is not None and (
             not isinstance(self.guidance, (int, float))
             or not math.isfinite(self.guidance)

@@ -11,7 +11,7 @@ into the same store; the main process then scores and writes the results.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from lorasel.evaluate.prompts import load_prompt_set, resolve_prompt_spec
 from lorasel.evaluate.render import Renderer, make_settings
 from lorasel.evaluate.scoring import reference_embeddings, score_plan
 from lorasel.evaluate.store import Store
+from lorasel.evaluate.workers import RenderWorkers, WorkerPlan, WorkerStart, units_of
 from lorasel.evaluate.writer import BatchWriter
 from lorasel.results import Results
 from lorasel.rundir import RunDir
@@ -94,6 +95,7 @@ def evaluate(
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
+    workers: int = 1,
 ) -> Results:
     """Evaluate every checkpoint under ``path`` at every strength; return the results.
 
@@ -103,7 +105,9 @@ def evaluate(
     name or a TOML file (default: ``toy`` for the toy base, else ``object``). ``steps``,
     ``guidance`` and ``size`` default to the base model's own. ``threads``: torch CPU threads
     while rendering on CPU (default 1 for the toy world, whose small ops are fastest on one
-    thread; otherwise torch's own); restored afterwards.
+    thread; otherwise torch's own); restored afterwards. ``workers``: processes rendering on
+    this machine's CPU, each with ``threads`` threads (:mod:`lorasel.evaluate.workers`); more
+    than 1 needs ``base`` as a spec the helper processes can load.
     """
     options = EvalOptions(
         strengths=tuple(strengths),
@@ -113,6 +117,7 @@ def evaluate(
         size=size,
         batch_size=batch_size,
         threads=threads,
+        workers=workers,
     )
     run = RunDir.at(path, workdir)
     if not run.root.is_dir():
@@ -122,12 +127,14 @@ def evaluate(
     if base is None:
         base = base_of_run(run) or "toy"
     cpu_threads = _cpu_threads(options.threads, base, device)
+    _check_workers(options.workers, base, device)
     before = torch.get_num_threads()
     if cpu_threads:
         torch.set_num_threads(cpu_threads)
     try:
         return _evaluate(run, options, base=base, prompts=prompts, scorer=scorer, reference=reference,
-                         trigger=trigger, class_word=class_word, progress=progress, device=device, dtype=dtype)  # fmt: skip
+                         trigger=trigger, class_word=class_word, progress=progress, device=device, dtype=dtype,
+                threads=cpu_threads)  # fmt: skip
     finally:
         torch.set_num_threads(before)
 
@@ -142,8 +149,46 @@ def _cpu_threads(threads: int | None, base: object, device) -> int | None:
     return 1 if _is_toy(base) else None
 
 
+def _check_workers(workers: int, base: object, device) -> None:
+    """``workers`` > 1 renders with helper processes on this machine's CPU: they load the base
+    from its spec, so they need one, and several GPUs go through ``accelerate launch``."""
+    if workers == 1:
+        return
+    from lorasel.models.devices import default_device
+
+    if default_device(device).type != "cpu":
+        raise EvaluationError(
+            f"--workers {workers} renders with several processes on the CPU, not on {default_device(device)}",
+            hint="on GPUs run one process per GPU: accelerate launch --num_processes N -m lorasel eval ...",
+        )
+    if not isinstance(base, str):
+        raise EvaluationError(
+            f"workers={workers} needs the base as a spec its helper processes can load, not a loaded pipeline",
+            hint="pass base='toy', a folder or a file, or workers=1",
+        )
+    if current_processes().count > 1:
+        raise EvaluationError(
+            f"--workers {workers} cannot be combined with accelerate launch",
+            hint="use one of them: --workers on a CPU, accelerate launch on GPUs",
+        )
+
+
 def _evaluate(run: RunDir, options: EvalOptions, *, base, prompts, scorer, reference, trigger, class_word,
-              progress, device, dtype) -> Results:  # fmt: skip
+              progress, device, dtype, threads) -> Results:  # fmt: skip
+    helpers = None
+    if options.workers > 1:  # they load the base while this process plans
+        helpers = RenderWorkers(options.workers - 1, WorkerStart(base, device, dtype, threads))
+    try:
+        return _evaluate_with(run, options, helpers, base=base, prompts=prompts, scorer=scorer,
+                              reference=reference, trigger=trigger, class_word=class_word, progress=progress,
+                              device=device, dtype=dtype)  # fmt: skip
+    finally:
+        if helpers is not None:
+            helpers.close()
+
+
+def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | None, *, base, prompts, scorer,
+                   reference, trigger, class_word, progress, device, dtype) -> Results:  # fmt: skip
     procs = current_processes()
     reporter = RenderProgress(progress, total=0, cached=0)
     with Store.open(run.results_db) as store:
@@ -165,9 +210,18 @@ def _evaluate(run: RunDir, options: EvalOptions, *, base, prompts, scorer, refer
             ProgressEvent("start", reporter.done, reporter.total, reporter.cached, message=job.summary)
         )
         labels = {info.checkpoint: info.label for info in job.infos}
+        batches: Iterable[Batch] = mine
+        if helpers is not None and mine:
+            plan = WorkerPlan(
+                job.settings, job.infos, units_of(mine), frozenset(job.done), run.results_db, labels
+            )
+            helpers.share(plan, reporter)
+            batches = helpers.main_batches()
         skipped = procs.step(
-            lambda: _render(job.pipeline, job.settings, job.infos, mine, job.done, store, reporter, labels)
+            lambda: _render(job.pipeline, job.settings, job.infos, batches, job.done, store, reporter, labels)
         )
+        if helpers is not None and mine:
+            skipped |= helpers.finish()
         results = procs.step(lambda: _finish(job, store, skipped, reporter) if procs.is_main else None)
         reporter.emit(ProgressEvent("done", reporter.done, reporter.total, reporter.cached))
         return results if procs.is_main else store.load_results()
@@ -308,7 +362,7 @@ def _render(
     pipeline,
     settings: RenderSettings,
     infos: Sequence[CheckpointInfo],
-    batches: Sequence[Batch],
+    batches: Iterable[Batch],
     done: set[str],
     store: Store,
     reporter: RenderProgress,
