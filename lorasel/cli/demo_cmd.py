@@ -74,9 +74,8 @@ def demo_command(
         raise ConfigError(f"--threads must be at least 1 (got {threads})", hint="omit it to use the cores")
     run_dir = workdir / "run"
     say = _Say()
-    started = time.perf_counter()
     say(f"lorasel demo: a LoRA on the toy world's {concept!r} concept, in {printable(run_dir)}")
-    say("1/4 train: the toyworld preset (LoCon), a checkpoint every epoch")
+    say.step("1/4 train: the toyworld preset (LoCon), a checkpoint every epoch")
     view = ProgressView()
     try:
         overrides = [f"training.cpu_threads={threads}"] + (
@@ -85,7 +84,7 @@ def demo_command(
         demo.train_concept(run_dir, concept=concept, overrides=overrides, progress=view)
     finally:
         view.close()
-    say("2/4 evaluate: every checkpoint at strengths 0.5, 0.75 and 1.0, the same prompts and seeds")
+    say.step("2/4 evaluate: every checkpoint at strengths 0.5, 0.75 and 1.0, the same prompts and seeds")
     with _ProgressBar(enabled=True) as bar:
         lines = _RenderLines(say) if not say.console.is_terminal else None
 
@@ -103,18 +102,18 @@ def demo_command(
             workers=threads,
             progress=progress,
         )
-    say("3/4 rank and report")
+    say.step("3/4 rank and report")
     with warnings_to_stderr():
         ranking = rank(results, loss=read_loss(run_dir))
     run = demo.RunDir.at(run_dir)
     html, csv = run.report / "report.html", run.report / "scores.csv"
     write_csv(ranking, csv)
     write_html(results, ranking, html, run.state, title=f"lorasel demo: {concept}")
-    say("4/4 the oracle's verdict (ground truth the ranking never sees)")
+    say.step("4/4 the oracle's verdict (ground truth the ranking never sees)")
     outcome = demo.judge_selection(run_dir, results, ranking)
     _print_verdicts(outcome)
     typer.echo(f"\nreport: {printable(html)}  scores: {printable(csv)}")
-    typer.echo(f"done in {time.perf_counter() - started:.0f} s. Next: lorasel tui {printable(run_dir)}")
+    typer.echo(f"done in {time.perf_counter() - say.started:.0f} s. Next: lorasel tui {printable(run_dir)}")
     if tui and sys.stdin.isatty() and sys.stdout.isatty():
         from lorasel.tui import make_app
 
@@ -128,9 +127,15 @@ class _Say:
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
+        self.started = time.perf_counter()
 
     def __call__(self, text: str) -> None:
         self.console.print(text, markup=False, style="bold", soft_wrap=True)
+
+    def step(self, text: str) -> None:
+        """A step's heading with the time since the demo started, so a slow step shows."""
+        minutes, seconds = divmod(int(time.perf_counter() - self.started), 60)
+        self(f"{text}  [{minutes}:{seconds:02d}]")
 
 
 class _RenderLines:
