@@ -252,3 +252,49 @@ def test_training_options_run(tmp_path):
     assert all(v.dtype == torch.bfloat16 for k, v in tensors.items() if not k.endswith(".alpha"))
     assert any(k.endswith(".dora_scale") for k in tensors)
     assert list((result.run_dir / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_validation_loss_is_kohyas_fixed_noise_mse_recomputed_with_diffusers(tmp_path):
+    """The logged validation loss against a plain recomputation: each held-out image's VAE
+    posterior mean, diffusers' own prompt embedding, the fixed noise of seed · 100003 + i,
+    ``DDPMScheduler.add_noise`` and the UNet at each fixed timestep one at a time, MSE to the noise."""
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from trainer import prepare
+    from trainer.diffusion import encode_latent_dists
+
+    data = make_kohya_dataset(tmp_path / "data", {"2_zkz star": 4})
+    held_out = make_kohya_dataset(tmp_path / "held", {"1_zkz star": 2}, seed=5)
+    config = from_dict(
+        small_config(
+            data,
+            training={"epochs": 1},
+            validation={"path": str(held_out), "timesteps": [100, 600, 900], "seed": 3},
+        )
+    )
+    seen: list = []
+    pipe = tiny_sd1_pipeline()
+    train(config, output=tmp_path / "run", pipeline=pipe, progress=seen.append)
+    logged = [e.val_loss for e in seen if isinstance(e, events.Validated)][-1]
+
+    # The pipeline still holds the trained adapters, as at that (last) validation.
+    datasets = prepare.load_datasets(config)
+    dists = encode_latent_dists(
+        pipe.vae, datasets.validation, datasets.validation_sizes, "cpu", torch.float32
+    )
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    pipe.unet.eval()
+    losses = []
+    with torch.no_grad():
+        for i, (mean, _, _) in enumerate(dists):
+            latents = mean * pipe.vae.config.scaling_factor
+            caption = datasets.validation.images[i].caption
+            hidden = pipe.encode_prompt(caption, "cpu", 1, False)[0]
+            noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(3 * 100_003 + i))
+            for t in (100, 600, 900):
+                step = torch.tensor([t])
+                pred = pipe.unet(scheduler.add_noise(latents, noise, step), step, hidden).sample
+                losses.append(F.mse_loss(pred, noise).item())
+    assert len(losses) == 6
+    assert logged == pytest.approx(float(np.mean(losses)), rel=1e-5)

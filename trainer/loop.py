@@ -203,21 +203,24 @@ def train(
 
     @torch.no_grad()
     def validation_loss() -> float:
-        """kohya's method: fixed timesteps and fixed noise per image, so epochs are comparable."""
+        """kohya's method: fixed timesteps and fixed noise per image, so epochs are comparable.
+        An image's timesteps go through the UNet as one batch (the same latents, noise and
+        caption at each), not one forward pass per timestep."""
         unet.eval()
         losses = []
+        steps = torch.tensor(config.validation.timesteps, device=device)
+        n = len(steps)
         for i, (mean, _, view) in enumerate(val_cache):
             record = datasets.validation.images[i]
             hidden, added = conditioning([record.caption], [view])
             generator = torch.Generator().manual_seed(config.validation.seed * 100_003 + i)
             noise = torch.randn(mean.shape, generator=generator).to(device)
-            for t in config.validation.timesteps:
-                timesteps = torch.tensor([t], device=device)
-                losses.append(
-                    diffusion_loss(
-                        unet, noise_scheduler, mean * scaling, hidden, added, timesteps=timesteps, noise=noise
-                    ).item()
-                )
+            loss = diffusion_loss(
+                unet, noise_scheduler, (mean * scaling).expand(n, -1, -1, -1), hidden.expand(n, -1, -1),
+                None if added is None else {k: v.expand(n, *v.shape[1:]) for k, v in added.items()},
+                timesteps=steps, noise=noise.expand(n, -1, -1, -1),
+            )  # fmt: skip
+            losses.extend(loss.tolist())
         unet.train()
         return float(np.mean(losses))
 
