@@ -331,9 +331,10 @@ def run(out_dir: Path) -> str:
         "the reload and the batch-1 inefficiency only; with more threads the batch keeps them busy while batch-1 "
         "renders of this small model do not, and the gap widens. On a GPU batch 1 leaves the device mostly idle, "
         "which this CPU measurement cannot show (no GPU here). `lorasel eval` on the toy world uses 1 thread unless "
-        "given `--threads`; (d) is why `lorasel demo` renders with one one-thread process per core "
-        "(`lorasel eval --workers N --threads 1`): this small model's ops leave a second thread of one process "
-        "half idle.",
+        "given `--threads`. (d) checks `lorasel demo`'s way of rendering, one one-thread process per core "
+        "(`lorasel eval --workers N --threads 1`), against one process with as many threads: the ratio includes "
+        "the helpers' start-up (a fresh interpreter loading the base) and the scoring, which runs on the main "
+        "process's one thread.",
         "",
         "Reproduce: `python -m benchmarks.run eval` (`LORASEL_BENCH_THREADS=N` or `=1,2,...` for other thread counts).",
     ]
