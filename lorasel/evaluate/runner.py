@@ -134,7 +134,7 @@ def evaluate(
     try:
         return _evaluate(run, options, base=base, prompts=prompts, scorer=scorer, reference=reference,
                          trigger=trigger, class_word=class_word, progress=progress, device=device, dtype=dtype,
-                threads=cpu_threads)  # fmt: skip
+                         threads=cpu_threads)  # fmt: skip
     finally:
         torch.set_num_threads(before)
 
