@@ -616,3 +616,14 @@ def test_workers_on_a_gpu_point_to_accelerate(run, tiny_base_folder, monkeypatch
     with pytest.raises(EvaluationError, match="several processes on the CPU") as info:
         _eval(run, base=tiny_base_folder, workers=2)
     assert "accelerate launch" in info.value.hint
+
+
+def test_workers_share_the_cores_instead_of_each_taking_all(monkeypatch):
+    """Without --threads a real base gets torch's default (every core) in one process; with
+    several processes each gets its share, or they would all fight for every core."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert runner_module._cpu_threads(None, "./sd15", "cpu", workers=1) is None
+    assert runner_module._cpu_threads(None, "./sd15", "cpu", workers=2) == 4
+    assert runner_module._cpu_threads(None, "./sd15", "cpu", workers=16) == 1
+    assert runner_module._cpu_threads(None, "toy", "cpu", workers=2) == 1
+    assert runner_module._cpu_threads(3, "./sd15", "cpu", workers=2) == 3

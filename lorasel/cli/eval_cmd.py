@@ -56,14 +56,15 @@ def eval_command(
     threads: Annotated[
         int | None,
         typer.Option(
-            help="CPU threads per rendering process on CPU. [default: 1 for the toy world, else torch's]"
+            help="CPU threads per rendering process on CPU. [default: 1 for the toy world, else torch's, "
+            "or the cores shared out among --workers]"
         ),
     ] = None,
     workers: Annotated[
         int,
         typer.Option(
-            help="Processes rendering on this machine's CPU (e.g. the cores, with --threads 1: on 2 cores "
-            "the toy world renders 1.4x faster with 2). GPUs: accelerate launch."
+            help="Processes rendering on this machine's CPU, e.g. the cores (on 2 cores the toy world "
+            "evaluates 1.1x faster with 2 than with --threads 2). GPUs: accelerate launch."
         ),
     ] = 1,
     workdir: Annotated[

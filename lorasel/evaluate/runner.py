@@ -126,8 +126,8 @@ def evaluate(
         )
     if base is None:
         base = base_of_run(run) or "toy"
-    cpu_threads = _cpu_threads(options.threads, base, device)
     _check_workers(options.workers, base, device)
+    cpu_threads = _cpu_threads(options.threads, base, device, options.workers)
     before = torch.get_num_threads()
     if cpu_threads:
         torch.set_num_threads(cpu_threads)
@@ -139,14 +139,19 @@ def evaluate(
         torch.set_num_threads(before)
 
 
-def _cpu_threads(threads: int | None, base: object, device) -> int | None:
+def _cpu_threads(threads: int | None, base: object, device, workers: int = 1) -> int | None:
+    """Torch threads per rendering process on CPU: ``threads``, else 1 for the toy world, else
+    the cores shared out among the ``workers`` processes (torch's own default when there is
+    one; several processes each taking every core would slow all of them many times over)."""
     from lorasel.models.devices import default_device
 
     if default_device(device).type != "cpu":
         return None
     if threads is not None:
         return threads
-    return 1 if _is_toy(base) else None
+    if _is_toy(base):
+        return 1
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
 
 
 def _check_workers(workers: int, base: object, device) -> None:
