@@ -627,3 +627,25 @@ def test_workers_share_the_cores_instead_of_each_taking_all(monkeypatch):
     assert runner_module._cpu_threads(None, "./sd15", "cpu", workers=16) == 1
     assert runner_module._cpu_threads(None, "toy", "cpu", workers=2) == 1
     assert runner_module._cpu_threads(3, "./sd15", "cpu", workers=2) == 3
+
+
+def test_a_helpers_own_error_reaches_the_caller_as_one_clear_error(run, tiny_base_folder, monkeypatch):
+    """The helper checks that it loaded the base the plan was made with; a mismatch (here: a plan
+    with another fingerprint) is its error, relayed with its hint."""
+    import dataclasses
+    import multiprocessing
+
+    from lorasel.evaluate.workers import RenderWorkers
+
+    share = RenderWorkers.share
+
+    def share_other_base(self, plan, reporter):
+        settings = dataclasses.replace(plan.settings, base_fingerprint="another base")
+        share(self, dataclasses.replace(plan, settings=settings), reporter)
+
+    monkeypatch.setattr(RenderWorkers, "share", share_other_base)
+    monkeypatch.setattr(RenderWorkers, "main_batches", lambda self: iter(()))
+    with pytest.raises(EvaluationError, match="loaded a different base") as info:
+        _eval(run, base=tiny_base_folder, workers=2)
+    assert "changed on disk" in info.value.hint
+    assert not multiprocessing.active_children()
