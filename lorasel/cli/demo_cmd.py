@@ -42,8 +42,9 @@ def demo_command(
     threads: Annotated[
         int | None,
         typer.Option(
-            help="CPU threads for training; rendering runs as many one-thread processes, which the toy "
-            "world's small ops use better than threads. [default: the cores, at most 4]"
+            help="CPU threads. Training takes all but one, and the last one renders each checkpoint "
+            "as soon as it is saved; after training, rendering runs as many one-thread processes, which "
+            "the toy world's small ops use better than threads. [default: the cores, at most 4]"
         ),
     ] = None,
     tui: Annotated[
@@ -60,6 +61,7 @@ def demo_command(
     from lorasel.cli.train_cmd import ProgressView
     from lorasel.errors import ConfigError
     from lorasel.evaluate import evaluate
+    from lorasel.evaluate.follow import Follower, FollowSettings, follow_threads
     from lorasel.rank import rank, read_loss
     from lorasel.report import write_csv, write_html
 
@@ -75,15 +77,25 @@ def demo_command(
     run_dir = workdir / "run"
     say = _Say()
     say(f"lorasel demo: a LoRA on the toy world's {concept!r} concept, in {printable(run_dir)}")
-    say.step("1/4 train: the toyworld preset (LoCon), a checkpoint every epoch")
+    # With two threads or more, one of them evaluates each checkpoint while the next trains.
+    train_threads, follow = follow_threads(threads)
+    say.step(
+        "1/4 train: the toyworld preset (LoCon), a checkpoint every epoch"
+        + (", each evaluated while the next trains" if follow else "")
+    )
+    eval_kwargs = {"strengths": demo.DEMO_STRENGTHS, "seeds": seeds, "steps": steps}
+    follower = Follower(FollowSettings(str(run_dir), evaluate_kwargs=eval_kwargs)) if follow else None
     view = ProgressView()
     try:
-        overrides = [f"training.cpu_threads={threads}"] + (
+        overrides = [f"training.cpu_threads={train_threads}"] + (
             [f"training.epochs={epochs}"] if epochs is not None else []
         )
         demo.train_concept(run_dir, concept=concept, overrides=overrides, progress=view)
     finally:
         view.close()
+        problem = follower.stop() if follower is not None else None
+    if problem:
+        say(f"note: the evaluation during training stopped early; the one below does all of it. {problem}")
     say.step("2/4 evaluate: every checkpoint at strengths 0.5, 0.75 and 1.0, the same prompts and seeds")
     with _ProgressBar(enabled=True) as bar:
         lines = _RenderLines(say) if not say.console.is_terminal else None
@@ -93,15 +105,7 @@ def demo_command(
             if lines is not None:
                 lines(event)
 
-        results = evaluate(
-            run_dir,
-            strengths=demo.DEMO_STRENGTHS,
-            seeds=seeds,
-            steps=steps,
-            threads=1,
-            workers=threads,
-            progress=progress,
-        )
+        results = evaluate(run_dir, **eval_kwargs, threads=1, workers=threads, progress=progress)
     say.step("3/4 rank and report")
     with warnings_to_stderr():
         ranking = rank(results, loss=read_loss(run_dir))

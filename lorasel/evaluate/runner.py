@@ -55,9 +55,13 @@ def _is_toy(base: object) -> bool:
 
 
 def _base_spec(base: object) -> str:
-    """The base as a spec for the settings record ("toy" for a loaded toy pipeline)."""
+    """The base as a spec for the settings record and the cache keys: a pipeline from
+    ``load_base`` keeps its spec, so passing it renders into the same cache as the spec."""
     if isinstance(base, str):
         return base
+    spec = getattr(base, "_lorasel_spec", None)
+    if isinstance(spec, str):
+        return spec
     return "toy" if _is_toy(base) else f"<{type(base).__name__}>"
 
 

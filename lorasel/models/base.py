@@ -37,6 +37,8 @@ def load_base(spec: str = "toy", *, device=None, dtype=None):
     else:
         pipe = _load_external(spec, torch_dtype).to(dev)
     pipe.set_progress_bar_config(disable=True)
+    # Passing this pipeline to evaluate() then caches renders under the same keys as the spec.
+    pipe._lorasel_spec = spec
     return pipe
 
 

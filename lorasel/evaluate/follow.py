@@ -1,0 +1,177 @@
+"""Evaluate a run's checkpoints while its trainer is still writing them: :class:`Follower`.
+
+A trainer saves a checkpoint every epoch, and each one can be rendered while the next epoch
+trains. A follower is one spawned process (a fresh interpreter, never a fork) that loads the
+base and the scorer once and, whenever the run's checkpoint folder changes, runs
+:func:`~lorasel.evaluate.evaluate` on the run with them. Renders, embeddings and hashes land in
+the run's cache, so the evaluation after training renders and embeds only what the follower did
+not reach; its images are the same (an image depends only on its cache key). :meth:`stop` ends
+it at its next batch.
+
+The follower is a head start, not the evaluation of record: if it fails, the evaluation after
+training meets the same problem and reports it, so :meth:`stop` returns the follower's error
+as a line to show, and raises nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JOIN_TIMEOUT_S = 30.0  # a follower told to stop finishes its batch and its writes within this
+POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class FollowSettings:
+    """What the follower evaluates: ``evaluate``'s keyword arguments, with the base and the
+    scorer as specs it loads itself."""
+
+    path: str
+    base: str = "toy"
+    scorer: str = "toy"
+    threads: int = 1
+    evaluate_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class _Stopped(Exception):
+    """Raised from the progress callback: ends the current evaluation at its next batch."""
+
+
+def checkpoint_signature(folder: Path) -> tuple:
+    """Name, size and modification time of every safetensors file under ``folder`` (empty
+    when it does not exist yet): changes when the trainer saves a checkpoint."""
+    if not folder.is_dir():
+        return ()
+    files = []
+    for path in sorted(folder.rglob("*.safetensors")):
+        with contextlib.suppress(OSError):  # replaced or removed while listing
+            stat = path.stat()
+            files.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(files)
+
+
+def _follow_main(settings: FollowSettings, stop, ready, outbox) -> None:
+    """The follower process: load the models, then evaluate each time the checkpoints change."""
+    try:
+        import torch
+
+        from lorasel import models
+        from lorasel.evaluate.runner import evaluate
+        from lorasel.rundir import RunDir
+
+        torch.set_num_threads(settings.threads)
+        pipeline = models.load_base(settings.base, device="cpu")
+        scorer = models.load_scorer(settings.scorer, device="cpu")
+        folder = RunDir.at(settings.path).checkpoints
+        ready.set()  # from now on stop() waits for this process instead of terminating it
+
+        def halt(event) -> None:
+            if stop.is_set():
+                raise _Stopped
+
+        seen: tuple = ()
+        while not stop.is_set():
+            current = checkpoint_signature(folder)
+            if not current or current == seen:
+                stop.wait(POLL_S)
+                continue
+            seen = current
+            try:
+                evaluate(settings.path, base=pipeline, scorer=scorer, threads=settings.threads, progress=halt,
+                         **settings.evaluate_kwargs)  # fmt: skip
+            except _Stopped:
+                break
+        outbox.put(None)
+    except KeyboardInterrupt:
+        outbox.put(None)
+    except BaseException as exc:  # reported by stop(); the evaluation after training meets it too
+        from lorasel.errors import LoraselError
+
+        line = exc.one_line() if isinstance(exc, LoraselError) else f"{type(exc).__name__}: {exc}"
+        outbox.put(line)
+
+
+class Follower:
+    """One process evaluating ``settings.path`` as checkpoints appear (module docstring).
+
+    Use as a context manager, or call :meth:`stop` (always: it also cleans up)::
+
+        with Follower(FollowSettings(run_dir, evaluate_kwargs={"strengths": (0.5, 1.0)})) as f:
+            train(...)
+        problem = f.problem  # None, or the line the follower stopped on
+    """
+
+    def __init__(self, settings: FollowSettings) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._ready = ctx.Event()
+        self._outbox = ctx.Queue()
+        self._proc = ctx.Process(
+            target=_follow_main,
+            args=(settings, self._stop, self._ready, self._outbox),
+            name="lorasel-follow",
+            daemon=True,
+        )
+        self._proc.start()
+        self.problem: str | None = None
+        self._stopped = False
+
+    def stop(self, timeout: float = JOIN_TIMEOUT_S) -> str | None:
+        """Stop at the follower's next batch and wait for it (terminated after ``timeout``);
+        the line it failed on, or None."""
+        if self._stopped:
+            return self.problem
+        self._stopped = True
+        self._stop.set()
+        if not self._ready.is_set():  # still loading the models: it has written nothing
+            self._proc.terminate()
+        deadline = time.monotonic() + timeout
+        message: Any = None
+        got = False
+        while not got and time.monotonic() < deadline:
+            try:
+                message = self._outbox.get(timeout=0.2)
+                got = True
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    break
+        self._proc.join(max(0.0, deadline - time.monotonic()))
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+            message = message or f"the follower did not stop within {timeout:.0f} s"
+        elif not got and self._proc.exitcode and self._ready.is_set():
+            message = f"the follower stopped unexpectedly (exit code {self._proc.exitcode})"
+        self._outbox.close()
+        self._outbox.cancel_join_thread()
+        self.problem = message
+        return message
+
+    @property
+    def ready(self) -> bool:
+        """The models are loaded: the follower evaluates from now on."""
+        return self._ready.is_set()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def follow_threads(threads: int) -> tuple[int, bool]:
+    """Split ``threads`` CPU threads between training and a follower: (training threads,
+    whether to follow). One thread cannot do both at once; more leave one to the follower."""
+    if threads < 2:
+        return threads, False
+    return threads - 1, True
