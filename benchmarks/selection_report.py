@@ -274,9 +274,13 @@ def target_verdict(by_run: pd.DataFrame, lower: float | None) -> str:
             f"≤ 5%: met on the mean ({100 * mean:.1f}%), not shown at 95% (interval "
             f"{100 * low:.1f}–{100 * high:.1f}%)"
         )
+    elif low > 0.05:
+        five = f"≤ 5%: NOT met, shown at 95% ({100 * mean:.1f}%, interval {100 * low:.1f}–{100 * high:.1f}%)"
     else:
-        bound = f"between {100 * lower:.1f}% and " if lower is not None else "up to "
-        five = f"≤ 5%: not decided at this grading size ({bound}{100 * mean:.1f}%, see below)"
+        five = (
+            f"≤ 5%: NOT met on the mean ({100 * mean:.1f}%), not ruled out at 95% (interval "
+            f"{100 * low:.1f}–{100 * high:.1f}%)"
+        )
     return f"{below}; {five}"
 
 

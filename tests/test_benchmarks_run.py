@@ -378,7 +378,13 @@ def test_heldout_bad_arguments_are_one_line(argv, message, capsys):
         ([0.0, 0.0, 0.0, 0.19], 0.0, "≤ 5%: met on the mean (4.8%), not shown at 95% (interval 0.0–14.3%)"),
         ([0.01] * 6, 0.0, "≤ 5%: met, shown at 95% (1.0%, interval 1.0–1.0%)"),
         ([0.1] * 6, 0.06, "≤ 5%: NOT met (at least 6.0%)"),
-        ([0.1] * 6, 0.02, "≤ 5%: not decided at this grading size (between 2.0% and 10.0%, see below)"),
+        ([0.1] * 6, 0.02, "≤ 5%: NOT met, shown at 95% (10.0%, interval 10.0–10.0%)"),
+        # A mean over 5% whose interval reaches below it: not met, and not ruled out either.
+        (
+            [0.0, 0.0, 0.2, 0.2],
+            0.02,
+            "≤ 5%: NOT met on the mean (10.0%), not ruled out at 95% (interval 0.0–20.0%)",
+        ),
     ],
 )
 def test_target_verdict_claims_only_what_its_interval_shows(ours, lower, expected):
