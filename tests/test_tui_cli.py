@@ -54,7 +54,8 @@ def test_pick_key_prints_the_same_json_as_lorasel_pick(run, monkeypatch):
     weights = "flexibility=2,diversity=0"
     workdir = run.parent / "state"
     result = runner.invoke(
-        app, ["tui", str(run), "--weights", weights, "--base", "toy", "--workdir", str(workdir)]
+        app,
+        ["tui", str(run), "--weights", weights, "--base", "toy", "--workdir", str(workdir), "--workers", "2"],
     )
     assert result.exit_code == 0, result.output
     expected = runner.invoke(app, ["pick", str(run), "--json", "--weights", weights])
@@ -63,7 +64,7 @@ def test_pick_key_prints_the_same_json_as_lorasel_pick(run, monkeypatch):
     assert result.stdout == expected.stdout  # byte for byte, as scripts read it
     tui = seen[0]
     assert tui.state.weights.flexibility == 2.0 and tui.state.weights.diversity == 0.0
-    assert tui._eval_options == {"base": "toy"} and tui.run_dir.root == run.resolve()
+    assert tui._eval_options == {"base": "toy", "workers": 2} and tui.run_dir.root == run.resolve()
     assert tui.run_dir.state == workdir.resolve() and tui.renders.state_dir == workdir.resolve()
     assert calls[0] == (run, workdir.resolve())  # the evaluator's store is read from --workdir
 
@@ -89,6 +90,7 @@ def test_print_pick_without_results_is_a_one_line_error(tmp_path, monkeypatch):
         ),
         (["{dir}", "--weights", "fidelity=-1"], "weight fidelity=-1 is negative"),
         (["{dir}", "--weights", "sharpness=1"], "--weights names an unknown metric 'sharpness'"),
+        (["{dir}", "--workers", "0"], "--workers must be at least 1 (got 0)"),
     ],
 )
 def test_bad_input_exits_2_before_the_terminal_is_touched(tmp_path, monkeypatch, args, message):

@@ -121,7 +121,7 @@ def demo_command(
     if tui and sys.stdin.isatty() and sys.stdout.isatty():
         from lorasel.tui import make_app
 
-        make_app(run_dir).run()
+        make_app(run_dir, eval_options={"workers": threads} if threads > 1 else None).run()
     else:
         typer.echo("\n" + table_text(ranking))
 

@@ -33,6 +33,13 @@ def tui_command(
         Path | None,
         typer.Option("--reference", help="Training images (for fidelity) when PATH is not a lorasel run."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes rendering on this machine's CPU in an evaluation started from the TUI, "
+            "as for lorasel eval --workers."
+        ),
+    ] = 1,
     graphics: Annotated[
         str,
         typer.Option(
@@ -45,11 +52,20 @@ def tui_command(
     """Rank, compare and pick interactively: live weights, loss mode, renders side by side."""
     import json
 
-    from lorasel.errors import ResultsError
+    from lorasel.errors import ConfigError, ResultsError
     from lorasel.rank import Weights
     from lorasel.tui import make_app
 
-    eval_options = {"base": base, "scorer": scorer, "prompts": prompts}
+    if workers < 1:
+        raise ConfigError(
+            f"--workers must be at least 1 (got {workers})", hint="use --workers 1, or the cores"
+        )
+    eval_options = {
+        "base": base,
+        "scorer": scorer,
+        "prompts": prompts,
+        "workers": workers if workers > 1 else None,
+    }
     if reference is not None:
         eval_options["reference"] = str(reference)
     tui = make_app(
