@@ -195,3 +195,34 @@ def test_toy_world_end_to_end(tmp_path, monkeypatch):
     ranked = runner.invoke(app, ["rank", str(run), "--json"])
     assert ranked.exit_code == 0, ranked.output
     assert len(json.loads(ranked.stdout)) == 4
+
+
+# -- lorasel eval --follow ------------------------------------------------------------------
+
+
+def test_follow_evaluates_what_is_there_then_stops_when_idle(run):
+    result = _invoke(run, "--follow", "--follow-idle", "0.01")
+    assert result.exit_code == 0, result.output
+    assert "waiting for new checkpoints in" in result.stderr
+    assert "1 checkpoint evaluated; lorasel picks zkz-000001 at strength 1" in result.stderr
+    assert "0 of 8 renders already done" in result.stderr  # base + 1 checkpoint, 4 prompts, 1 seed
+    assert "mean per checkpoint × strength" in result.stdout  # the last evaluation's table
+    # Following again starts from the cache (that a pipeline from load_base caches under its spec,
+    # so plain `lorasel eval` reuses these renders, is tested in test_evaluate_follow).
+    again = _invoke(run, "--follow", "--follow-idle", "0.01")
+    assert again.exit_code == 0 and "8 of 8 renders already done" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "message"),
+    [
+        ("run", ["--follow-idle", "0"], "--follow-idle must be above 0 minutes (got 0)"),
+        ("missing", [], "is not a folder"),
+    ],
+)
+def test_follow_bad_input_is_one_line(run, tmp_path, target, args, message):
+    path = run if target == "run" else tmp_path / "nope"
+    result = runner.invoke(app, ["eval", str(path), "--follow", *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr and "hint:" in result.stderr
+    assert result.stderr.count("\n") == 1

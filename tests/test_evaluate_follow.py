@@ -95,13 +95,17 @@ def _pixels(state, renders) -> dict[tuple, np.ndarray]:
 
 
 def test_checkpoint_signature_changes_when_a_checkpoint_is_saved(run, tmp_path):
-    folder = run / "checkpoints"
+    from safetensors.torch import save_file
+
     assert checkpoint_signature(tmp_path / "missing") == ()
-    before = checkpoint_signature(folder)
+    before = checkpoint_signature(run)
     assert [p.split("/")[-1] for p, _, _ in before] == [f"zkz-00000{i}.safetensors" for i in (1, 2, 3)]
-    assert checkpoint_signature(folder) == before
-    h.write_lora(folder / "zkz-000004.safetensors", seed=4, scale=0.8, epoch=4)
-    assert len(checkpoint_signature(folder)) == 4
+    assert checkpoint_signature(run) == before
+    # A trainer's state file is not a checkpoint: no new evaluation for it.
+    save_file({"optimizer.step": torch.zeros(1)}, str(run / "checkpoints" / "state.safetensors"))
+    assert checkpoint_signature(run) == before
+    h.write_lora(run / "checkpoints" / "zkz-000004.safetensors", seed=4, scale=0.8, epoch=4)
+    assert len(checkpoint_signature(run)) == 4
 
 
 def test_follow_threads_leaves_one_thread_to_the_follower():
@@ -167,3 +171,38 @@ def test_a_pipeline_from_load_base_caches_under_its_spec(base_folder):
 
     assert _base_spec(load_base(base_folder, device="cpu")) == base_folder
     assert _base_spec(h.tiny_pipeline()) == "<StableDiffusionPipeline>"  # built by hand: no spec
+
+
+def test_follow_renders_only_the_checkpoint_that_is_new(run):
+    """`follow` (what `lorasel eval --follow` runs): a checkpoint saved while it waits is
+    evaluated alone, and `stop` ends it."""
+    import threading
+
+    from lorasel.evaluate.follow import follow
+
+    stop, rounds, starts = threading.Event(), [], []
+    thread = threading.Thread(
+        target=follow,
+        args=(run, stop),
+        kwargs=dict(
+            base=h.tiny_pipeline(),
+            scorer=h.tiny_scorer(),
+            threads=1,
+            poll_s=0.05,
+            on_results=rounds.append,
+            progress=lambda e: e.phase == "start" and starts.append(e),
+            **_kwargs(run),
+        ),
+    )
+    thread.start()
+    try:
+        _wait(lambda: len(rounds) == 1)
+        h.write_lora(run / "checkpoints" / "zkz-000004.safetensors", seed=4, scale=0.8, epoch=4)
+        _wait(lambda: len(rounds) == 2)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    per_checkpoint = len(STRENGTHS) * 4 * SEEDS
+    assert [(e.cached, e.total) for e in starts] == [(0, N_RENDERS), (N_RENDERS, N_RENDERS + per_checkpoint)]
+    assert rounds[1].renders["checkpoint"].nunique() == 5  # the base and four checkpoints

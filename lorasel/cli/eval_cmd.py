@@ -70,34 +70,105 @@ def eval_command(
     workdir: Annotated[
         Path | None, typer.Option(help="Where to keep renders and results. [default: PATH/lorasel]")
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Keep evaluating while a trainer saves checkpoints into PATH: each new one is rendered "
+            "as it appears (the models stay loaded). Ctrl-C stops; finished renders are kept.",
+        ),
+    ] = False,
+    follow_idle: Annotated[
+        float | None,
+        typer.Option(
+            help="With --follow: stop after this many minutes without a new checkpoint. [default: never]"
+        ),
+    ] = None,
 ) -> None:
     """Render fixed prompts with every checkpoint at every strength and measure fidelity,
     flexibility, adherence, diversity and preservation. Rerun at will: finished renders are kept."""
     from lorasel.evaluate import evaluate, parse_size, parse_strengths
 
     show = os.environ.get("RANK", "0") == "0"  # under `accelerate launch`, one process talks
+    options = dict(
+        base=base, prompts=prompts, strengths=parse_strengths(strengths), seeds=seeds, steps=steps,
+        guidance=guidance, size=parse_size(size) if size else None, scorer=scorer, reference=reference,
+        trigger=trigger, class_word=class_word, workdir=workdir, batch_size=batch_size, threads=threads,
+        workers=workers,
+    )  # fmt: skip
+    if follow or follow_idle is not None:
+        _follow(path, options, follow_idle)
+        return
     with _ProgressBar(enabled=show) as bar:
-        results = evaluate(
-            path,
-            base=base,
-            prompts=prompts,
-            strengths=parse_strengths(strengths),
-            seeds=seeds,
-            steps=steps,
-            guidance=guidance,
-            size=parse_size(size) if size else None,
-            scorer=scorer,
-            reference=reference,
-            trigger=trigger,
-            class_word=class_word,
-            workdir=workdir,
-            progress=bar.update,
-            batch_size=batch_size,
-            threads=threads,
-            workers=workers,
-        )
+        results = evaluate(path, progress=bar.update, **options)
     if show:
         _summary(results)
+
+
+def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
+    """``lorasel eval --follow``: evaluate each time the trainer saves, with the models loaded once."""
+    import threading
+
+    from lorasel import models
+    from lorasel.cli.ranking_output import describe, printable
+    from lorasel.errors import ConfigError, EvaluationError
+    from lorasel.evaluate.concept import base_of_run
+    from lorasel.evaluate.follow import follow
+    from lorasel.evaluate.processes import current_processes
+    from lorasel.rank import rank
+    from lorasel.results import BASE
+    from lorasel.rundir import RunDir
+
+    if idle_minutes is not None and not idle_minutes > 0:
+        raise ConfigError(
+            f"--follow-idle must be above 0 minutes (got {idle_minutes:g})",
+            hint="omit it to follow until Ctrl-C",
+        )
+    if current_processes().count > 1:
+        raise ConfigError(
+            "--follow cannot run under accelerate launch",
+            hint="follow in one process (a second GPU: CUDA_VISIBLE_DEVICES=1), or evaluate after training",
+        )
+    run = RunDir.at(path, options["workdir"])
+    if not run.root.is_dir():
+        raise EvaluationError(f"{run.root} is not a folder", hint="pass the folder the trainer saves into")
+    if options["workers"] == 1:  # load once; helper processes (--workers) load their own per round
+        options["base"] = models.load_base(options["base"] or base_of_run(run) or "toy")
+        options["scorer"] = models.load_scorer(options["scorer"])
+    folder = printable(run.checkpoints)
+    stderr = _ProgressBar(enabled=True)._console()
+    waiting = f"waiting for new checkpoints in {folder} (Ctrl-C to stop)"
+    last = []
+
+    def on_results(results) -> None:
+        last[:] = [results]
+        best = rank(results).best
+        n = results.renders.loc[results.renders["checkpoint"] != BASE, "checkpoint"].nunique()
+        evaluated = f"{n} checkpoint{'s' if n != 1 else ''} evaluated"
+        stderr.print(f"{evaluated}; lorasel picks {describe(best)} (P(best) {best.p_best:.2f})",
+                     markup=False, highlight=False)  # fmt: skip
+        stderr.print(waiting, markup=False, highlight=False)
+
+    stderr.print(waiting, markup=False, highlight=False)
+    bar = _ProgressBar(enabled=True)
+    try:
+        follow(path, threading.Event(), idle_s=None if idle_minutes is None else 60 * idle_minutes,
+               on_results=on_results, progress=lambda e: _round(bar, e), **options)  # fmt: skip
+    except KeyboardInterrupt:
+        bar.__exit__()
+        stderr.print("stopped following; finished renders are kept", markup=False, highlight=False)
+    finally:
+        bar.__exit__()
+    if last:
+        _summary(last[0])
+
+
+def _round(bar: _ProgressBar, event) -> None:
+    """One progress bar per evaluation round of --follow, put away when the round is done."""
+    bar.update(event)
+    if event.phase == "done" and bar.progress is not None:
+        bar.__exit__()
+        bar.progress = bar.task = None
 
 
 class _ProgressBar:

@@ -43,50 +43,75 @@ class _Stopped(Exception):
     """Raised from the progress callback: ends the current evaluation at its next batch."""
 
 
-def checkpoint_signature(folder: Path) -> tuple:
-    """Name, size and modification time of every safetensors file under ``folder`` (empty
-    when it does not exist yet): changes when the trainer saves a checkpoint."""
-    if not folder.is_dir():
+def checkpoint_signature(path: str | Path) -> tuple:
+    """Every LoRA checkpoint where ``evaluate(path)`` looks, with its size and modification time
+    (empty while there is none): changes when a trainer saves one. Other files (a trainer's
+    state, a half-written file) do not count."""
+    from lorasel.checkpoints import discover
+    from lorasel.errors import LoraselError
+    from lorasel.rundir import RunDir
+
+    try:
+        entries = discover(RunDir.at(path).checkpoints)
+    except (LoraselError, OSError):  # nothing there yet
         return ()
     files = []
-    for path in sorted(folder.rglob("*.safetensors")):
-        with contextlib.suppress(OSError):  # replaced or removed while listing
-            stat = path.stat()
-            files.append((str(path), stat.st_size, stat.st_mtime_ns))
+    for entry in entries:
+        with contextlib.suppress(OSError):  # replaced or removed since
+            stat = Path(entry.path).stat()
+            files.append((str(entry.path), stat.st_size, stat.st_mtime_ns))
     return tuple(files)
 
 
+def follow(path: str | Path, stop, *, base, scorer, threads: int | None = None, poll_s: float = POLL_S,
+           idle_s: float | None = None, on_results=None, progress=None, **evaluate_kwargs) -> None:  # fmt: skip
+    """Evaluate ``path`` each time its checkpoints change, until ``stop`` (a threading or
+    multiprocessing ``Event``) is set, or for ``idle_s`` seconds no checkpoint has changed; an
+    evaluation under way ends at its next batch. ``base`` and ``scorer``: specs, or models the
+    caller loaded once. ``on_results(results)`` after each evaluation; ``progress`` gets its
+    events."""
+    from lorasel.evaluate.runner import evaluate
+
+    def halt(event) -> None:
+        if stop.is_set():
+            raise _Stopped
+        if progress is not None:
+            progress(event)
+
+    seen: tuple = ()
+    changed = time.monotonic()
+    while not stop.is_set():
+        current = checkpoint_signature(path)
+        if not current or current == seen:
+            if idle_s is not None and time.monotonic() - changed >= idle_s:
+                return
+            stop.wait(poll_s)
+            continue
+        seen = current
+        try:
+            results = evaluate(
+                path, base=base, scorer=scorer, threads=threads, progress=halt, **evaluate_kwargs
+            )
+        except _Stopped:
+            return
+        changed = time.monotonic()
+        if on_results is not None:
+            on_results(results)
+
+
 def _follow_main(settings: FollowSettings, stop, ready, outbox) -> None:
-    """The follower process: load the models, then evaluate each time the checkpoints change."""
+    """The follower process: load the models once, then :func:`follow`."""
     try:
         import torch
 
         from lorasel import models
-        from lorasel.evaluate.runner import evaluate
-        from lorasel.rundir import RunDir
 
         torch.set_num_threads(settings.threads)
         pipeline = models.load_base(settings.base, device="cpu")
         scorer = models.load_scorer(settings.scorer, device="cpu")
-        folder = RunDir.at(settings.path).checkpoints
         ready.set()  # from now on stop() waits for this process instead of terminating it
-
-        def halt(event) -> None:
-            if stop.is_set():
-                raise _Stopped
-
-        seen: tuple = ()
-        while not stop.is_set():
-            current = checkpoint_signature(folder)
-            if not current or current == seen:
-                stop.wait(POLL_S)
-                continue
-            seen = current
-            try:
-                evaluate(settings.path, base=pipeline, scorer=scorer, threads=settings.threads, progress=halt,
-                         **settings.evaluate_kwargs)  # fmt: skip
-            except _Stopped:
-                break
+        follow(settings.path, stop, base=pipeline, scorer=scorer, threads=settings.threads,
+               **settings.evaluate_kwargs)  # fmt: skip
         outbox.put(None)
     except KeyboardInterrupt:
         outbox.put(None)
