@@ -29,3 +29,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def anyio_backend():
     """Async tests (the TUI's pilot) run on asyncio, the loop Textual uses."""
     return "asyncio"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the machine's cores are shared, and threads fight under load."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_folder(tmp_path_factory):
+    """The tiny test pipeline saved as a diffusers folder: a spec another process can load."""
+    from tests import evaluate_helpers as h
+
+    folder = tmp_path_factory.mktemp("tiny-base") / "pipeline"
+    h.tiny_pipeline().save_pretrained(folder)
+    return str(folder)

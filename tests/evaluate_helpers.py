@@ -116,3 +116,31 @@ trigger = ["{trigger} {class}"]
 out_of_domain = ["a {trigger} {class} on a blue background"]
 unrelated = ["a yellow square on a green background"]
 """
+
+
+class RenderSpy:
+    """Counts the images actually rendered (not taken from the cache)."""
+
+    def __init__(self, monkeypatch):
+        from lorasel.evaluate.render import Renderer
+
+        self.count = 0
+        original = Renderer.render
+
+        def render(renderer, batch):
+            images = original(renderer, batch)
+            self.count += len(images)
+            return images
+
+        monkeypatch.setattr(Renderer, "render", render)
+
+
+def pixels(state: Path, renders) -> dict[tuple, np.ndarray]:
+    """Every render of ``renders`` (a ``Results.renders`` frame) as pixels, by (checkpoint,
+    strength, prompt, seed): to compare two evaluations image for image."""
+    from PIL import Image
+
+    return {
+        (row.checkpoint, row.strength, row.prompt, row.seed): np.asarray(Image.open(state / row.image))
+        for row in renders.itertuples()
+    }

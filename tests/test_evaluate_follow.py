@@ -16,27 +16,11 @@ import torch
 from lorasel.errors import ResultsError
 from lorasel.evaluate import evaluate, load_results
 from lorasel.evaluate.follow import Follower, FollowSettings, checkpoint_signature, follow_threads
-from lorasel.evaluate.render import Renderer
 from tests import evaluate_helpers as h
 
 STRENGTHS, SEEDS = (0.5, 1.0), 2
 N_RENDERS = (1 + 3 * len(STRENGTHS)) * 4 * SEEDS  # base + 3 checkpoints × strengths; 4 prompts
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def base_folder(tmp_path_factory):
-    """The tiny pipeline saved as a diffusers folder: a spec the follower can load."""
-    folder = tmp_path_factory.mktemp("tiny-base") / "pipeline"
-    h.tiny_pipeline().save_pretrained(folder)
-    return str(folder)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -53,8 +37,8 @@ def _kwargs(run) -> dict:
     )  # fmt: skip
 
 
-def _settings(run, base_folder) -> FollowSettings:
-    return FollowSettings(str(run), base=base_folder, scorer="toy", evaluate_kwargs=_kwargs(run))
+def _settings(run, tiny_base_folder) -> FollowSettings:
+    return FollowSettings(str(run), base=tiny_base_folder, scorer="toy", evaluate_kwargs=_kwargs(run))
 
 
 def _wait(condition, timeout: float = 240.0) -> None:
@@ -70,28 +54,6 @@ def _complete(run, n: int) -> bool:
         return len(load_results(run).renders) == n
     except ResultsError:
         return False
-
-
-class RenderSpy:
-    def __init__(self, monkeypatch):
-        self.count = 0
-        original = Renderer.render
-
-        def render(renderer, batch):
-            images = original(renderer, batch)
-            self.count += len(images)
-            return images
-
-        monkeypatch.setattr(Renderer, "render", render)
-
-
-def _pixels(state, renders) -> dict[tuple, np.ndarray]:
-    from PIL import Image
-
-    return {
-        (row.checkpoint, row.strength, row.prompt, row.seed): np.asarray(Image.open(state / row.image))
-        for row in renders.itertuples()
-    }
 
 
 def test_checkpoint_signature_changes_when_a_checkpoint_is_saved(run, tmp_path):
@@ -115,34 +77,34 @@ def test_follow_threads_leaves_one_thread_to_the_follower():
 
 
 def test_the_follower_evaluates_checkpoints_as_they_appear_with_the_same_images(
-    run, base_folder, tmp_path, monkeypatch
+    run, tiny_base_folder, tmp_path, monkeypatch
 ):
     """Checkpoints written after the follower started are evaluated; the evaluation after it
     renders nothing, and its images equal an evaluation made in this process alone."""
     shutil.move(run / "checkpoints", tmp_path / "later")
-    with Follower(_settings(run, base_folder)) as follower:
+    with Follower(_settings(run, tiny_base_folder)) as follower:
         _wait(lambda: follower.ready)
         shutil.move(tmp_path / "later", run / "checkpoints")  # as a trainer saves them
         _wait(lambda: _complete(run, N_RENDERS))
     assert follower.problem is None
     assert not follower.alive
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     events = []
-    followed = evaluate(run, base=base_folder, scorer="toy", progress=events.append, **_kwargs(run))
+    followed = evaluate(run, base=tiny_base_folder, scorer="toy", progress=events.append, **_kwargs(run))
     assert spy.count == 0
     start = next(e for e in events if e.phase == "start")
     assert start.cached == start.total == N_RENDERS
-    alone = evaluate(run, base=base_folder, scorer="toy", workdir=tmp_path / "alone", **_kwargs(run))
+    alone = evaluate(run, base=tiny_base_folder, scorer="toy", workdir=tmp_path / "alone", **_kwargs(run))
     assert spy.count == N_RENDERS
-    mine, reference = _pixels(run / "lorasel", followed.renders), _pixels(tmp_path / "alone", alone.renders)
+    mine, reference = h.pixels(run / "lorasel", followed.renders), h.pixels(tmp_path / "alone", alone.renders)
     assert mine.keys() == reference.keys() and len(mine) == N_RENDERS
     for key, pixels in reference.items():
         np.testing.assert_array_equal(mine[key], pixels)
     np.testing.assert_allclose(followed.renders["fidelity"], alone.renders["fidelity"], rtol=0, atol=1e-6)
 
 
-def test_a_follower_stopped_while_loading_is_gone_at_once(run, base_folder):
-    follower = Follower(_settings(run, base_folder))
+def test_a_follower_stopped_while_loading_is_gone_at_once(run, tiny_base_folder):
+    follower = Follower(_settings(run, tiny_base_folder))
     started = time.monotonic()
     assert follower.stop() is None
     assert time.monotonic() - started < 10
@@ -150,26 +112,26 @@ def test_a_follower_stopped_while_loading_is_gone_at_once(run, base_folder):
     assert not (run / "lorasel").exists() or not _complete(run, N_RENDERS)
 
 
-def test_a_follower_that_fails_reports_one_line_and_raises_nothing(tmp_path, base_folder):
+def test_a_follower_that_fails_reports_one_line_and_raises_nothing(tmp_path, tiny_base_folder):
     """A folder of checkpoints without training images: no reference for fidelity."""
     folder = tmp_path / "loras"
     h.write_lora(folder / "checkpoints" / "zkz-000001.safetensors", seed=1, scale=0.2, epoch=1)
     (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
     follower = Follower(
-        FollowSettings(str(folder), base=base_folder, scorer="toy", evaluate_kwargs=_kwargs(folder))
+        FollowSettings(str(folder), base=tiny_base_folder, scorer="toy", evaluate_kwargs=_kwargs(folder))
     )
     _wait(lambda: not follower.alive)
     problem = follower.stop()
     assert problem is not None and problem.startswith("error: no reference images") and "\n" not in problem
 
 
-def test_a_pipeline_from_load_base_caches_under_its_spec(base_folder):
+def test_a_pipeline_from_load_base_caches_under_its_spec(tiny_base_folder):
     """What lets the follower's renders, made with the pipeline it loaded, serve an evaluation
     given the spec: the cache key holds the spec either way."""
     from lorasel.evaluate.runner import _base_spec
     from lorasel.models import load_base
 
-    assert _base_spec(load_base(base_folder, device="cpu")) == base_folder
+    assert _base_spec(load_base(tiny_base_folder, device="cpu")) == tiny_base_folder
     assert _base_spec(h.tiny_pipeline()) == "<StableDiffusionPipeline>"  # built by hand: no spec
 
 

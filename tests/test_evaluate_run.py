@@ -16,22 +16,13 @@ from lorasel.errors import EvaluationError, ResultsError
 from lorasel.evaluate import evaluate, load_results
 from lorasel.evaluate import runner as runner_module
 from lorasel.evaluate.processes import Processes
-from lorasel.evaluate.render import Renderer
 from lorasel.evaluate.store import Store
 from lorasel.results import BASE, RENDER_COLUMNS
 from tests import evaluate_helpers as h
 
 N_PROMPTS, SEEDS, STRENGTHS = 4, 2, (0.5, 1.0)
 PER_GROUP = N_PROMPTS * SEEDS
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machine's cores are shared, and threads fight under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +62,6 @@ def _eval(run, **kwargs):
     )  # fmt: skip
     args.update(kwargs)
     return evaluate(run, **args)
-
-
-class RenderSpy:
-    """Counts the images actually rendered (not taken from the cache)."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        original = Renderer.render
-
-        def render(renderer, batch):
-            images = original(renderer, batch)
-            self.count += len(images)
-            return images
-
-        monkeypatch.setattr(Renderer, "render", render)
 
 
 def _png_bytes(state, renders: pd.DataFrame) -> dict[str, bytes]:
@@ -208,7 +184,7 @@ def test_checkpoint_render_matches_diffusers_own_lora_loading(evaluated):
 
 def test_rerun_renders_nothing(evaluated_copy, monkeypatch):
     run, clean = evaluated_copy
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     again = _eval(run)
     assert spy.count == 0
     pd.testing.assert_frame_equal(again.renders, clean.renders)
@@ -247,7 +223,7 @@ def test_a_store_from_before_adherence_reads_as_not_measured_and_a_rerun_measure
     assert ranking.table["score"].tolist() == pytest.approx(without.table["score"].tolist())
     assert rank(old, weights=Weights(adherence=0.0), n_boot=50).unmeasured_note() is None
     # A rerun migrates the store, renders nothing and measures adherence.
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     again = _eval(run)
     assert spy.count == 0
     pd.testing.assert_frame_equal(again.renders, clean.renders)
@@ -288,7 +264,7 @@ def test_interrupted_run_resumes_to_identical_results(evaluated, tmp_path, monke
     with pytest.raises(ResultsError):
         load_results(run, workdir=tmp_path / "resumed")  # nothing half-reported
     events.clear()
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     resumed = _eval(run, workdir=tmp_path / "resumed", progress=events.append)
     assert spy.count == len(clean.renders) - recorded
     assert events[0].phase == "start" and events[0].cached == recorded
@@ -300,7 +276,7 @@ def test_interrupted_run_resumes_to_identical_results(evaluated, tmp_path, monke
 def test_checkpoint_that_appears_later_is_evaluated_alone(evaluated_copy, monkeypatch):
     run, first = evaluated_copy
     h.write_lora(run / "checkpoints" / "zkz-000004.safetensors", seed=4, scale=0.8, epoch=4)
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     second = _eval(run)
     assert spy.count == len(STRENGTHS) * PER_GROUP
     assert len(second.checkpoints) == 4
@@ -311,7 +287,7 @@ def test_checkpoint_that_appears_later_is_evaluated_alone(evaluated_copy, monkey
 def test_more_seeds_renders_only_the_new_seeds(evaluated_copy, monkeypatch):
     """What `lorasel pick` advises when candidates are tied: --seeds 2N renders seeds N..2N-1 only."""
     run, first = evaluated_copy
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     more = _eval(run, seeds=SEEDS + 1)
     new = more.renders[more.renders.seed_index == SEEDS]
     # 4 prompts × 2 seeds = 8 renders per (checkpoint, strength) in batches of 3: the batch that
@@ -328,7 +304,7 @@ def test_identical_checkpoint_files_share_their_renders(evaluated_copy, monkeypa
     shutil.copy(
         run / "checkpoints" / "zkz-000002.safetensors", run / "checkpoints" / "copy-000002.safetensors"
     )
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     second = _eval(run)
     assert spy.count == 0  # same content hash: the same renders
     copy = second.renders[second.renders.checkpoint == "checkpoints/copy-000002.safetensors"]
@@ -397,7 +373,7 @@ def test_two_shards_render_the_union_of_the_plan(evaluated, tmp_path, monkeypatc
         mp.setattr(runner_module, "shard", record)
         _eval(run, workdir=shared)
     assert {b.keys for b in shares[0]}.isdisjoint({b.keys for b in shares[1]})
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     both = _eval(run, workdir=shared)
     assert spy.count == 0
     pd.testing.assert_frame_equal(both.renders, single.renders)
@@ -422,7 +398,7 @@ def test_foreign_folder_needs_reference_images(tmp_path):
 def test_unreadable_reference_image_fails_before_rendering(run, monkeypatch):
     bad = run / "dataset" / "10_zkz star" / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    spy = RenderSpy(monkeypatch)
+    spy = h.RenderSpy(monkeypatch)
     with pytest.raises(EvaluationError, match=r"broken\.png"):
         _eval(run)
     assert spy.count == 0
@@ -507,23 +483,6 @@ def test_store_roundtrip_of_missing_values(tmp_path):
 # -- several rendering processes on one CPU (evaluate(workers=N)) ---------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_base_folder(tmp_path_factory):
-    """The tiny pipeline saved as a diffusers folder: a spec a helper process can load."""
-    folder = tmp_path_factory.mktemp("tiny-base") / "pipeline"
-    h.tiny_pipeline().save_pretrained(folder)
-    return str(folder)
-
-
-def _pixels(state, renders: pd.DataFrame) -> dict[tuple, np.ndarray]:
-    from PIL import Image
-
-    return {
-        (row.checkpoint, row.strength, row.prompt, row.seed): np.asarray(Image.open(state / row.image))
-        for row in renders.itertuples()
-    }
-
-
 def test_a_helper_process_renders_the_same_images_as_this_process(
     evaluated, tiny_base_folder, tmp_path, monkeypatch
 ):
@@ -537,7 +496,7 @@ def test_a_helper_process_renders_the_same_images_as_this_process(
     results = _eval(
         run, base=tiny_base_folder, workers=2, threads=1, workdir=tmp_path / "w", progress=events.append
     )
-    mine, reference = _pixels(tmp_path / "w", results.renders), _pixels(run / "lorasel", single.renders)
+    mine, reference = h.pixels(tmp_path / "w", results.renders), h.pixels(run / "lorasel", single.renders)
     assert mine.keys() == reference.keys()
     for key, pixels in reference.items():
         np.testing.assert_array_equal(mine[key], pixels)

@@ -1,4 +1,7 @@
-"""Evaluate a run's checkpoints while its trainer is still writing them: :class:`Follower`.
+"""Evaluate a run's checkpoints while its trainer is still writing them.
+
+:func:`follow` is the loop (``lorasel eval --follow`` runs it in the foreground); a
+:class:`Follower` runs it in a process of its own beside the training (``lorasel demo``).
 
 A trainer saves a checkpoint every epoch, and each one can be rendered while the next epoch
 trains. A follower is one spawned process (a fresh interpreter, never a fork) that loads the
