@@ -217,6 +217,7 @@ def test_follow_evaluates_what_is_there_then_stops_when_idle(run):
     ("target", "args", "message"),
     [
         ("run", ["--follow-idle", "0"], "--follow-idle must be above 0 minutes (got 0)"),
+        ("run", ["--seeds", "0"], "seeds must be"),
         ("missing", [], "is not a folder"),
     ],
 )

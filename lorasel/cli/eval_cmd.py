@@ -11,6 +11,7 @@ import typer
 from lorasel.cli.app import app
 
 METRIC_FORMAT = "{:.3f}"
+EVAL_OPTION_FIELDS = ("strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers")
 
 
 @app.command("eval")
@@ -114,6 +115,7 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
     from lorasel.errors import ConfigError, EvaluationError
     from lorasel.evaluate.concept import base_of_run
     from lorasel.evaluate.follow import follow
+    from lorasel.evaluate.options import EvalOptions
     from lorasel.evaluate.processes import current_processes
     from lorasel.rank import rank
     from lorasel.results import BASE
@@ -129,6 +131,8 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
             "--follow cannot run under accelerate launch",
             hint="follow in one process (a second GPU: CUDA_VISIBLE_DEVICES=1), or evaluate after training",
         )
+    # Bad numbers are reported before the models load, as without --follow.
+    EvalOptions(**{k: options[k] for k in EVAL_OPTION_FIELDS})
     run = RunDir.at(path, options["workdir"])
     if not run.root.is_dir():
         raise EvaluationError(f"{run.root} is not a folder", hint="pass the folder the trainer saves into")
