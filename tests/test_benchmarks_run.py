@@ -448,3 +448,17 @@ def test_heldout_render_uses_one_thread_per_process(monkeypatch, capsys):
     monkeypatch.setattr(heldout, "THREADS", 2)  # LORASEL_BENCH_THREADS=2
     heldout.render(["star:5"])
     assert calls[-1] == ("star", 5, 2)
+
+
+def test_the_pooled_out_of_sample_figures_are_those_of_the_runs_file():
+    """reports/heldout_runs.csv against what preregistered.md reported from it: test 6's 18 runs."""
+    import pandas as pd
+
+    from benchmarks.pooled import RUNS, summary
+
+    runs = pd.read_csv(RUNS)
+    assert len(runs) == len(runs.drop_duplicates(["concept", "seed"]))
+    lines = summary(runs[runs["seed"] < 7])
+    assert lines[0] == "18 runs (training seeds 4, 5, 6):"
+    assert "  lorasel (B): 10.7% (4.7-17.5%)" in lines
+    assert "  lorasel (B) minus lowest validation loss @1.0: -11.2 points (-23.6 to +1.3)" in lines
