@@ -15,7 +15,13 @@ import torch
 
 from lorasel.errors import ResultsError
 from lorasel.evaluate import evaluate, load_results
-from lorasel.evaluate.follow import Follower, FollowSettings, checkpoint_signature, follow_threads
+from lorasel.evaluate.follow import (
+    Follower,
+    FollowSettings,
+    checkpoint_files,
+    follow_threads,
+    has_checkpoints,
+)
 from tests import evaluate_helpers as h
 
 STRENGTHS, SEEDS = (0.5, 1.0), 2
@@ -56,18 +62,21 @@ def _complete(run, n: int) -> bool:
         return False
 
 
-def test_checkpoint_signature_changes_when_a_checkpoint_is_saved(run, tmp_path):
+def test_checkpoint_files_change_when_a_checkpoint_is_saved_and_a_state_file_is_no_checkpoint(run, tmp_path):
     from safetensors.torch import save_file
 
-    assert checkpoint_signature(tmp_path / "missing") == ()
-    before = checkpoint_signature(run)
+    assert checkpoint_files(tmp_path / "missing") == ()
+    assert not has_checkpoints(tmp_path / "missing")
+    before = checkpoint_files(run)
     assert [p.split("/")[-1] for p, _, _ in before] == [f"zkz-00000{i}.safetensors" for i in (1, 2, 3)]
-    assert checkpoint_signature(run) == before
-    # A trainer's state file is not a checkpoint: no new evaluation for it.
-    save_file({"optimizer.step": torch.zeros(1)}, str(run / "checkpoints" / "state.safetensors"))
-    assert checkpoint_signature(run) == before
+    assert checkpoint_files(run) == before
     h.write_lora(run / "checkpoints" / "zkz-000004.safetensors", seed=4, scale=0.8, epoch=4)
-    assert len(checkpoint_signature(run)) == 4
+    assert len(checkpoint_files(run)) == 4 and has_checkpoints(run)
+    # A trainer's state file, before its first checkpoint: a change, but nothing to evaluate.
+    early = tmp_path / "early"
+    (early / "checkpoints").mkdir(parents=True)
+    save_file({"optimizer.step": torch.zeros(1)}, str(early / "checkpoints" / "state.safetensors"))
+    assert len(checkpoint_files(early)) == 1 and not has_checkpoints(early)
 
 
 def test_follow_threads_leaves_one_thread_to_the_follower():

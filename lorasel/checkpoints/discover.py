@@ -70,7 +70,8 @@ def progress(path: Path, metadata: dict[str, str]) -> tuple[int | None, int | No
     return (epoch if epoch is not None else info.epoch, step if step is not None else info.step)
 
 
-def _candidates(root: Path):
+def candidate_files(root: Path):
+    """The ``.safetensors`` files ``discover`` looks at under ``root`` (no file is opened)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         in_checkpoint_dir = parse_checkpoint_dir(Path(dirpath).name) is not None
@@ -107,7 +108,7 @@ def discover(path: str | os.PathLike) -> list[CheckpointEntry]:
             raise CheckpointError(f"{root} is not a LoRA checkpoint", hint="pass a LoRA .safetensors file")
         return [_entry(root, root.parent, header.metadata)]
     groups: dict[tuple[str, str], list[CheckpointEntry]] = {}
-    for file in _candidates(root):
+    for file in candidate_files(root):
         try:
             header = read_header(file)
         except CheckpointError as exc:

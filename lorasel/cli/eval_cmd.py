@@ -110,6 +110,8 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
     """``lorasel eval --follow``: evaluate each time the trainer saves, with the models loaded once."""
     import threading
 
+    from rich.console import Console
+
     from lorasel import models
     from lorasel.cli.ranking_output import describe, printable
     from lorasel.errors import ConfigError, EvaluationError
@@ -140,7 +142,7 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
         options["base"] = models.load_base(options["base"] or base_of_run(run) or "toy")
         options["scorer"] = models.load_scorer(options["scorer"])
     folder = printable(run.checkpoints)
-    stderr = _ProgressBar(enabled=True)._console()
+    stderr = Console(stderr=True)
     waiting = f"waiting for new checkpoints in {folder} (Ctrl-C to stop)"
     last = []
 
@@ -159,10 +161,10 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
         follow(path, threading.Event(), idle_s=None if idle_minutes is None else 60 * idle_minutes,
                on_results=on_results, progress=lambda e: _round(bar, e), **options)  # fmt: skip
     except KeyboardInterrupt:
-        bar.__exit__()
+        bar.close()
         stderr.print("stopped following; finished renders are kept", markup=False, highlight=False)
     finally:
-        bar.__exit__()
+        bar.close()
     if last:
         _summary(last[0])
 
@@ -170,9 +172,8 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
 def _round(bar: _ProgressBar, event) -> None:
     """One progress bar per evaluation round of --follow, put away when the round is done."""
     bar.update(event)
-    if event.phase == "done" and bar.progress is not None:
-        bar.__exit__()
-        bar.progress = bar.task = None
+    if event.phase == "done":
+        bar.close()
 
 
 class _ProgressBar:
@@ -190,8 +191,13 @@ class _ProgressBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Put the bar away; the next ``start`` event begins a new one."""
         if self.progress is not None:
             self.progress.stop()
+        self.progress = self.task = None
 
     def _console(self):
         from rich.console import Console

@@ -46,33 +46,42 @@ class _Stopped(Exception):
     """Raised from the progress callback: ends the current evaluation at its next batch."""
 
 
-def checkpoint_signature(path: str | Path) -> tuple:
-    """Every LoRA checkpoint where ``evaluate(path)`` looks, with its size and modification time
-    (empty while there is none): changes when a trainer saves one. Other files (a trainer's
-    state, a half-written file) do not count."""
+def checkpoint_files(path: str | Path) -> tuple:
+    """Name, size and modification time of every file ``evaluate(path)`` could take for a
+    checkpoint (no file is opened): it changes while a trainer writes one."""
+    from lorasel.checkpoints.discover import candidate_files
+    from lorasel.rundir import RunDir
+
+    folder = RunDir.at(path).checkpoints
+    files = []
+    with contextlib.suppress(OSError):  # the folder is not there yet
+        for file in candidate_files(folder):
+            with contextlib.suppress(OSError):  # replaced or removed since
+                stat = file.stat()
+                files.append((str(file), stat.st_size, stat.st_mtime_ns))
+    return tuple(files)
+
+
+def has_checkpoints(path: str | Path) -> bool:
+    """Whether ``evaluate(path)`` finds a LoRA checkpoint (a trainer's state file is none)."""
     from lorasel.checkpoints import discover
     from lorasel.errors import LoraselError
     from lorasel.rundir import RunDir
 
     try:
-        entries = discover(RunDir.at(path).checkpoints)
-    except (LoraselError, OSError):  # nothing there yet
-        return ()
-    files = []
-    for entry in entries:
-        with contextlib.suppress(OSError):  # replaced or removed since
-            stat = Path(entry.path).stat()
-            files.append((str(entry.path), stat.st_size, stat.st_mtime_ns))
-    return tuple(files)
+        return bool(discover(RunDir.at(path).checkpoints))
+    except (LoraselError, OSError):
+        return False
 
 
 def follow(path: str | Path, stop, *, base, scorer, threads: int | None = None, poll_s: float = POLL_S,
            idle_s: float | None = None, on_results=None, progress=None, **evaluate_kwargs) -> None:  # fmt: skip
     """Evaluate ``path`` each time its checkpoints change, until ``stop`` (a threading or
-    multiprocessing ``Event``) is set, or for ``idle_s`` seconds no checkpoint has changed; an
-    evaluation under way ends at its next batch. ``base`` and ``scorer``: specs, or models the
-    caller loaded once. ``on_results(results)`` after each evaluation; ``progress`` gets its
-    events."""
+    multiprocessing ``Event``) is set, or for ``idle_s`` seconds nothing has changed; an
+    evaluation under way ends at its next batch. A change is acted on once the files have stayed
+    the same for one poll (a trainer that writes in place has finished its file), and only then
+    are headers read. ``base`` and ``scorer``: specs, or models the caller loaded once.
+    ``on_results(results)`` after each evaluation; ``progress`` gets its events."""
     from lorasel.evaluate.runner import evaluate
 
     def halt(event) -> None:
@@ -81,25 +90,27 @@ def follow(path: str | Path, stop, *, base, scorer, threads: int | None = None, 
         if progress is not None:
             progress(event)
 
-    seen: tuple = ()
+    previous: tuple | None = None  # the files at the last poll
+    handled: tuple = ()  # the files last evaluated (or found to hold no checkpoint)
     changed = time.monotonic()
     while not stop.is_set():
-        current = checkpoint_signature(path)
-        if not current or current == seen:
-            if idle_s is not None and time.monotonic() - changed >= idle_s:
-                return
-            stop.wait(poll_s)
-            continue
-        seen = current
-        try:
-            results = evaluate(
-                path, base=base, scorer=scorer, threads=threads, progress=halt, **evaluate_kwargs
-            )
-        except _Stopped:
+        files = checkpoint_files(path)
+        settled, previous = files == previous, files
+        if settled and files != handled:
+            handled = files
+            if has_checkpoints(path):
+                try:
+                    results = evaluate(path, base=base, scorer=scorer, threads=threads, progress=halt,
+                                       **evaluate_kwargs)  # fmt: skip
+                except _Stopped:
+                    return
+                changed = time.monotonic()
+                if on_results is not None:
+                    on_results(results)
+                continue
+        if idle_s is not None and time.monotonic() - changed >= idle_s:
             return
-        changed = time.monotonic()
-        if on_results is not None:
-            on_results(results)
+        stop.wait(poll_s)
 
 
 def _follow_main(settings: FollowSettings, stop, ready, outbox) -> None:
