@@ -9,6 +9,10 @@ regret on them, with the weights named in the test beside the default:
     python -m benchmarks.heldout render star:5 cross:5 ring:5      # one process
     python -m benchmarks.heldout render heart:5 moon:5 arrow:5     # another, beside it
     python -m benchmarks.heldout grade 5 --weights 1,1,1,0,0        # when both are done
+    python -m benchmarks.heldout averaged star:5 star:6 heart:5 ...  # pooled over seeds
+
+(``averaged``: each selector's regret averaged over draws of which seeds it saw,
+:mod:`benchmarks.selection_splits`, over any finished runs.)
 
 (``grade`` goes through the same cached ``one_run``: a run not finished would be rendered there;
 name only the finished ones with ``--concepts``.)
@@ -28,6 +32,7 @@ from typing import NoReturn
 from benchmarks.bench_selection import one_run
 from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_label
 from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS, THREADS
+from benchmarks.selection_splits import averaged_lines, seed_cube
 
 
 def fail(message: str) -> NoReturn:
@@ -87,16 +92,27 @@ def grade(seed: int, concepts: list[str], others: list) -> str:
 
     base, scorer = load_base("toy"), load_scorer("toy")
     extra = {weights_label(w): w for w in others}
-    runs = []
+    runs, cubes = [], []
     for concept in concepts:
         run = one_run(concept, seed, base, scorer)
         verdicts = dict(run["outcome"].verdicts)
         verdicts.update({label: pick_verdict(run, weights) for label, weights in extra.items()})
         runs.append((f"{concept}-{seed}", verdicts))
+        cubes.append(seed_cube(run))
     return (
         f"lorasel pick: the default weights {weights_label(DEFAULT_WEIGHTS)}; graded on 10 seeds per prompt "
-        "no selector saw.\n\n" + table(runs, [*SELECTORS, *extra])
+        "no selector saw.\n\n" + table(runs, [*SELECTORS, *extra]) + "\n".join(averaged_lines(cubes)) + "\n"
     )
+
+
+def averaged(items: list[str]) -> str:
+    """Markdown: each selector's regret averaged over draws of seeds, over the finished runs named."""
+    from lorasel.models import load_base, load_scorer
+
+    runs = [parse_item(item) for item in items]
+    base, scorer = load_base("toy"), load_scorer("toy")
+    cubes = [seed_cube(one_run(concept, seed, base, scorer)) for concept, seed in runs]
+    return "\n".join(averaged_lines(cubes)).lstrip("\n") + "\n"
 
 
 def table(runs: list[tuple[str, dict]], selectors: list[str]) -> str:
@@ -142,9 +158,14 @@ def main(argv: list[str]) -> int:
         default=[],
         help="other weights to grade beside the default (fidelity,flexibility,adherence,diversity,preservation)",
     )
+    a = sub.add_parser("averaged", help="regrets averaged over draws of seeds, over finished runs")
+    a.add_argument("items", nargs="+", metavar="CONCEPT:SEED")
     args = parser.parse_args(argv)
     if args.command == "render":
         render(args.items)
+        return 0
+    if args.command == "averaged":
+        print(averaged(args.items), end="")
         return 0
     concepts = [c for c in args.concepts.split(",") if c]
     if not concepts:

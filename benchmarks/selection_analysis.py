@@ -100,8 +100,8 @@ def pick_verdict(run: dict, weights, n_boot: int = 200):
     return judge_selection(o.run_dir, run["results"], ranking, oracle=o.oracle).verdicts["lorasel"]
 
 
-def weight_sweep(runs: list[dict]) -> pd.DataFrame:
-    """Mean regret of lorasel's pick under other weights (justifies the default)."""
+def sweep_grid() -> dict:
+    """The weight sweep's weights by label (the default's value is None: ranked as run)."""
     from lorasel.rank import Weights
     from lorasel.rank.weights import DEFAULT_WEIGHTS
 
@@ -124,6 +124,12 @@ def weight_sweep(runs: list[dict]) -> pd.DataFrame:
                 grid[weights_label(weights)] = weights
     equal = Weights(fidelity=1, flexibility=1, adherence=1, diversity=1, preservation=1)
     grid[f"all equal {weights_label(equal)}"] = equal
+    return grid
+
+
+def weight_sweep(runs: list[dict]) -> pd.DataFrame:
+    """Mean regret of lorasel's pick under other weights (justifies the default)."""
+    grid = sweep_grid()
     rows = []
     for label, weights in grid.items():
         regrets = [pick_verdict(r, weights).regret for r in runs]

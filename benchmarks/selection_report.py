@@ -1,6 +1,7 @@
 """The selection benchmark's section of ``reports/benchmarks.md``, from its runs
 (:func:`benchmarks.bench_selection.one_run`): the table of selectors, the verdict, how precisely
-the runs know it, the grading's noise and the misses (:mod:`benchmarks.selection_misses`), the per-run table, the weight sweep, the
+the runs know it, the regrets averaged over which seeds the selectors saw
+(:mod:`benchmarks.selection_splits`), the grading's noise and the misses (:mod:`benchmarks.selection_misses`), the per-run table, the weight sweep, the
 seed study and the phenomenon. Renders nothing: it reads what the runs measured and re-ranks.
 """
 
@@ -27,6 +28,7 @@ from benchmarks.selection_settings import (
     SELECT_SEEDS,
     SELECTORS,
 )
+from benchmarks.selection_splits import split_lines
 
 
 def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Path, *, started: float) -> str:
@@ -102,6 +104,7 @@ def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Pat
         "",
         *precision_lines(by_run),
         *new_runs_lines(by_run, DEFAULT_CHOSEN_ON),
+        *split_lines(runs),
         *noise_lines(runs),
         *per_run_lines(frame),
         *sweep_lines(runs),

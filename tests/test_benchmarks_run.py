@@ -359,6 +359,7 @@ def test_heldout_table_gives_each_selector_its_regret_and_paired_intervals():
         (["grade", "5", "--weights", "1,-1,1,0,0"], "weight flexibility=-1 is negative"),
         (["grade", "5", "--weights", "0,0,0,0,0"], "all weights are zero"),
         (["grade", "5", "--concepts", ","], "no concept to grade"),
+        (["averaged", "star:x"], "bad run 'star:x'"),
     ],
 )
 def test_heldout_bad_arguments_are_one_line(argv, message, capsys):

@@ -1,0 +1,272 @@
+"""Selection regret averaged over which seeds the selectors saw.
+
+The benchmark's table grades one draw of seeds: the selectors see seed indices 0-3 of every
+prompt, the oracle grades on the next ten. A run's regret is one of a handful of discrete
+outcomes, and which four seeds a selector happened to see moves it by tens of points: over a
+dozen runs a scoring can read several points better than another on that one draw by luck
+alone (tests 3-7 of reports/preregistered.md adopted or dropped weights on such differences).
+
+Every run has all its seeds rendered for every candidate, and seeds are exchangeable: any
+``select`` of them can be the selectors' and the rest the oracle's. This module averages each
+selector's regret over many such draws, with lorasel's own scoring (:mod:`lorasel.rank`'s
+evidence, means, normalisation and composite) and the oracle's grading
+(:func:`lorasel.toyworld.verdict.candidate_quality`'s means) on every draw. The average
+estimates the same quantity as the report's table, the expected regret at ``select`` seeds per
+prompt graded on the rest, with the draw's luck averaged out; the runs' own variation remains,
+and the intervals are over runs. Renders nothing: it re-reads the runs' cached measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: Draws of the selectors' seeds per run.
+DRAWS = 40
+#: The seed curve: seeds per prompt the selectors see, each graded on ``CURVE_GRADE`` others.
+CURVE_SEEDS = (1, 2, 4, 6, 8)
+CURVE_GRADE = 6
+
+
+@dataclass(frozen=True)
+class SeedCube:
+    """One run's measurements arranged by seed index.
+
+    ``evidence``: lorasel's :class:`~lorasel.rank.evidence.Evidence` of every render;
+    ``unit_seed``: the seed index of each of its units; ``contest``: the competing candidates
+    (rows of ``evidence.candidates``); ``oracle_sum``/``oracle_count``: ``[contest, kind, seed
+    index]`` sums and counts of the per-render oracle value (the mean of its judged attributes);
+    ``seed_indices``: the seed indices rendered; ``fixed``: the candidate (position in
+    ``contest``) of each selector that does not look at renders (loss, epoch).
+    """
+
+    evidence: object
+    unit_seed: np.ndarray
+    contest: np.ndarray
+    oracle_sum: np.ndarray
+    oracle_count: np.ndarray
+    seed_indices: np.ndarray
+    fixed: dict[str, int]
+
+    def oracle_quality(self, seeds: np.ndarray) -> np.ndarray:
+        """Per competing candidate, the oracle's quality on the renders of ``seeds`` (seed
+        indices): the mean over prompt kinds of the mean over the kind's renders."""
+        cols = np.isin(self.seed_indices, seeds)
+        total = self.oracle_sum[:, :, cols].sum(axis=2)
+        count = self.oracle_count[:, :, cols].sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_kind = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
+        return np.nanmean(per_kind, axis=1)
+
+    def lorasel_scores(self, seeds: np.ndarray, weights_list) -> list[np.ndarray]:
+        """Per weights, lorasel's composite score of each competing candidate ranked on the
+        renders of ``seeds`` only (the point estimate :func:`lorasel.rank.rank` picks from)."""
+        from lorasel.rank.bootstrap import metric_means
+        from lorasel.rank.score import composite, fit_normalisation
+        from lorasel.results import METRICS
+
+        counts = np.isin(self.unit_seed, seeds).astype(float)[None, :]
+        means = {m: v[0] for m, v in metric_means(self.evidence, counts).items()}
+        norm = fit_normalisation({m: means[m][self.contest] for m in METRICS})
+        contest = {m: v[self.contest] for m, v in means.items()}
+        return [composite(contest, norm, w) for w in weights_list]
+
+
+def seed_cube(run: dict) -> SeedCube:
+    """The :class:`SeedCube` of a benchmark run (``bench_selection.one_run``'s output, graded
+    on new seeds: its outcome holds every seed's renders and their oracle attributes)."""
+    from lorasel.rank.evidence import gather_evidence
+    from lorasel.results import BASE
+
+    outcome = run["outcome"]
+    full, attributes = outcome.results, outcome.attributes
+    evidence = gather_evidence(full)
+    contest = evidence.contest
+    candidates = evidence.candidates.iloc[contest][["checkpoint", "strength"]]
+    renders = full.renders[full.renders["checkpoint"].astype(str) != BASE]
+    values = attributes.loc[renders.index].mean(axis=1, skipna=True)
+    frame = renders[["checkpoint", "strength", "kind", "seed_index"]].assign(oracle=values)
+    frame = frame[frame["oracle"].notna()].assign(checkpoint=lambda f: f["checkpoint"].astype(str))
+    seed_indices = np.sort(full.renders["seed_index"].unique())
+    kinds = sorted(frame["kind"].unique())
+    grouped = frame.groupby(["checkpoint", "strength", "kind", "seed_index"])["oracle"].agg(["sum", "count"])
+    index = pd.MultiIndex.from_tuples(
+        [(c, s, k, i) for c, s in candidates.itertuples(index=False) for k in kinds for i in seed_indices]
+    )
+    grouped = grouped.reindex(index, fill_value=0)
+    shape = (len(candidates), len(kinds), len(seed_indices))
+    position = {
+        (str(c), float(s)): i for i, (c, s) in enumerate(candidates.itertuples(index=False, name=None))
+    }
+    fixed = {
+        name: position[(str(v.checkpoint), float(v.strength))]
+        for name, v in outcome.verdicts.items()
+        if name in ("lowest_loss", "lowest_val_loss", "last_epoch", "middle_epoch")
+    }
+    return SeedCube(
+        evidence=evidence,
+        unit_seed=evidence.units["seed_index"].to_numpy(),
+        contest=contest,
+        oracle_sum=grouped["sum"].to_numpy(dtype=float).reshape(shape),
+        oracle_count=grouped["count"].to_numpy(dtype=float).reshape(shape),
+        seed_indices=seed_indices,
+        fixed=fixed,
+    )
+
+
+def _regret(quality: np.ndarray, i: int) -> float:
+    best, worst = np.nanmax(quality), np.nanmin(quality)
+    return float((best - quality[i]) / (best - worst)) if best > worst else 0.0
+
+
+def draw_regrets(cube: SeedCube, select: np.ndarray, grade: np.ndarray, weights: dict) -> dict[str, float]:
+    """Each selector's regret when it sees the renders of seed indices ``select`` and the oracle
+    grades on ``grade``: lorasel under each of ``weights`` (label: Weights), the reference (the
+    oracle's choice from ``select``) and the selectors that look at no render."""
+    graded = cube.oracle_quality(grade)
+    out = {}
+    for label, score in zip(weights, cube.lorasel_scores(select, list(weights.values())), strict=True):
+        out[label] = _regret(graded, int(np.argmax(score)))  # the first of equals: the earliest
+    out["oracle_seen"] = _regret(graded, int(np.nanargmax(cube.oracle_quality(select))))
+    for name, i in cube.fixed.items():
+        out[name] = _regret(graded, i)
+    return out
+
+
+def averaged(
+    cubes: list[SeedCube],
+    weights: dict,
+    *,
+    select: int,
+    grade: int | None = None,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``[runs, selectors]``: each selector's regret averaged over ``draws`` random draws per run
+    of ``select`` seed indices for the selectors and ``grade`` others (default: all the rest)
+    for the oracle."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cube in cubes:
+        n = len(cube.seed_indices)
+        if select + (grade or 1) > n:
+            raise ValueError(f"{select} seeds to select and {grade or 1} to grade need more than {n}")
+        per_draw = []
+        for _ in range(draws):
+            order = rng.permutation(cube.seed_indices)
+            if grade is None:
+                chosen, rest = order[:select], order[select:]
+            else:  # the grading seeds first: the same ones for every ``select`` of one ``seed``
+                chosen, rest = order[grade : grade + select], order[:grade]
+            per_draw.append(draw_regrets(cube, chosen, rest, weights))
+        rows.append(pd.DataFrame(per_draw).mean())
+    return pd.DataFrame(rows)
+
+
+def split_lines(runs: list[dict], draws: int = DRAWS) -> list[str]:
+    """The report's paragraphs: each selector's regret averaged over draws of the selectors'
+    seeds (:func:`averaged_lines`), the weight sweep so averaged, and the seed curve."""
+    from benchmarks.selection_analysis import sweep_grid
+
+    cubes = [seed_cube(r) for r in runs]
+    table = averaged_lines(cubes, draws)
+    if not table:
+        return []
+    return [*table, *_sweep_lines(cubes, draws, sweep_grid()), *_curve_lines(cubes, draws)]
+
+
+def averaged_lines(cubes: list[SeedCube], draws: int = DRAWS) -> list[str]:
+    """Each selector's mean regret on this report's draw of seeds and averaged over ``draws``
+    draws, with intervals over the runs and lorasel's paired difference from each."""
+    from benchmarks.selection_analysis import mean_interval
+    from benchmarks.selection_settings import LABELS, SELECT_SEEDS, SELECTORS
+    from lorasel.rank.weights import DEFAULT_WEIGHTS
+
+    n = len(cubes[0].seed_indices)
+    if n <= SELECT_SEEDS:
+        return []
+    default = {"lorasel": DEFAULT_WEIGHTS}
+    official = pd.DataFrame(
+        [
+            draw_regrets(c, c.seed_indices[:SELECT_SEEDS], c.seed_indices[SELECT_SEEDS:], default)
+            for c in cubes
+        ]
+    )
+    mean = averaged(cubes, default, select=SELECT_SEEDS, draws=draws)
+    names = [s for s in SELECTORS if s in mean.columns]
+    lines = [
+        "",
+        f"**Averaged over which seeds the selectors saw.** A run's regret depends on which {SELECT_SEEDS} "
+        f"of its {n} rendered seeds per prompt the selectors happened to see. Seeds are exchangeable, so "
+        f"each run is graded again on {draws} random draws of {SELECT_SEEDS} seed indices for the "
+        f"selectors and the other {n - SELECT_SEEDS} for the oracle, with lorasel's own scoring on each "
+        "draw. This estimates the same expected regret as one draw does, with the draw's luck "
+        f"averaged out; the intervals are over the {len(cubes)} runs (`benchmarks/selection_splits.py`):",
+        "",
+        f"| selector | seeds 0–{SELECT_SEEDS - 1} seen | averaged over draws | 95% interval | "
+        "lorasel minus it, averaged (95% interval) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in names:
+        lo, hi = mean_interval(mean[s])
+        diff = ""
+        if s != "lorasel":
+            d = mean["lorasel"] - mean[s]
+            dlo, dhi = mean_interval(d)
+            diff = f"{100 * d.mean():+.1f} ({100 * dlo:+.1f} to {100 * dhi:+.1f})"
+        lines.append(
+            f"| {LABELS[s]} | {100 * official[s].mean():.1f}% | {100 * mean[s].mean():.1f}% | "
+            f"{100 * lo:.1f}–{100 * hi:.1f}% | {diff} |"
+        )
+    from benchmarks.selection_report import target_verdict
+
+    lines += ["", f"The target on these averages: **{target_verdict(mean, None)}**."]
+    return lines
+
+
+def _sweep_lines(cubes: list[SeedCube], draws: int, grid: dict) -> list[str]:
+    """The weight sweep averaged over draws (weights without diversity: it is measured over all
+    of a prompt's seeds, the grading's among them)."""
+    from benchmarks.selection_settings import SELECT_SEEDS
+    from lorasel.rank.weights import DEFAULT_WEIGHTS
+
+    weights = {
+        label: (w or DEFAULT_WEIGHTS) for label, w in grid.items() if (w or DEFAULT_WEIGHTS).diversity == 0
+    }
+    mean = averaged(cubes, weights, select=SELECT_SEEDS, draws=draws)[list(weights)].mean()
+    order = mean.sort_values(kind="stable")
+    default = next(label for label in weights if label.startswith("default"))
+    place = list(order.index).index(default) + 1
+    best = ", ".join(f"{label} {100 * v:.1f}%" for label, v in order.head(4).items())
+    return [
+        "",
+        f"The weight sweep so averaged ({len(weights)} weights without diversity): the default ranks "
+        f"{place} of {len(weights)} at {100 * mean[default]:.1f}%; the lowest: {best}. Differences of a few "
+        "points on one draw of seeds, like those between the sweep's rows above, are mostly that "
+        "draw's luck.",
+    ]
+
+
+def _curve_lines(cubes: list[SeedCube], draws: int) -> list[str]:
+    """Mean regret against seeds per prompt, every row graded on the same number of others."""
+    from lorasel.rank.weights import DEFAULT_WEIGHTS
+
+    n = len(cubes[0].seed_indices)
+    counts = [k for k in CURVE_SEEDS if k + CURVE_GRADE <= n]
+    if len(counts) < 2:
+        return []
+    lines = [
+        "",
+        f"Seeds per prompt, averaged the same way: each row's selectors see k seed indices and the "
+        f"oracle grades on {CURVE_GRADE} others, the same {CURVE_GRADE} for every k of a draw "
+        f"({draws} draws per run; fewer grading seeds than above, so every regret here reads higher):",
+        "",
+        "| seeds per prompt | lorasel's mean regret | the reference's |",
+        "|---:|---:|---:|",
+    ]
+    for k in counts:
+        mean = averaged(cubes, {"lorasel": DEFAULT_WEIGHTS}, select=k, grade=CURVE_GRADE, draws=draws).mean()
+        lines.append(f"| {k} | {100 * mean['lorasel']:.1f}% | {100 * mean['oracle_seen']:.1f}% |")
+    return lines
