@@ -18,13 +18,14 @@ and the intervals are over runs. Renders nothing: it re-reads the runs' cached m
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 #: Draws of the selectors' seeds per run.
-DRAWS = 40
+DRAWS = 200
 #: The seed curve: seeds per prompt the selectors see, each graded on ``CURVE_GRADE`` others.
 CURVE_SEEDS = (1, 2, 4, 6, 8)
 CURVE_GRADE = 6
@@ -39,7 +40,8 @@ class SeedCube:
     (rows of ``evidence.candidates``); ``oracle_sum``/``oracle_count``: ``[contest, kind, seed
     index]`` sums and counts of the per-render oracle value (the mean of its judged attributes);
     ``seed_indices``: the seed indices rendered; ``fixed``: the candidate (position in
-    ``contest``) of each selector that does not look at renders (loss, epoch).
+    ``contest``) of each selector that does not look at renders (loss, epoch); ``name``: the
+    run's (its draws of seeds depend on it alone, not on the other runs graded with it).
     """
 
     evidence: object
@@ -49,6 +51,7 @@ class SeedCube:
     oracle_count: np.ndarray
     seed_indices: np.ndarray
     fixed: dict[str, int]
+    name: str = ""
 
     def oracle_quality(self, seeds: np.ndarray) -> np.ndarray:
         """Per competing candidate, the oracle's quality on the renders of ``seeds`` (seed
@@ -113,6 +116,7 @@ def seed_cube(run: dict) -> SeedCube:
         oracle_count=grouped["count"].to_numpy(dtype=float).reshape(shape),
         seed_indices=seed_indices,
         fixed=fixed,
+        name=f"{run.get('concept', '')}-{run.get('seed', '')}",
     )
 
 
@@ -146,10 +150,10 @@ def averaged(
 ) -> pd.DataFrame:
     """``[runs, selectors]``: each selector's regret averaged over ``draws`` random draws per run
     of ``select`` seed indices for the selectors and ``grade`` others (default: all the rest)
-    for the oracle."""
-    rng = np.random.default_rng(seed)
+    for the oracle. A run's draws depend on ``seed`` and its name only."""
     rows = []
     for cube in cubes:
+        rng = np.random.default_rng([seed, zlib.crc32(cube.name.encode())])
         n = len(cube.seed_indices)
         if select + (grade or 1) > n:
             raise ValueError(f"{select} seeds to select and {grade or 1} to grade need more than {n}")
@@ -244,8 +248,7 @@ def _sweep_lines(cubes: list[SeedCube], draws: int, grid: dict) -> list[str]:
         "",
         f"The weight sweep so averaged ({len(weights)} weights without diversity): the default ranks "
         f"{place} of {len(weights)} at {100 * mean[default]:.1f}%; the lowest: {best}. Differences of a few "
-        "points on one draw of seeds, like those between the sweep's rows above, are mostly that "
-        "draw's luck.",
+        "points between weights on one draw of seeds (the sweep's table below) are mostly that draw's luck.",
     ]
 
 
