@@ -379,13 +379,23 @@ def test_heldout_bad_arguments_are_one_line(argv, message, capsys):
         ([0.0, 0.0, 0.0, 0.19], 0.0, "≤ 5%: met on the mean (4.8%), not shown at 95% (interval 0.0–14.3%)"),
         ([0.01] * 6, 0.0, "≤ 5%: met, shown at 95% (1.0%, interval 1.0–1.0%)"),
         ([0.1] * 6, 0.06, "≤ 5%: NOT met (at least 6.0%)"),
-        ([0.1] * 6, 0.02, "≤ 5%: NOT met, shown at 95% (10.0%, interval 10.0–10.0%)"),
-        # A mean over 5% whose interval reaches below it: not met, and not ruled out either.
+        # Measured above 5% even at 95%: the measurement overstates the true regret, so with a lower
+        # bound under 5% nothing is decided.
+        (
+            [0.1] * 6,
+            0.02,
+            "≤ 5%: not met as measured (10.0%, interval 10.0–10.0%), an upper bound of the true regret; "
+            "the true regret is at least 2.0%: not decided either way",
+        ),
         (
             [0.0, 0.0, 0.2, 0.2],
-            0.02,
-            "≤ 5%: NOT met on the mean (10.0%), not ruled out at 95% (interval 0.0–20.0%)",
+            None,
+            "≤ 5%: not met as measured (10.0%, interval 0.0–20.0%), an upper bound of the true regret: "
+            "not decided either way",
         ),
+        # A lower bound per run: missed when its interval lies above 5%, else missed on the mean only.
+        ([0.1] * 6, "series:0.06,0.06", "≤ 5%: NOT met, shown at 95% (at least 6.0%, interval from 6.0%)"),
+        ([0.1] * 6, "series:0.0,0.12", "≤ 5%: NOT met (at least 6.0%)"),
     ],
 )
 def test_target_verdict_claims_only_what_its_interval_shows(ours, lower, expected):
@@ -397,6 +407,9 @@ def test_target_verdict_claims_only_what_its_interval_shows(ours, lower, expecte
     by_run = pd.DataFrame(
         {"lorasel": ours, "lowest_loss": [0.3] * n, "lowest_val_loss": [0.3] * (n - 1) + [0.0]}
     )
+    if isinstance(lower, str):  # a lower bound per run, alternating two values
+        a, b = (float(x) for x in lower.removeprefix("series:").split(","))
+        lower = pd.Series([a, b] * (n // 2))
     verdict = target_verdict(by_run, lower)
     assert verdict.endswith(expected)
     assert verdict.startswith("below every loss-based selector: met")

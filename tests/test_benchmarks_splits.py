@@ -73,6 +73,23 @@ def test_one_draw_regrets_are_those_of_ranking_and_grading_the_drawn_seeds(seed)
     assert got["last_epoch"] == pytest.approx(_regret(quality, "zkz-000004.safetensors", 1.0))
     assert got["lowest_loss"] == pytest.approx(_regret(quality, "zkz-000002.safetensors", 1.0))
 
+    # The lower bound: on each grading seed alone, the best on the other grading seeds against
+    # the choice, averaged over the grading seeds and put on the range of the whole grading.
+    def on(seeds):
+        rows = graded[graded["seed_index"].isin(seeds)]
+        return candidate_quality(rows, attributes=attributes).set_index(["checkpoint", "strength"])[
+            "oracle_quality"
+        ]
+
+    choice = (reference["checkpoint"], reference["strength"])
+    gaps = []
+    for j in grade:
+        best = on([k for k in grade if k != j]).idxmax()
+        alone = on([j])
+        gaps.append(alone[best] - alone[choice])
+    expected = np.mean(gaps) / (quality.max() - quality.min())
+    assert got["lower:oracle_seen"] == pytest.approx(expected)
+
 
 def test_averaged_is_the_mean_over_every_draw_when_it_draws_them_all():
     from itertools import combinations
@@ -90,7 +107,7 @@ def test_averaged_is_the_mean_over_every_draw_when_it_draws_them_all():
             for s in combinations(range(4), 1)
         ]
     ).mean()
-    got = averaged([cube], weights, select=1, draws=400).iloc[0]
+    got = averaged([cube], weights, select=1, draws=400, lower=True).iloc[0]
     assert got.index.tolist() == exact.index.tolist()
     assert np.allclose(got.to_numpy(), exact.to_numpy(), atol=0.05)
 
