@@ -13,7 +13,9 @@ evidence, means, normalisation and composite) and the oracle's grading
 (:func:`lorasel.toyworld.verdict.candidate_quality`'s means) on every draw. The average
 estimates the same quantity as the report's table, the expected regret at ``select`` seeds per
 prompt graded on the rest, with the draw's luck averaged out; the runs' own variation remains,
-and the intervals are over runs. Renders nothing: it re-reads the runs' cached measurements.
+and the intervals are over runs. Beside each regret (measured against the best as graded: an
+upper bound of the true regret on average), a lower bound (:func:`draw_regrets`). Renders
+nothing: it re-reads the runs' cached measurements.
 """
 
 from __future__ import annotations
