@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from benchmarks.selection_analysis import (
@@ -18,6 +17,7 @@ from benchmarks.selection_analysis import (
     held_out_weights,
     learnability,
     mean_interval,
+    target_verdict,
     weight_sweep,
 )
 from benchmarks.selection_misses import noise_lines
@@ -251,46 +251,6 @@ def summarise(runs: list[dict], key: str = "outcome") -> pd.DataFrame:
 def regret_by_run(frame: pd.DataFrame) -> pd.DataFrame:
     """:func:`summarise`'s rows as a table: one row per run (concept, seed), a column per selector."""
     return frame.pivot_table(index=["concept", "seed"], columns="selector", values="regret")
-
-
-def target_verdict(by_run: pd.DataFrame, lower: float | pd.Series | None) -> str:
-    """The issue's target, lorasel's mean regret ≤ 5% and below every loss-based selector, judged
-    on ``by_run`` (:func:`regret_by_run`). Its regrets are measured against the best as graded,
-    which overstates the true regret on average: they can show the target met, never missed.
-    ``lower``: a lower bound of lorasel's true mean regret, if known: a number, or its value per
-    run (then with an interval over the runs), which can show the target missed. A claim is shown
-    only when its 95% interval over the runs (:func:`mean_interval`) agrees."""
-    ours = by_run["lorasel"]
-    rivals = [s for s in ("lowest_loss", "lowest_val_loss") if s in by_run.columns]
-    if not all(by_run[s].mean() > ours.mean() for s in rivals):
-        below = "below every loss-based selector: NOT met"
-    else:
-        unshown = [LABELS[s] for s in rivals if mean_interval(ours - by_run[s])[1] >= 0]
-        below = "below every loss-based selector: met" + (
-            f" on the means (not shown at 95% against {', '.join(unshown)})" if unshown else ", shown at 95%"
-        )
-    mean = float(ours.mean())
-    low, high = mean_interval(ours)
-    measured = f"{100 * mean:.1f}%, interval {100 * low:.1f}–{100 * high:.1f}%"
-    floor = None if lower is None else float(np.mean(lower))
-    floor_low = mean_interval(lower)[0] if isinstance(lower, pd.Series) else None
-    if floor_low is not None and floor_low > 0.05:
-        five = (
-            f"≤ 5%: NOT met, shown at 95% (at least {100 * floor:.1f}%, interval from {100 * floor_low:.1f}%)"
-        )
-    elif floor is not None and floor > 0.05:
-        five = f"≤ 5%: NOT met (at least {100 * floor:.1f}%)"
-    elif high < 0.05:
-        five = f"≤ 5%: met, shown at 95% ({measured})"
-    elif mean <= 0.05:
-        five = f"≤ 5%: met on the mean ({100 * mean:.1f}%), not shown at 95% (interval {100 * low:.1f}–{100 * high:.1f}%)"
-    else:
-        bound = f"; the true regret is at least {100 * floor:.1f}%" if floor is not None else ""
-        five = (
-            f"≤ 5%: not met as measured ({measured}), an upper bound of the true regret{bound}: "
-            "not decided either way"
-        )
-    return f"{below}; {five}"
 
 
 def precision_lines(by_run: pd.DataFrame) -> list[str]:

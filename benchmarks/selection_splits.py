@@ -208,7 +208,7 @@ def split_lines(runs: list[dict], draws: int = DRAWS) -> list[str]:
 def averaged_lines(cubes: list[SeedCube], draws: int = DRAWS) -> list[str]:
     """Each selector's mean regret on this report's draw of seeds and averaged over ``draws``
     draws, with intervals over the runs and lorasel's paired difference from each."""
-    from benchmarks.selection_analysis import mean_interval
+    from benchmarks.selection_analysis import mean_interval, target_verdict
     from benchmarks.selection_settings import LABELS, SELECT_SEEDS, SELECTORS
     from lorasel.rank.weights import DEFAULT_WEIGHTS
 
@@ -254,8 +254,6 @@ def averaged_lines(cubes: list[SeedCube], draws: int = DRAWS) -> list[str]:
             f"| {LABELS[s]} | {100 * official[s].mean():.1f}% | {100 * mean[s].mean():.1f}% | "
             f"{100 * lo:.1f}–{100 * hi:.1f}% | {100 * lower.mean():.1f}% ({100 * llo:.1f} to {100 * lhi:.1f}) | {diff} |"
         )
-    from benchmarks.selection_report import target_verdict
-
     verdict = target_verdict(mean[names], mean["lower:lorasel"])
     return [*lines, "", f"The target on these averages: **{verdict}**."]
 

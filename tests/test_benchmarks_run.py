@@ -401,7 +401,7 @@ def test_heldout_bad_arguments_are_one_line(argv, message, capsys):
 def test_target_verdict_claims_only_what_its_interval_shows(ours, lower, expected):
     import pandas as pd
 
-    from benchmarks.selection_report import target_verdict
+    from benchmarks.selection_analysis import target_verdict
 
     n = len(ours)
     by_run = pd.DataFrame(
@@ -420,7 +420,7 @@ def test_target_verdict_claims_only_what_its_interval_shows(ours, lower, expecte
 def test_target_verdict_says_which_loss_selector_it_is_not_shown_against():
     import pandas as pd
 
-    from benchmarks.selection_report import target_verdict
+    from benchmarks.selection_analysis import target_verdict
 
     # Below both on the means; the validation loss beats lorasel on one run of four, so the
     # paired interval against it reaches 0.
