@@ -25,6 +25,29 @@ def mean_interval(values, rounds: int = 10_000, level: float = 0.95, seed: int =
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
+def oracle_sums(renders: pd.DataFrame, attributes: pd.DataFrame, candidates=None):
+    """The oracle's per-render values (the mean of the attributes each render was judged on)
+    summed and counted by candidate, prompt kind and seed index: ``(candidates, seed_indices,
+    sums, counts)``, the arrays ``[candidates, kinds, seeds]``. A kind's mean over any multiset
+    of seeds is then ``sums @ w / counts @ w``, as
+    :func:`lorasel.toyworld.verdict.candidate_quality` averages it over the kind's renders.
+    ``candidates``: the (checkpoint, strength) pairs in the order wanted (default: sorted)."""
+    values = attributes.loc[renders.index].mean(axis=1, skipna=True)
+    frame = renders[["checkpoint", "strength", "kind", "seed_index"]].assign(oracle=values)
+    frame = frame[frame["oracle"].notna()]
+    if candidates is None:
+        candidates = pd.MultiIndex.from_frame(frame[["checkpoint", "strength"]]).unique().sort_values()
+    seed_indices = np.sort(renders["seed_index"].unique())
+    kinds = sorted(frame["kind"].unique())
+    grouped = frame.groupby(["checkpoint", "strength", "kind", "seed_index"])["oracle"].agg(["sum", "count"])
+    index = pd.MultiIndex.from_tuples([(*c, k, s) for c in candidates for k in kinds for s in seed_indices])
+    grouped = grouped.reindex(index, fill_value=0)
+    shape = (len(candidates), len(kinds), len(seed_indices))
+    sums = grouped["sum"].to_numpy(dtype=float).reshape(shape)
+    counts = grouped["count"].to_numpy(dtype=float).reshape(shape)
+    return candidates, seed_indices, sums, counts
+
+
 def regraded(renders: pd.DataFrame, attributes: pd.DataFrame, rounds: int = 2000, seed: int = 0):
     """Every candidate's regret on the grading seeds as graded (row 0) and on ``rounds`` redraws
     of those seeds with replacement (rows 1..), drawn jointly for every candidate, as a render's
@@ -34,24 +57,14 @@ def regraded(renders: pd.DataFrame, attributes: pd.DataFrame, rounds: int = 2000
     (:func:`lorasel.toyworld.verdict.render_attributes`). Each draw grades as
     :func:`lorasel.toyworld.verdict.candidate_quality` does: the mean over prompt kinds of the
     mean over the kind's renders."""
-    frame = renders[["checkpoint", "strength", "kind", "seed_index"]].assign(
-        oracle=attributes.loc[renders.index].mean(axis=1, skipna=True)
-    )
-    # [candidate, kind, seed index]: the mean over the kind's prompts at one seed.
-    cube = frame.groupby(["checkpoint", "strength", "kind", "seed_index"])["oracle"].mean()
-    cube = cube.unstack("seed_index")
-    candidates = cube.index.droplevel("kind").unique()
-    kinds = cube.index.get_level_values("kind").unique()
-    full = cube.reindex(pd.MultiIndex.from_tuples([(*c, k) for c in candidates for k in kinds]))
-    values = full.to_numpy().reshape(len(candidates), len(kinds), -1)  # NaN: a kind absent or unjudged
-    n = values.shape[2]
+    candidates, _, sums, counts = oracle_sums(renders, attributes)
+    n = sums.shape[2]
     draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=rounds)
-    counts = np.vstack([np.ones((1, n)), draws])  # [1 + rounds, seeds]; row 0: the seeds as graded
-    valid = ~np.isnan(values)
-    sums = np.einsum("cks,rs->rck", np.where(valid, values, 0.0), counts)
-    weights = np.einsum("cks,rs->rck", valid.astype(float), counts)
+    times = np.vstack([np.ones((1, n)), draws])  # [1 + rounds, seeds]; row 0: the seeds as graded
+    total = np.einsum("cks,rs->rck", sums, times)
+    judged = np.einsum("cks,rs->rck", counts, times)
     with np.errstate(invalid="ignore", divide="ignore"):
-        quality = np.nanmean(sums / weights, axis=2)  # [1 + rounds, candidates]
+        quality = np.nanmean(total / judged, axis=2)  # [1 + rounds, candidates]; NaN: a kind absent
     best, worst = quality.max(axis=1, keepdims=True), quality.min(axis=1, keepdims=True)
     spread = np.where(best > worst, best - worst, np.nan)
     return candidates, np.nan_to_num((best - quality) / spread, nan=0.0)

@@ -82,6 +82,7 @@ class SeedCube:
 def seed_cube(run: dict) -> SeedCube:
     """The :class:`SeedCube` of a benchmark run (``bench_selection.one_run``'s output, graded
     on new seeds: its outcome holds every seed's renders and their oracle attributes)."""
+    from benchmarks.selection_analysis import oracle_sums
     from lorasel.rank.evidence import gather_evidence
     from lorasel.results import BASE
 
@@ -91,20 +92,10 @@ def seed_cube(run: dict) -> SeedCube:
     contest = evidence.contest
     candidates = evidence.candidates.iloc[contest][["checkpoint", "strength"]]
     renders = full.renders[full.renders["checkpoint"].astype(str) != BASE]
-    values = attributes.loc[renders.index].mean(axis=1, skipna=True)
-    frame = renders[["checkpoint", "strength", "kind", "seed_index"]].assign(oracle=values)
-    frame = frame[frame["oracle"].notna()].assign(checkpoint=lambda f: f["checkpoint"].astype(str))
-    seed_indices = np.sort(full.renders["seed_index"].unique())
-    kinds = sorted(frame["kind"].unique())
-    grouped = frame.groupby(["checkpoint", "strength", "kind", "seed_index"])["oracle"].agg(["sum", "count"])
-    index = pd.MultiIndex.from_tuples(
-        [(c, s, k, i) for c, s in candidates.itertuples(index=False) for k in kinds for i in seed_indices]
-    )
-    grouped = grouped.reindex(index, fill_value=0)
-    shape = (len(candidates), len(kinds), len(seed_indices))
-    position = {
-        (str(c), float(s)): i for i, (c, s) in enumerate(candidates.itertuples(index=False, name=None))
-    }
+    renders = renders.assign(checkpoint=renders["checkpoint"].astype(str))
+    pairs = [(str(c), float(s)) for c, s in candidates.itertuples(index=False, name=None)]
+    _, seed_indices, sums, counts = oracle_sums(renders, attributes, pairs)
+    position = {pair: i for i, pair in enumerate(pairs)}
     fixed = {
         name: position[(str(v.checkpoint), float(v.strength))]
         for name, v in outcome.verdicts.items()
@@ -114,8 +105,8 @@ def seed_cube(run: dict) -> SeedCube:
         evidence=evidence,
         unit_seed=evidence.units["seed_index"].to_numpy(),
         contest=contest,
-        oracle_sum=grouped["sum"].to_numpy(dtype=float).reshape(shape),
-        oracle_count=grouped["count"].to_numpy(dtype=float).reshape(shape),
+        oracle_sum=sums,
+        oracle_count=counts,
         seed_indices=seed_indices,
         fixed=fixed,
         name=f"{run.get('concept', '')}-{run.get('seed', '')}",
