@@ -35,7 +35,10 @@ def test_bad_bench_setting_is_one_line_and_keeps_the_report(
     monkeypatch.setattr(bench_run, "REPORT", report)
     monkeypatch.setattr(bench_run, "FIGURES", tmp_path / "figures")
     monkeypatch.setenv(name, value)
-    monkeypatch.delitem(sys.modules, f"benchmarks.bench_{section}", raising=False)
+    # The settings are read when their modules are imported: import them all again (another test
+    # may have imported them, with good settings, in this process).
+    for module in [m for m in sys.modules if m.startswith("benchmarks.") and m != "benchmarks.run"]:
+        monkeypatch.delitem(sys.modules, module)
     assert bench_run.main([section]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(err) == 1
