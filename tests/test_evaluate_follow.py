@@ -177,3 +177,33 @@ def test_follow_renders_only_the_checkpoint_that_is_new(run):
     per_checkpoint = len(STRENGTHS) * 4 * SEEDS
     assert [(e.cached, e.total) for e in starts] == [(0, N_RENDERS), (N_RENDERS, N_RENDERS + per_checkpoint)]
     assert rounds[1].renders["checkpoint"].nunique() == 5  # the base and four checkpoints
+
+
+def test_follow_is_not_idle_while_a_file_is_being_written(tmp_path):
+    """`--follow-idle` counts from the last change of any file, a trainer's state file too, not
+    from the last evaluation."""
+    import threading
+
+    from safetensors.torch import save_file
+
+    from lorasel.evaluate.follow import follow
+
+    state = tmp_path / "early" / "checkpoints" / "state.safetensors"
+    state.parent.mkdir(parents=True)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=follow,
+        args=(tmp_path / "early", stop),
+        kwargs=dict(base=None, scorer=None, poll_s=0.05, idle_s=0.6),
+    )
+    thread.start()
+    try:
+        for step in range(8):  # a save every 0.2 s for 1.6 s: longer than idle_s, never idle
+            save_file({"optimizer.step": torch.full((1,), float(step))}, str(state))
+            time.sleep(0.2)
+        assert thread.is_alive()
+        thread.join(10)  # no more saves: idle after 0.6 s
+        assert not thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(10)

@@ -96,6 +96,8 @@ def follow(path: str | Path, stop, *, base, scorer, threads: int | None = None, 
     while not stop.is_set():
         files = checkpoint_files(path)
         settled, previous = files == previous, files
+        if not settled:  # a file is being written: not idle
+            changed = time.monotonic()
         if settled and files != handled:
             handled = files
             if has_checkpoints(path):
