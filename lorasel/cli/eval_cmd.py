@@ -82,7 +82,7 @@ def eval_command(
     follow_idle: Annotated[
         float | None,
         typer.Option(
-            help="With --follow: stop after this many minutes without a new checkpoint. [default: never]"
+            help="With --follow: stop after this many minutes in which no checkpoint was written. [default: never]"
         ),
     ] = None,
 ) -> None:
