@@ -5,6 +5,7 @@ Tests are seeded, use tiny models and never touch the network.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -48,5 +49,8 @@ def tiny_base_folder(tmp_path_factory):
     from tests import evaluate_helpers as h
 
     folder = tmp_path_factory.mktemp("tiny-base") / "pipeline"
-    h.tiny_pipeline().save_pretrained(folder)
+    # A copy: transformers' save_pretrained writes into the text encoder's config (its
+    # architectures and dtype), which would change the shared pipeline's fingerprint, and so
+    # the cache keys of every later evaluation with it in this process.
+    copy.deepcopy(h.tiny_pipeline()).save_pretrained(folder)
     return str(folder)
