@@ -559,3 +559,101 @@ def test_a_prompt_set_without_in_domain_prompts_ranks_without_adherence_and_says
     alone = rank(results, weights=Weights(adherence=0.0), n_boot=50)
     assert alone.unmeasured_note() is None
     assert ranking.table["score"].tolist() == pytest.approx(alone.table["score"].tolist())
+
+
+# --------------------------------------------------------------------------- refined evaluations
+
+
+def _additive(candidates: int = 5, units: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    effect, offset = rng.normal(size=candidates), rng.normal(size=units) * 3
+    return effect, offset, effect[:, None] + offset[None, :]
+
+
+def test_paired_means_recover_the_mean_on_every_unit_under_an_additive_model():
+    """Candidates 3 and 4 were rendered on the first 6 of 12 units only (not refined): under
+    candidate effect + unit effect, their paired mean is the one they would have had on all 12."""
+    from lorasel.rank.bootstrap import paired_means
+
+    effect, offset, values = _additive()
+    values[3:, 6:] = np.nan
+    weights = np.random.default_rng(1).integers(0, 3, size=(7, 12)).astype(float)
+    weights[:, [0, 6]] += 1  # every round weighs units on both sides
+    contest = np.arange(1, 5)  # candidate 0 is the base model: complete, not competing
+    got = paired_means(weights, values, contest)
+    truth = effect[None, :] + (weights @ offset / weights.sum(axis=1))[:, None]
+    np.testing.assert_allclose(got, truth, atol=1e-12)
+    # The plain mean over the units each has would be off by the unit offsets.
+    plain = effect[None, 3:] + (weights[:, :6] @ offset[:6] / weights[:, :6].sum(axis=1))[:, None]
+    assert np.abs(plain - truth[:, 3:]).max() > 0.1
+
+
+def test_paired_means_are_plain_means_when_every_competitor_has_every_unit():
+    from lorasel.rank.bootstrap import paired_means
+
+    _, _, values = _additive(seed=2)
+    values[:, 3] = np.nan  # a unit nobody measured (another kind's) counts for nobody
+    weights = np.random.default_rng(3).integers(0, 3, size=(4, 12)).astype(float) + 0.5
+    keep = np.isfinite(values[0])
+    plain = weights[:, keep] @ values[:, keep].T / weights[:, keep].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(paired_means(weights, values, np.arange(1, 5)), plain, atol=1e-12)
+
+
+def test_without_a_complete_competitor_every_candidate_is_held_to_the_shared_units():
+    from lorasel.rank.bootstrap import paired_means
+
+    _, _, values = _additive(seed=4)
+    values[1, 8:] = np.nan
+    values[2, 6:8] = np.nan  # 1 has 0-7, 2 has 0-5 and 8-11: nobody has all 12
+    weights = np.ones((1, 12))
+    got = paired_means(weights, values, np.array([1, 2]))
+    np.testing.assert_allclose(got[0], values[:, :6].mean(axis=1), atol=1e-12)
+
+
+def _refined(results: Results, keep: set[tuple[str, float]], seeds: int) -> Results:
+    """``results`` as a refinement leaves them: only the base and ``keep`` beyond ``seeds``."""
+    r = results.renders
+    pair = list(zip(r["checkpoint"].astype(str), r["strength"].astype(float), strict=True))
+    kept = (r["seed_index"] < seeds) | (r["checkpoint"] == BASE) | pd.Series([p in keep for p in pair])
+    return Results(renders=r[kept].reset_index(drop=True), diversity=results.diversity,
+                   checkpoints=results.checkpoints, settings=results.settings)  # fmt: skip
+
+
+def test_a_refined_ranking_is_not_biased_by_easy_extra_seeds():
+    """Large unit offsets (some seeds are easy for every candidate): the candidates refined on
+    seeds 3-5 must not gain from them. Paired means stay near the means on all 6 seeds; the
+    plain means of the refined candidates (what a naive ranking would use) do not."""
+    full = make_results(
+        checkpoints=4, strengths=(0.5, 1.0), seeds=6, unit_noise=0.15, render_noise=0.005, seed=8
+    )
+    keep = {(c, 1.0) for c in full.checkpoints["checkpoint"].astype(str)[:2]}
+    refined = _refined(full, keep, seeds=3)
+    truth = gather_evidence(full)
+    evidence = gather_evidence(refined)
+    assert evidence.candidates.equals(truth.candidates)
+    paired, full_means = point_means(evidence), point_means(truth)
+    plain = {m: np.nanmean(v, axis=1) for m, v in evidence.per_unit.items()}
+    for m in ("fidelity", "adherence"):
+        paired_error = np.abs(paired[m] - full_means[m]).max()
+        plain_error = np.abs(plain[m] - full_means[m]).max()
+        assert paired_error < 0.01 and 4 * paired_error < plain_error
+    table = rank(refined, n_boot=200).table
+    assert table["p_best"].sum() == pytest.approx(1.0)
+    assert table["rank"].notna().sum() == 8
+
+
+def test_bootstrap_strata_keep_the_refined_units_apart():
+    full = make_results(checkpoints=3, strengths=(1.0,), seeds=4, seed=9)
+    evidence = gather_evidence(_refined(full, {(full.checkpoints["checkpoint"].iloc[0], 1.0)}, seeds=2))
+    strata, kinds = evidence.strata, pd.Categorical(evidence.units["kind"]).codes
+    assert len(np.unique(strata)) == 2 * len(np.unique(kinds))
+    extra = evidence.units["seed_index"].to_numpy() >= 2
+    for code in np.unique(strata):  # one kind, and either the shared or the extra seeds
+        members = strata == code
+        assert len(np.unique(kinds[members])) == 1 and len(np.unique(extra[members])) == 1
+    counts = unit_counts(strata, 50, np.random.default_rng(0))
+    np.testing.assert_allclose(counts[:, extra].sum(axis=1), extra.sum())
+    # Without a refinement the strata are the kinds, as before.
+    np.testing.assert_array_equal(
+        gather_evidence(full).strata, pd.Categorical(gather_evidence(full).units["kind"]).codes
+    )

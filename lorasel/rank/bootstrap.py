@@ -6,6 +6,10 @@ differences between candidates then carry only the noise that really separates t
 noise of which prompts happened to be drawn. Units are resampled within each prompt kind
 (stratified), so every round still measures every metric.
 
+After ``lorasel eval --refine`` a few candidates have units the others lack; their means stay
+paired (:func:`paired_means`) and each kind's units are resampled apart by which candidates
+have them (:attr:`Evidence.strata`).
+
 Each round is a weighted mean: a unit drawn k times counts k times. Diversity is measured per
 (candidate, prompt) over its seeds, so a prompt counts as many times as its units were drawn.
 All rounds are computed at once as matrix products: ``counts[rounds, units] @ values.T``.
@@ -84,13 +88,17 @@ def unit_counts(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np
 
 
 def metric_means(evidence: Evidence, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Weighted metric means ``[rounds, candidates]`` for unit weights ``counts[rounds, units]``."""
+    """Weighted metric means ``[rounds, candidates]`` for unit weights ``counts[rounds, units]``.
+
+    Candidates rendered on fewer units than others (``lorasel eval --refine``) get paired means:
+    see :func:`paired_means`."""
     from threadpoolctl import threadpool_limits
 
+    contest = evidence.contest
     # These products are small (milliseconds on one core); BLAS threads only add contention,
     # 10x slower on a busy machine.
     with threadpool_limits(1, user_api="blas"):
-        out = {m: _weighted_mean(counts, evidence.per_unit[m]) for m in UNIT_METRICS}
+        out = {m: paired_means(counts, evidence.per_unit[m], contest) for m in UNIT_METRICS}
         out["diversity"] = _weighted_mean(counts @ evidence.prompt_matrix(), evidence.diversity)
     return out
 
@@ -102,6 +110,52 @@ def _weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     out = np.full(num.shape, np.nan)
     np.divide(num, den, out=out, where=den > 0)
     return out
+
+
+def paired_means(weights: np.ndarray, values: np.ndarray, contest: np.ndarray) -> np.ndarray:
+    """Means ``[rounds, candidates]`` of ``values[candidates, units]`` (NaN: not measured) that
+    stay comparable when some competing candidates were rendered on more units than others.
+
+    When every competing candidate was measured on the same units this is the plain weighted
+    mean. Otherwise (a refinement rendered more seeds for a few candidates) the units are the
+    union U of those any competing candidate was measured on, and the *complete* candidates R
+    are the competing ones measured on all of U. A candidate measured only on P ⊂ U gets
+
+        mean_P(its values) + mean over r in R of (mean_U(r) - mean_P(r)),
+
+    its mean on the units it has, moved by how much the missing units raised or lowered the
+    complete candidates' means: under an additive model (candidate effect + unit effect, the
+    common random numbers' premise) this is the mean it would have had on all of U, so a refined
+    candidate is not favoured or penalised by its extra seeds being easy or hard. Between
+    complete candidates the comparison is paired on all of U; with a partial one, on its units.
+    Values outside U (the base model's, beyond every competitor's) are left out. With no
+    complete competitor, every candidate is held to the units all competitors share.
+    """
+    valid = np.isfinite(values)
+    union = valid[contest].any(axis=0)
+    if not union.all():
+        values = np.where(union[None, :], values, np.nan)
+        valid = valid & union[None, :]
+    means = _weighted_mean(weights, values)
+    measured = valid.any(axis=1)
+    complete = valid[:, union].all(axis=1)
+    partial = measured & ~complete
+    if not partial[contest].any():
+        return means
+    reference = np.zeros(len(values), dtype=bool)
+    reference[contest] = complete[contest]
+    if not reference.any():
+        shared = valid[contest].all(axis=0)
+        return _weighted_mean(weights, np.where(shared[None, :], values, np.nan))
+    on_union = means[:, reference].mean(axis=1)
+    patterns, which = np.unique(valid[partial], axis=0, return_inverse=True)
+    rows = np.flatnonzero(partial)
+    for k, pattern in enumerate(patterns):
+        on_pattern = _weighted_mean(weights, np.where(pattern[None, :], values[reference], np.nan))
+        shift = on_union - on_pattern.mean(axis=1)
+        members = rows[np.ravel(which) == k]
+        means[:, members] += shift[:, None]
+    return means
 
 
 def point_means(evidence: Evidence) -> dict[str, np.ndarray]:

@@ -49,8 +49,24 @@ class Evidence:
 
     @property
     def strata(self) -> np.ndarray:
-        """Kind of each unit as an integer code: the bootstrap resamples within each kind."""
-        return pd.Categorical(self.units["kind"]).codes.astype(np.int64)
+        """Kind of each unit as an integer code: the bootstrap resamples within each kind.
+
+        When some competing candidates were rendered on units others were not (a refinement),
+        a kind's units are split further by which competitors have them, so every round keeps
+        each group's size and the paired means (:func:`lorasel.rank.bootstrap.paired_means`)
+        always have units of every group to compare on."""
+        kinds = pd.Categorical(self.units["kind"]).codes.astype(np.int64)
+        rendered = np.zeros((len(self.contest), len(self.units)), dtype=bool)
+        for values in self.per_unit.values():
+            rendered |= np.isfinite(values[self.contest])
+        groups, which = np.unique(rendered.T, axis=0, return_inverse=True)
+        if len(groups) <= 1:
+            return kinds
+        # The group of units every competitor has is 0, so kinds keep their codes' order.
+        order = np.argsort(~groups.all(axis=1), kind="stable")
+        rank_of = np.empty(len(groups), dtype=np.int64)
+        rank_of[order] = np.arange(len(groups))
+        return kinds * len(groups) + rank_of[np.ravel(which)]
 
     def prompt_matrix(self) -> np.ndarray:
         """``[units, prompts]`` 0/1 matrix: which prompt each unit belongs to."""
