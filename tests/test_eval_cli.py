@@ -67,6 +67,16 @@ def test_eval_prints_progress_warnings_and_a_summary_table(run):
     assert "warning: skipping zkz-000009" in again.stderr
 
 
+def test_refine_is_a_second_pass_with_its_own_progress_and_a_note(run):
+    h.write_lora(run / "checkpoints" / "zkz-000002.safetensors", seed=2, scale=1.0, epoch=2)
+    result = _invoke(run, "--refine", "2")
+    assert result.exit_code == 0, result.output
+    assert "refining " in result.stderr and "with 2 more seeds per prompt" in result.stderr
+    note = next(line for line in result.stdout.splitlines() if line.startswith("refined: "))
+    assert "with 3 seeds per prompt, the other" in note and "with 1" in note
+    assert result.stdout.count("mean per checkpoint") == 1
+
+
 def _broken_reference(tmp_path):
     folder = tmp_path / "refs"
     folder.mkdir()
@@ -87,6 +97,7 @@ BAD_INPUT = {
     "bad size": (lambda t: ["--size", "16by16"], "is not WIDTHxHEIGHT"),
     "zero threads": (lambda t: ["--threads", "0"], "threads must be a whole number"),
     "zero workers": (lambda t: ["--workers", "0"], "workers must be a whole number"),
+    "negative refine": (lambda t: ["--refine", "-1"], "refine must be a whole number ≥ 0"),
     # Found while the helper process loads the base: it is stopped, and the error is one line.
     "unknown prompt set, 2 workers": (
         lambda t: ["--workers", "2", "--prompts", "nosuchset"],

@@ -608,3 +608,66 @@ def test_a_helpers_own_error_reaches_the_caller_as_one_clear_error(run, tiny_bas
         _eval(run, base=tiny_base_folder, workers=2)
     assert "changed on disk" in info.value.hint
     assert not multiprocessing.active_children()
+
+
+def _likely_best(results) -> set[tuple[str, float]]:
+    from lorasel.rank import rank
+
+    table = rank(results).table
+    chosen = table[table["rank"].notna() & (table["tied"] | (table["rank"] == 1))]
+    return set(zip(chosen["checkpoint"], chosen["strength"].astype(float), strict=True))
+
+
+def test_refine_renders_more_seeds_for_the_likely_best_and_the_base_only(evaluated_copy, monkeypatch):
+    run, first = evaluated_copy
+    chosen = _likely_best(first)
+    groups = len(first.renders) // PER_GROUP - 1  # (checkpoint, strength) pairs, the base aside
+    assert 1 <= len(chosen) < groups  # else this test would not tell a refinement from more seeds
+    spy = h.RenderSpy(monkeypatch)
+    events = []
+    refined = _eval(run, refine=2, progress=events.append)
+    new = refined.renders[refined.renders.seed_index >= SEEDS]
+    assert spy.count == len(new) == (len(chosen) + 1) * N_PROMPTS * 2
+    got = set(zip(new["checkpoint"], new["strength"].astype(float), strict=True)) - {(BASE, 0.0)}
+    assert got == chosen
+    assert set(new.loc[new.checkpoint == BASE, "seed_index"]) == {SEEDS, SEEDS + 1}
+    old = refined.renders[refined.renders.seed_index < SEEDS].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, first.renders)
+    # Diversity stays over the seeds every candidate has: unchanged for all.
+    pd.testing.assert_frame_equal(refined.diversity, first.diversity)
+    starts = [e.message for e in events if e.phase == "start"]
+    assert len(starts) == 2 and starts[1].startswith(f"refining {len(chosen)} of {groups} candidates")
+    assert refined.settings["refine"] == 2
+
+    # Run again: nothing is rendered, the results are the same.
+    spy.count = 0
+    again = _eval(run, refine=2)
+    assert spy.count == 0
+    pd.testing.assert_frame_equal(again.renders, refined.renders)
+
+    # The refinement's renders are those of an evaluation with 2 more seeds: it reuses them.
+    more = _eval(run, seeds=SEEDS + 2)
+    reused = more.renders.merge(new[["checkpoint", "strength", "prompt", "seed_index", "image"]],
+                                on=["checkpoint", "strength", "prompt", "seed_index"])  # fmt: skip
+    assert len(reused) == len(new)
+    assert (reused["image_x"] == reused["image_y"]).all()
+
+
+def test_refine_with_a_helper_process_renders_the_same_images(evaluated, tiny_base_folder, tmp_path):
+    """The helper renders the refinement's plan too (a second plan after its first)."""
+    run, _, _ = evaluated
+    one = _eval(run, base=tiny_base_folder, threads=1, refine=1, workdir=tmp_path / "one")
+    two = _eval(run, base=tiny_base_folder, workers=2, threads=1, refine=1, workdir=tmp_path / "two")
+    assert (one.renders.seed_index == SEEDS).any()
+    mine, reference = h.pixels(tmp_path / "two", two.renders), h.pixels(tmp_path / "one", one.renders)
+    assert mine.keys() == reference.keys()
+    for key, pixels in reference.items():
+        np.testing.assert_array_equal(mine[key], pixels)
+
+
+@pytest.mark.parametrize("refine", [-1, 1.5, True, "2"])
+def test_bad_refine_is_an_error_before_rendering(run, refine, monkeypatch):
+    spy = h.RenderSpy(monkeypatch)
+    with pytest.raises(EvaluationError, match="refine must be a whole number ≥ 0"):
+        _eval(run, refine=refine)
+    assert spy.count == 0

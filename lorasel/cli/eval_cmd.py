@@ -11,7 +11,9 @@ import typer
 from lorasel.cli.app import app
 
 METRIC_FORMAT = "{:.3f}"
-EVAL_OPTION_FIELDS = ("strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers")
+EVAL_OPTION_FIELDS = (
+    "strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers", "refine"
+)  # fmt: skip
 
 
 @app.command("eval")
@@ -34,6 +36,14 @@ def eval_command(
         str, typer.Option(help="Comma-separated LoRA strengths in (0, 2].")
     ] = "0.5,0.75,1.0",
     seeds: Annotated[int, typer.Option(help="Seeds per prompt.")] = 4,
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="Then render this many more seeds per prompt for the candidates that could be the best "
+            "(the 95% set of `lorasel rank`) only: close to the pick of --seeds SEEDS+REFINE at a "
+            "fraction of its renders. 0: off."
+        ),
+    ] = 0,
     steps: Annotated[int | None, typer.Option(help="Sampling steps. [default: the base model's]")] = None,
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free guidance scale. [default: the base model's]")
@@ -95,7 +105,7 @@ def eval_command(
         base=base, prompts=prompts, strengths=parse_strengths(strengths), seeds=seeds, steps=steps,
         guidance=guidance, size=parse_size(size) if size else None, scorer=scorer, reference=reference,
         trigger=trigger, class_word=class_word, workdir=workdir, batch_size=batch_size, threads=threads,
-        workers=workers,
+        workers=workers, refine=refine,
     )  # fmt: skip
     if follow or follow_idle is not None:
         _follow(path, options, follow_idle)
@@ -207,6 +217,7 @@ class _ProgressBar:
     def _start(self, event) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        self.close()  # the bar of a finished pass (--refine renders in a second one)
         self._console().print(event.message, markup=False, highlight=False, soft_wrap=True)
         self._console().print(
             f"{event.cached} of {event.total} renders already done", markup=False, highlight=False
@@ -261,7 +272,29 @@ def _summary(results) -> None:
             f"{row.strength:g}",
             *(_fmt(getattr(row, m)) for m in METRICS),
         )
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    note = _refined_note(results)
+    if note:
+        console.print(note, markup=False, highlight=False)
+
+
+def _refined_note(results) -> str | None:
+    """What ``--refine`` did, in one line (None when it did nothing)."""
+    from lorasel.results import BASE
+
+    seeds, refine = results.settings.get("seeds"), results.settings.get("refine")
+    if not isinstance(seeds, int) or not isinstance(refine, int) or refine <= 0:
+        return None
+    renders = results.renders[results.renders["checkpoint"] != BASE]
+    pairs = renders.drop_duplicates(["checkpoint", "strength"])
+    refined = renders.loc[renders["seed_index"] >= seeds].drop_duplicates(["checkpoint", "strength"])
+    others = len(pairs) - len(refined)
+    return (
+        f"refined: {len(refined)} of {len(pairs)} candidates with {seeds + refine} seeds per prompt, "
+        f"the other {others} with {seeds} (their means above are over their own seeds; "
+        "`lorasel rank` compares them paired)"
+    )
 
 
 def _fmt(value) -> str:

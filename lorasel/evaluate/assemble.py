@@ -31,7 +31,9 @@ def build_results(
     """The frames of ``lorasel.results`` for ``items`` (the base model's renders included).
 
     Per render: fidelity (in_domain, trigger), flexibility and its gain over the base
-    (out_of_domain), adherence (in_domain), preservation (unrelated). Per (checkpoint, strength, prompt): diversity.
+    (out_of_domain), adherence (in_domain), preservation (unrelated). Per (checkpoint, strength,
+    prompt): diversity, over the seeds every (checkpoint, strength) was rendered with, so that a
+    refinement's extra seeds for a few candidates do not change what their diversity measures.
     ``settings["centroid_distance"]`` maps "checkpoint@strength" to ‖μ_gen − μ_ref‖².
     """
     info = {c.checkpoint: c for c in checkpoints}
@@ -100,10 +102,12 @@ def build_results(
     groups: dict[tuple[str, float], list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault((it.checkpoint, it.strength), []).append(i)
+    shared = _shared_seeds(items, groups)
     for (checkpoint, strength), rows_of_group in groups.items():
         by_prompt: dict[str, list[int]] = {}
         for i in rows_of_group:
-            by_prompt.setdefault(items[i].prompt.prompt_id, []).append(i)
+            if items[i].seed_index in shared[items[i].prompt.prompt_id]:
+                by_prompt.setdefault(items[i].prompt.prompt_id, []).append(i)
         for prompt_id, idx in by_prompt.items():
             diversity_rows.append(
                 {
@@ -128,3 +132,17 @@ def build_results(
         checkpoints=checkpoint_frame,
         settings={**settings, "centroid_distance": centroid},
     )
+
+
+def _shared_seeds(
+    items: Sequence[RenderItem], groups: Mapping[tuple[str, float], list[int]]
+) -> dict[str, set[int]]:
+    """Per prompt: the seed indices every (checkpoint, strength) rendering it was rendered with."""
+    shared: dict[str, set[int]] = {}
+    for rows in groups.values():
+        seeds: dict[str, set[int]] = {}
+        for i in rows:
+            seeds.setdefault(items[i].prompt.prompt_id, set()).add(items[i].seed_index)
+        for prompt_id, have in seeds.items():
+            shared[prompt_id] = shared[prompt_id] & have if prompt_id in shared else have
+    return shared

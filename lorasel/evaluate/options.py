@@ -81,6 +81,7 @@ class EvalOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     threads: int | None = None
     workers: int = 1
+    refine: int = 0  # more seeds for the candidates that could be the best
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", check_strengths(self.strengths))
@@ -91,6 +92,11 @@ class EvalOptions:
         if self.threads is not None:
             _positive_int("threads", self.threads, "e.g. --threads 1")
         _positive_int("workers", self.workers, "e.g. --workers 2 on 2 cores")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise EvaluationError(
+                f"refine must be a whole number ≥ 0, not {self.refine!r}",
+                hint="--refine 4 renders 4 more seeds for the candidates that could be the best; 0: none",
+            )
         if self.guidance is not None and (
             not isinstance(self.guidance, (int, float))
             or not math.isfinite(self.guidance)

@@ -111,11 +111,36 @@ def build_plan(
     Within a (checkpoint, strength) the renders go seed by seed (every prompt with seed 0, then
     seed 1, ...): evaluating again with more seeds keeps every earlier batch as it was, so only
     the new seeds are rendered (plus, at most, the one batch that straddles old and new)."""
-    pairs = [(p, i, render_seed(p.text, i)) for i in range(seeds) for p in prompts]
     groups = [(Candidate(BASE, BASE), 0.0)]
     groups += [
         (c, canonical_strength(s)) for c in candidates for s in strengths if canonical_strength(s) != 0.0
     ]
+    return _batches(groups, prompts, range(seeds), batch_size, settings_key)
+
+
+def refine_plan(
+    chosen: Sequence[tuple[Candidate, float]],
+    prompts: Sequence[Prompt],
+    seeds: range,
+    batch_size: int,
+    settings_key: str,
+) -> list[Batch]:
+    """The batches of ``lorasel eval --refine``: the base model and the ``chosen`` (checkpoint,
+    strength) pairs on the seed indices ``seeds`` only. Each render has the key and seed it has
+    in a :func:`build_plan` with more seeds, so a later ``--seeds`` evaluation reuses it."""
+    groups = [(Candidate(BASE, BASE), 0.0)]
+    groups += [(c, canonical_strength(s)) for c, s in chosen if canonical_strength(s) != 0.0]
+    return _batches(groups, prompts, seeds, batch_size, settings_key)
+
+
+def _batches(
+    groups: Sequence[tuple[Candidate, float]],
+    prompts: Sequence[Prompt],
+    seeds: range,
+    batch_size: int,
+    settings_key: str,
+) -> list[Batch]:
+    pairs = [(p, i, render_seed(p.text, i)) for i in seeds for p in prompts]
     batches = []
     for candidate, strength in groups:
         items = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ from lorasel.evaluate.options import (
     DEFAULT_STRENGTHS,
     EvalOptions,
 )
-from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, shard
+from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, refine_plan, shard
 from lorasel.evaluate.processes import Processes, current_processes
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
-from lorasel.evaluate.prompts import load_prompt_set, resolve_prompt_spec
+from lorasel.evaluate.prompts import Prompt, load_prompt_set, resolve_prompt_spec
 from lorasel.evaluate.render import Renderer, make_settings
 from lorasel.evaluate.scoring import reference_embeddings, score_plan
 from lorasel.evaluate.store import Store
@@ -100,6 +100,7 @@ def evaluate(
     dtype: str | None = None,
     threads: int | None = None,
     workers: int = 1,
+    refine: int = 0,
 ) -> Results:
     """Evaluate every checkpoint under ``path`` at every strength; return the results.
 
@@ -111,7 +112,10 @@ def evaluate(
     while rendering on CPU (default 1 for the toy world, whose small ops are fastest on one
     thread; otherwise torch's own); restored afterwards. ``workers``: processes rendering on
     this machine's CPU, each with ``threads`` threads (:mod:`lorasel.evaluate.workers`); more
-    than 1 needs ``base`` as a spec the helper processes can load.
+    than 1 needs ``base`` as a spec the helper processes can load. ``refine``: after the
+    evaluation, render this many more seeds per prompt for the candidates that could be the best
+    (the 95% confidence set of ``lorasel rank``) and the base model; the ranking compares them on
+    all their seeds and the rest on theirs (:func:`lorasel.rank.bootstrap.paired_means`).
     """
     options = EvalOptions(
         strengths=tuple(strengths),
@@ -122,6 +126,7 @@ def evaluate(
         batch_size=batch_size,
         threads=threads,
         workers=workers,
+        refine=refine,
     )
     run = RunDir.at(path, workdir)
     if not run.root.is_dir():
@@ -207,33 +212,70 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
                 reference=reference, trigger=trigger, class_word=class_word, device=device, dtype=dtype,
             )
         )  # fmt: skip
-        # Every process has planned from the same store before anyone writes to it.
-        mine = shard(job.pending, procs.index, procs.count)
-        if procs.count > 1:
-            mine_keys = {k for batch in mine for k in batch.keys}
-            reporter.total, reporter.cached = len(mine_keys), len(mine_keys & job.done)
-        else:
-            reporter.total, reporter.cached = len(job.all_keys), len(job.done)
-        reporter.done = reporter.cached
-        reporter.emit(
-            ProgressEvent("start", reporter.done, reporter.total, reporter.cached, message=job.summary)
+        results = _run(job, run, store, procs, reporter, helpers)
+        if options.refine:
+            job = procs.step(lambda: _refined(job, store))
+            results = _run(job, run, store, procs, reporter, helpers)
+        return results
+
+
+def _run(job: _Job, run: RunDir, store: Store, procs: Processes, reporter: RenderProgress,
+         helpers: RenderWorkers | None) -> Results:  # fmt: skip
+    """Render the job's pending batches (shared among the processes) and score its plan."""
+    # Every process has planned from the same store before anyone writes to it.
+    mine = shard(job.pending, procs.index, procs.count)
+    if procs.count > 1:
+        mine_keys = {k for batch in mine for k in batch.keys}
+        reporter.total, reporter.cached = len(mine_keys), len(mine_keys & job.done)
+    else:
+        reporter.total, reporter.cached = len(job.all_keys), len(job.done)
+    reporter.done = reporter.cached
+    reporter.emit(ProgressEvent("start", reporter.done, reporter.total, reporter.cached, message=job.summary))
+    labels = {info.checkpoint: info.label for info in job.infos}
+    batches: Iterable[Batch] = mine
+    if helpers is not None and mine:
+        plan = WorkerPlan(
+            job.settings, job.infos, units_of(mine), frozenset(job.done), run.results_db, labels
         )
-        labels = {info.checkpoint: info.label for info in job.infos}
-        batches: Iterable[Batch] = mine
-        if helpers is not None and mine:
-            plan = WorkerPlan(
-                job.settings, job.infos, units_of(mine), frozenset(job.done), run.results_db, labels
-            )
-            helpers.share(plan, reporter)
-            batches = helpers.main_batches()
-        skipped = procs.step(
-            lambda: _render(job.pipeline, job.settings, job.infos, batches, job.done, store, reporter, labels)
-        )
-        if helpers is not None and mine:
-            skipped |= helpers.finish()
-        results = procs.step(lambda: _finish(job, store, skipped, reporter) if procs.is_main else None)
-        reporter.emit(ProgressEvent("done", reporter.done, reporter.total, reporter.cached))
-        return results if procs.is_main else store.load_results()
+        helpers.share(plan, reporter)
+        batches = helpers.main_batches()
+    skipped = procs.step(
+        lambda: _render(job.pipeline, job.settings, job.infos, batches, job.done, store, reporter, labels)
+    )
+    if helpers is not None and mine:
+        skipped |= helpers.finish()
+    results = procs.step(lambda: _finish(job, store, skipped, reporter) if procs.is_main else None)
+    reporter.emit(ProgressEvent("done", reporter.done, reporter.total, reporter.cached))
+    return results if procs.is_main else store.load_results()
+
+
+def _refined(job: _Job, store: Store) -> _Job:
+    """The job of ``--refine``: the candidates that could be the best, on more seeds.
+
+    Every process ranks the stored results of the first pass (the same input everywhere, so the
+    same set), with the default weights, and plans the base model and the candidates in the 95%
+    confidence set for the best on seeds ``seeds .. seeds + refine - 1``: the renders an
+    evaluation with ``--seeds seeds + refine`` would make for them, under the same cache keys."""
+    from lorasel.rank import rank
+
+    table = rank(store.load_results()).table
+    chosen = table.loc[table["rank"].notna() & (table["tied"] | (table["rank"] == 1))]
+    hashes = {info.checkpoint: info.hash for info in job.infos}
+    pairs = [
+        (Candidate(c, hashes[c]), float(s))
+        for c, s in zip(chosen["checkpoint"], chosen["strength"], strict=True)
+    ]
+    seeds = range(job.options.seeds, job.options.seeds + job.options.refine)
+    extra = refine_plan(pairs, job.prompts, seeds, job.options.batch_size, job.settings.key())
+    all_keys = list(dict.fromkeys(k for batch in extra for k in batch.keys))
+    done = store.done(all_keys)
+    n = table["rank"].notna().sum()
+    summary = (
+        f"refining {len(pairs)} of {n} candidates (the 95% set for the best) with {job.options.refine} more "
+        f"seed{'s' if job.options.refine != 1 else ''} per prompt"
+    )
+    return replace(job, plan=job.plan + extra, all_keys=all_keys, done=done, pending=_pending(extra, done),
+                   summary=summary)  # fmt: skip
 
 
 @dataclass
@@ -251,6 +293,7 @@ class _Job:
     pipeline: Any
     settings: RenderSettings
     options: EvalOptions
+    prompts: list[Prompt]
     plan: list[Batch]
     all_keys: list[str]
     done: set[str]
@@ -315,7 +358,7 @@ def _prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgre
         infos=infos, prompt_spec=prompt_set.spec, scorer_spec=scorer_spec, trigger=concept.trigger,
         class_word=concept.class_word, reference_dir=reference_dir, scorer=score_model,
         reference_vectors=reference_vectors, pipeline=pipeline, settings=settings, options=options, plan=plan,
-        all_keys=all_keys, done=done, pending=_pending(plan, done), summary=summary,
+        prompts=list(plan_prompts), all_keys=all_keys, done=done, pending=_pending(plan, done), summary=summary,
     )  # fmt: skip
 
 
@@ -418,6 +461,7 @@ def _settings_record(
         "size": f"{settings.width}x{settings.height}",
         "negative": settings.negative,
         "seeds": options.seeds,
+        "refine": options.refine,
         "strengths": list(options.strengths),
         "batch_size": options.batch_size,
         "prompt_set": prompt_set,

@@ -110,16 +110,18 @@ def _helper_main(start: WorkerStart, inbox, outbox, counter) -> None:
         if start.threads:
             torch.set_num_threads(start.threads)
         pipeline = models.load_base(start.base, device=start.device, dtype=start.dtype)
-        plan: WorkerPlan = inbox.get()
-        if pipeline_fingerprint(pipeline) != plan.settings.base_fingerprint:
-            raise EvaluationError(
-                f"a render worker loaded a different base from {start.base!r} than the main process",
-                hint="the base changed on disk during the evaluation; rerun",
-            )
-        with Store.open(plan.store) as store:
-            skipped = _render(pipeline, plan.settings, plan.infos, take_units(plan.units, counter),
-                              set(plan.done), store, _Relay(outbox), plan.labels)  # fmt: skip
-        outbox.put(("done", sorted(skipped)))
+        fingerprint = pipeline_fingerprint(pipeline)
+        # One plan per pass (an evaluation, then its refinement); None: no more.
+        while (plan := inbox.get()) is not None:
+            if fingerprint != plan.settings.base_fingerprint:
+                raise EvaluationError(
+                    f"a render worker loaded a different base from {start.base!r} than the main process",
+                    hint="the base changed on disk during the evaluation; rerun",
+                )
+            with Store.open(plan.store) as store:
+                skipped = _render(pipeline, plan.settings, plan.infos, take_units(plan.units, counter),
+                                  set(plan.done), store, _Relay(outbox), plan.labels)  # fmt: skip
+            outbox.put(("done", sorted(skipped)))
     except KeyboardInterrupt:
         outbox.put(("error", "a render worker was interrupted", None))
     except LoraselError as exc:
@@ -155,10 +157,14 @@ class RenderWorkers:
             proc.start()
 
     def share(self, plan: WorkerPlan, reporter) -> None:
-        """Hand every helper the plan; their progress goes to ``reporter`` from now on."""
+        """Hand every helper the plan; their progress goes to ``reporter`` from now on. A second
+        plan (a refinement) is shared only after :meth:`finish` of the first."""
+        with self.counter.get_lock():
+            self.counter.value = 0
         self._units = plan.units
         self.reporter = reporter
         self._shared = True
+        self._finished = 0
         for inbox in self._inboxes:
             inbox.put(plan)
 
@@ -217,6 +223,9 @@ class RenderWorkers:
         if not self._shared:  # nothing to render, or planning failed: they have written nothing
             for proc in self._procs:
                 proc.terminate()
+        for inbox in self._inboxes:  # a helper done with its plan waits for the next one
+            with contextlib.suppress(ValueError, OSError):
+                inbox.put(None)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         for proc in self._procs:
             while proc.is_alive() and time.monotonic() < deadline:

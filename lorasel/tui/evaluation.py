@@ -31,6 +31,7 @@ CONTINUED_SETTINGS = {
     "prompt_set": "prompts",
     "prompts": "prompts",
     "seeds": "seeds",
+    "refine": "refine",
     "steps": "steps",
     "guidance": "guidance",
     "trigger": "trigger",
@@ -85,7 +86,9 @@ def continued_options(settings: Mapping[str, Any], overrides: Mapping[str, Any])
         value = settings.get(key)
         if param in out or value is None:
             continue
-        if param in ("seeds", "steps") and not (isinstance(value, int) and not isinstance(value, bool)):
+        if param in ("seeds", "steps", "refine") and not (
+            isinstance(value, int) and not isinstance(value, bool)
+        ):
             continue
         if param == "guidance" and not isinstance(value, (int, float)):
             continue
