@@ -131,7 +131,10 @@ def test_pick_human_output(run):
         f"  note        {len(tied)} other candidate{many} could be the best at 2 seeds per prompt"
         in result.stdout
     )
-    assert "--seeds 4, which renders only the new seeds" in result.stdout
+    assert (
+        "rerun lorasel eval with the same options and --refine 2 (for these candidates only)" in result.stdout
+    )
+    assert "or --seeds 4 (for all)" in result.stdout
 
 
 def test_pick_minimums_exit_3_when_nothing_meets_them(run):

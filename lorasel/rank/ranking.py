@@ -145,11 +145,14 @@ class Ranking:
         if tied <= 0 or self.seeds_per_prompt <= 0:
             return None
         seeds = self.seeds_per_prompt
-        return (
+        head = (
             f"{tied} other candidate{'s' if tied > 1 else ''} could be the best at {seeds} "
             f"seed{'s' if seeds > 1 else ''} per prompt; telling them apart takes more seeds, e.g. rerun "
-            f"{rerun} with the same options and --seeds {2 * seeds}, which renders only the new seeds"
+            f"{rerun} with the same options and "
         )
+        if rerun == "lorasel eval":  # its --refine renders them for these candidates only
+            return head + f"--refine {seeds} (for these candidates only) or --seeds {2 * seeds} (for all)"
+        return head + f"--seeds {2 * seeds}, which renders only the new seeds"
 
     @property
     def front(self) -> tuple[str, ...]:
