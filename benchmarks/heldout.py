@@ -32,7 +32,7 @@ from typing import NoReturn
 from benchmarks.bench_selection import one_run
 from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_label
 from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS, THREADS
-from benchmarks.selection_splits import averaged_lines, seed_cube
+from benchmarks.selection_splits import averaged_lines, refine_lines, seed_cube
 
 
 def fail(message: str) -> NoReturn:
@@ -103,13 +103,14 @@ def grade(seed: int, concepts: list[str], others: list) -> str:
 
 
 def averaged(items: list[str]) -> str:
-    """Markdown: each selector's regret averaged over draws of seeds, over the finished runs named."""
+    """Markdown: each selector's regret averaged over draws of seeds, over the finished runs
+    named, and ``lorasel eval --refine`` against more seeds for every candidate."""
     from lorasel.models import load_base, load_scorer
 
     runs = [parse_item(item) for item in items]
     base, scorer = load_base("toy"), load_scorer("toy")
     cubes = [seed_cube(one_run(concept, seed, base, scorer)) for concept, seed in runs]
-    return "\n".join(averaged_lines(cubes)).lstrip("\n") + "\n"
+    return "\n".join([*averaged_lines(cubes), *refine_lines(cubes)]).lstrip("\n") + "\n"
 
 
 def table(runs: list[tuple[str, dict]], selectors: list[str]) -> str:

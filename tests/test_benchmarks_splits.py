@@ -119,3 +119,55 @@ def test_averaged_refuses_draws_larger_than_the_seeds_rendered():
     cube = seed_cube(_run(seeds=4))
     with pytest.raises(ValueError, match="need more than 4"):
         averaged([cube], {"lorasel": Weights(fidelity=1)}, select=2, grade=3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_refined_choice_is_rank_of_a_refined_evaluation(seed):
+    """What the benchmark simulates is what `lorasel eval --refine` then `lorasel rank` pick:
+    the 95% set of `rank` on the first seeds, those candidates (and the base) on more seeds."""
+    from benchmarks.selection_splits import refined_choice, seed_cube
+    from lorasel.rank import DEFAULT_WEIGHTS, rank
+
+    run = _run(seeds=6, seed=seed)
+    results = run["outcome"].results
+    first, extra = np.array([3, 0, 5]), np.array([1, 4])
+    cube = seed_cube(run)
+    choice, refined = refined_choice(cube, first, extra, DEFAULT_WEIGHTS)
+
+    renders = results.renders
+    seen = renders[renders["seed_index"].isin(first)]
+    alone = Results(renders=seen, diversity=results.diversity, checkpoints=results.checkpoints,
+                    settings=results.settings)  # fmt: skip
+    table = rank(alone).table
+    chosen = table[table["rank"].notna() & (table["tied"] | (table["rank"] == 1))]
+    chosen = set(zip(chosen["checkpoint"], chosen["strength"], strict=True))
+    contest = cube.evidence.candidates.iloc[cube.contest]
+    pairs = list(zip(contest["checkpoint"], contest["strength"], strict=True))
+    assert {pairs[i] for i in np.flatnonzero(refined)} == chosen
+    more = renders["seed_index"].isin(extra) & pd.Series(
+        [
+            (c, s) in chosen or c == BASE
+            for c, s in zip(renders["checkpoint"], renders["strength"], strict=True)
+        ],
+        index=renders.index,
+    )
+    both = Results(renders=renders[renders["seed_index"].isin(first) | more], diversity=results.diversity,
+                   checkpoints=results.checkpoints, settings=results.settings)  # fmt: skip
+    best = rank(both, n_boot=1).best
+    assert pairs[choice] == (best.checkpoint, best.strength)
+
+
+def test_refine_table_runs_and_its_extremes_hold():
+    from benchmarks.selection_splits import refine_table, seed_cube
+
+    cubes = [seed_cube(_run(seeds=8, seed=s)) for s in range(2)]
+    table = refine_table(cubes, first=2, extra=2, grade=4, draws=5)
+    assert list(table.columns) == ["plain", "refined", "every", "share", "held_best", "candidates"]
+    assert ((table["share"] > 0) & (table["share"] <= 1)).all()
+    assert (
+        ((table[["plain", "refined", "every"]] >= 0) & (table[["plain", "refined", "every"]] <= 1))
+        .all()
+        .all()
+    )
+    with pytest.raises(ValueError, match="need more than 8"):
+        refine_table(cubes, first=4, extra=2, grade=4, draws=1)
