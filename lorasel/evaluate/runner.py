@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +215,10 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
         )  # fmt: skip
         results = _run(job, run, store, procs, reporter, helpers)
         if options.refine:
-            job = procs.step(lambda: _refined(job, store))
-            results = _run(job, run, store, procs, reporter, helpers)
+            first, refined = job.plan, set()
+            while (more := procs.step(partial(_refined, job, first, refined, store))) is not None:
+                job = more
+                results = _run(job, run, store, procs, reporter, helpers)
         return results
 
 
@@ -249,32 +252,42 @@ def _run(job: _Job, run: RunDir, store: Store, procs: Processes, reporter: Rende
     return results if procs.is_main else store.load_results()
 
 
-def _refined(job: _Job, store: Store) -> _Job:
-    """The job of ``--refine``: the candidates that could be the best, on more seeds.
+def _refined(job: _Job, first: list[Batch], refined: set[tuple[str, float]], store: Store) -> _Job | None:
+    """The next round of ``--refine``: the candidates that could be the best, on more seeds.
 
-    Every process ranks the stored results of the first pass (the same input everywhere, so the
-    same set), with the default weights, and plans the base model and the candidates in the 95%
-    confidence set for the best on seeds ``seeds .. seeds + refine - 1``: the renders an
-    evaluation with ``--seeds seeds + refine`` would make for them, under the same cache keys."""
+    Every process ranks the stored results (the same input everywhere, so the same set), with
+    the default weights, and takes the candidates in the 95% confidence set for the best that
+    are not in ``refined`` yet (which it extends); None when there are none. The job renders the
+    base model and every refined candidate on seeds ``seeds .. seeds + refine - 1`` (the renders
+    an evaluation with ``--seeds seeds + refine`` would make for them, under the same cache keys)
+    besides ``first``, the evaluation's plan. Rounds repeat until the set, ranked with the
+    refined seeds, holds no candidate without them: the refinement ends with every candidate
+    that could be the best compared on the same seeds."""
     from lorasel.rank import rank
 
     table = rank(store.load_results()).table
     chosen = table.loc[table["rank"].notna() & (table["tied"] | (table["rank"] == 1))]
+    new = {
+        (str(c), float(s)) for c, s in zip(chosen["checkpoint"], chosen["strength"], strict=True)
+    } - refined
+    if not new:
+        return None
+    again = bool(refined)
+    refined |= new
+    order = {info.checkpoint: i for i, info in enumerate(job.infos)}
     hashes = {info.checkpoint: info.hash for info in job.infos}
-    pairs = [
-        (Candidate(c, hashes[c]), float(s))
-        for c, s in zip(chosen["checkpoint"], chosen["strength"], strict=True)
-    ]
+    pairs = [(Candidate(c, hashes[c]), s) for c, s in sorted(refined, key=lambda p: (order[p[0]], p[1]))]
     seeds = range(job.options.seeds, job.options.seeds + job.options.refine)
     extra = refine_plan(pairs, job.prompts, seeds, job.options.batch_size, job.settings.key())
     all_keys = list(dict.fromkeys(k for batch in extra for k in batch.keys))
     done = store.done(all_keys)
-    n = table["rank"].notna().sum()
-    summary = (
-        f"refining {len(pairs)} of {n} candidates (the 95% set for the best) with {job.options.refine} more "
-        f"seed{'s' if job.options.refine != 1 else ''} per prompt"
-    )
-    return replace(job, plan=job.plan + extra, all_keys=all_keys, done=done, pending=_pending(extra, done),
+    n = int(table["rank"].notna().sum())
+    more = f"{job.options.refine} more seed{'s' if job.options.refine != 1 else ''} per prompt"
+    if again:
+        summary = f"refining {len(new)} more of {n} candidates (in the 95% set for the best after refining) with {more}"
+    else:
+        summary = f"refining {len(new)} of {n} candidates (the 95% set for the best) with {more}"
+    return replace(job, plan=first + extra, all_keys=all_keys, done=done, pending=_pending(extra, done),
                    summary=summary)  # fmt: skip
 
 
