@@ -125,6 +125,21 @@ def test_run_evaluation_stages_the_evaluators_default_strengths():
     assert evaluate.calls == [[1.0], [0.75, 1.0], [0.5, 0.75, 1.0]]
 
 
+def test_run_evaluation_refines_in_the_last_stage_only():
+    calls = []
+
+    def evaluate(path, *, workdir, progress, strengths, seeds, refine=0):
+        calls.append((tuple(strengths), refine))
+        return "results"
+
+    settings = {"seeds": 2, "refine": 2, "strengths": [0.5, 1.0]}
+    request = EvaluationRequest("run", None, continued_options(settings, {}))
+    run_evaluation(evaluate, request, on_progress=print, on_results=lambda *a: None,
+                   should_stop=lambda: False)  # fmt: skip
+    assert calls == [((1.0,), 0), ((0.5, 1.0), 2)]
+    assert "refine" not in continued_options({"refine": "2"}, {})
+
+
 def test_run_evaluation_runs_each_stage_and_stops_when_asked():
     calls, progress, delivered = [], [], []
 

@@ -158,6 +158,7 @@ def run_evaluation(
     stage's results. Errors of ``evaluate`` propagate.
     """
     options = dict(request.options)
+    refine = options.pop("refine", None)  # the last stage's: earlier ones rank fewer strengths
     requested = options.pop("strengths", None)
     if requested is None and hasattr(evaluate, "default_strengths"):
         requested = evaluate.default_strengths()  # the evaluator's own default, staged too
@@ -172,6 +173,8 @@ def run_evaluation(
         kwargs = dict(options)
         if strengths is not None:
             kwargs["strengths"] = list(strengths)
+        if refine and number == len(stages):
+            kwargs["refine"] = refine
         try:
             results = evaluate(request.path, workdir=request.workdir, progress=progress, **kwargs)
         except EvaluationStopped:
