@@ -3,7 +3,8 @@
 :func:`make_app` builds the app for the CLI (`lorasel tui PATH`) and for the tests alike. The
 app holds the data (results, loss, ranking, the person's :class:`ViewState`) and never blocks:
 loading, ranking, evaluating and exporting run as thread workers (:mod:`lorasel.tui.jobs`)
-that report through :mod:`lorasel.tui.messages`. :class:`MainScreen` shows it all.
+that report through :mod:`lorasel.tui.messages`. :class:`MainScreen` shows it all. Exporting
+and evaluating are the mixins of :mod:`lorasel.tui.app_actions`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from textual import events
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
 from lorasel.errors import ConfigError, ResultsError
 from lorasel.rank import DEFAULT_WEIGHTS, LossLog, Ranking, Weights, choose, read_loss
@@ -26,7 +27,8 @@ from lorasel.results import BASE, RENDER_METRICS, Results
 from lorasel.rundir import RunDir
 from lorasel.tui import jobs
 from lorasel.tui import messages as msg
-from lorasel.tui.evaluation import EvaluateFn, EvaluationRequest, continued_options, default_evaluate
+from lorasel.tui.app_actions import EvaluationMixin, ReportsMixin, store_stamp
+from lorasel.tui.evaluation import EvaluateFn, default_evaluate
 from lorasel.tui.jobs import LossLoader, ResultsLoader
 from lorasel.tui.render_cache import RenderCache
 from lorasel.tui.screens.help import HelpScreen
@@ -40,18 +42,6 @@ from lorasel.tui.widgets.render_view import GRAPHICS
 
 #: Terminals at least this wide show the pane beside the table instead of below it.
 WIDE = 150
-
-
-def _store_stamp(run: RunDir) -> tuple:
-    """What changes when the results database is written (the file, or its SQLite journal)."""
-    out = []
-    for path in (run.results_db, run.results_db.with_name(run.results_db.name + "-wal")):
-        try:
-            st = path.stat()
-            out.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append(None)
-    return tuple(out)
 
 
 def _fingerprint(results: Results, loss: LossLog | None) -> tuple:
@@ -68,7 +58,7 @@ def _shown_order(state: ViewState) -> tuple:
     return (state.sort, state.reverse, state.by_loss, state.compare)
 
 
-class LoraselTUI(App[dict | None]):
+class LoraselTUI(ReportsMixin, EvaluationMixin, App[dict | None]):
     """Rank (checkpoint, strength) pairs, adjust the weights, compare renders. See :func:`make_app`."""
 
     CSS_PATH = "app.tcss"
@@ -134,7 +124,7 @@ class LoraselTUI(App[dict | None]):
 
     def on_mount(self) -> None:
         self._check_size()
-        self._stamp = _store_stamp(self.run_dir)
+        self._stamp = store_stamp(self.run_dir)
         self.load()
         if self._poll_interval:
             self.set_interval(self._poll_interval, self._poll)
@@ -183,7 +173,7 @@ class LoraselTUI(App[dict | None]):
         """Reload when the results database changed (another `lorasel eval` wrote to it)."""
         if self._evaluation is not None or any(w.group == "load" and w.is_running for w in self.workers):
             return
-        stamp = _store_stamp(self.run_dir)
+        stamp = store_stamp(self.run_dir)
         if stamp != self._stamp:
             self._stamp = stamp
             self.load()
@@ -298,49 +288,6 @@ class LoraselTUI(App[dict | None]):
     def action_help(self) -> None:
         self._push(HelpScreen(self.main.keys()))
 
-    # ------------------------------------------------------------------ reports
-
-    def action_export(self) -> None:
-        self._export(open_after=False)
-
-    def action_open_report(self) -> None:
-        self._export(open_after=True)
-
-    def _export(self, *, open_after: bool) -> None:
-        if self.ranking is None or self.results is None:
-            self.notify("nothing to export yet: no ranking", severity="warning")
-            return
-        fresh = (
-            self._exported_generation == self._ranked_generation
-            and (self.run_dir.report / "report.html").is_file()
-        )
-        write = not (open_after and fresh)
-        if write:
-            self._exported_generation = self._ranked_generation
-        work = partial(
-            jobs.write_reports, self.results, self.ranking, self.run_dir, write=write,
-            opener=self._opener if open_after else None, post=self.post_message,
-        )  # fmt: skip
-        self.run_worker(work, thread=True, exclusive=True, group="export", exit_on_error=False)
-
-    def on_export_finished(self, message: msg.ExportFinished) -> None:
-        if message.paths:
-            self.notify("wrote " + " and ".join(clean(p) for p in message.paths), markup=False)
-        if message.opened:
-            self.notify(f"opened {clean(message.html)} in the system viewer", markup=False)
-        elif message.opened is False:
-            self.notify(
-                f"no graphical viewer here (over SSH?): the report is at {clean(message.html)}",
-                severity="warning",
-                markup=False,
-                timeout=10,
-            )
-
-    def on_export_failed(self, message: msg.ExportFailed) -> None:
-        self._exported_generation = -1
-        hint = f" ({clean(message.hint)})" if message.hint else ""
-        self.notify(f"export failed: {clean(message.message)}{hint}", severity="error", markup=False)
-
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A job that raised (a bug, not bad input: jobs report those as messages) is said, not hidden."""
         if event.state != WorkerState.ERROR:
@@ -355,62 +302,6 @@ class LoraselTUI(App[dict | None]):
         if event.worker.group == "rank":
             self.waiting = False
             self.main.stop_loading()
-
-    # ------------------------------------------------------------------ evaluation
-
-    def _eval_request(self) -> EvaluationRequest:
-        settings = self.results.settings if self.results is not None else {}
-        return EvaluationRequest(
-            self.path, self.run_dir.workdir, continued_options(settings, self._eval_options)
-        )
-
-    def _plan_text(self) -> str:
-        options = self._eval_request().options
-        shown = ", ".join(f"{k} {clean(v, 40)}" for k, v in options.items() if k != "strengths") or "defaults"
-        return f"evaluator settings: {shown}"
-
-    def action_evaluate(self) -> None:
-        """Start the evaluation in a worker; when one runs, stop it."""
-        if self._evaluation is not None:
-            self._evaluation.cancel()
-            self.notify("stopping the evaluation after the current batch (finished renders are kept)")
-            return
-        request = self._eval_request()
-        self.main.progress.start("starting the evaluation (loading models)…")
-
-        def work() -> None:
-            worker = get_current_worker()
-            jobs.evaluate_in_stages(
-                self._evaluate, request, evaluated=self.strengths(), loss_loader=self._load_loss,
-                root=self.run_dir.root, cancelled=lambda: worker.is_cancelled, post=self.post_message,
-            )  # fmt: skip
-
-        self._evaluation = self.run_worker(
-            work, thread=True, exclusive=True, group="evaluate", exit_on_error=False
-        )
-
-    def on_evaluation_progress(self, message: msg.EvaluationProgress) -> None:
-        self.main.progress.advance(
-            message.stage, message.stages, message.phase, message.done, message.total, message.message
-        )
-
-    def on_evaluation_warning(self, message: msg.EvaluationWarning) -> None:
-        self.notify(clean(message.message), severity="warning", markup=False)
-
-    def on_evaluation_finished(self, message: msg.EvaluationFinished) -> None:
-        self._evaluation = None
-        self.main.progress.stop()
-        self._stamp = _store_stamp(self.run_dir)
-        if message.error is not None:
-            text, hint = message.error
-            extra = f" (hint: {clean(hint)})" if hint else ""
-            self.notify(
-                f"evaluation failed: {clean(text)}{extra}", severity="error", markup=False, timeout=10
-            )
-        elif message.stopped:
-            self.notify("evaluation stopped; press v to continue it")
-        else:
-            self.notify("evaluation finished")
 
 
 def make_app(
