@@ -137,11 +137,11 @@ def test_a_follower_that_fails_reports_one_line_and_raises_nothing(tmp_path, tin
 def test_a_pipeline_from_load_base_caches_under_its_spec(tiny_base_folder):
     """What lets the follower's renders, made with the pipeline it loaded, serve an evaluation
     given the spec: the cache key holds the spec either way."""
-    from lorasel.evaluate.runner import _base_spec
+    from lorasel.evaluate.job import base_spec
     from lorasel.models import load_base
 
-    assert _base_spec(load_base(tiny_base_folder, device="cpu")) == tiny_base_folder
-    assert _base_spec(h.tiny_pipeline()) == "<StableDiffusionPipeline>"  # built by hand: no spec
+    assert base_spec(load_base(tiny_base_folder, device="cpu")) == tiny_base_folder
+    assert base_spec(h.tiny_pipeline()) == "<StableDiffusionPipeline>"  # built by hand: no spec
 
 
 def test_follow_renders_only_the_checkpoint_that_is_new(run):

@@ -155,7 +155,7 @@ def test_progress_rate_and_eta():
 def test_toy_defaults_apply_to_a_loaded_toy_pipeline_too():
     from types import SimpleNamespace
 
-    from lorasel.evaluate.runner import _default_prompts, _render_defaults
+    from lorasel.evaluate.job import _default_prompts, _render_defaults
     from lorasel.toyworld import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
     loaded_toy = SimpleNamespace(_lorasel_family="toy")

@@ -5,79 +5,40 @@ hashes are cached in the state folder, so a rerun renders nothing already done, 
 run resumes, and a checkpoint that appears later is evaluated alone.
 
 Under ``accelerate launch`` every process renders its contiguous share of the missing batches
-into the same store; the main process then scores and writes the results.
+into the same store; the main process then scores and writes the results. The planning is
+:mod:`lorasel.evaluate.job`'s; ``refine`` adds rounds of more seeds for the likely best.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lorasel.errors import CheckpointError, EvaluationError
-from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
-from lorasel.evaluate.concept import base_of_run, dataset_path, reference_images, resolve_concept
+from lorasel.evaluate.candidates import CheckpointInfo
+from lorasel.evaluate.concept import base_of_run
+from lorasel.evaluate.job import Job, is_toy, prepare
 from lorasel.evaluate.options import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_GUIDANCE,
     DEFAULT_SEEDS,
-    DEFAULT_STEPS,
     DEFAULT_STRENGTHS,
     EvalOptions,
 )
-from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, refine_plan, shard
+from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, refine_plan, shard
 from lorasel.evaluate.processes import Processes, current_processes
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
-from lorasel.evaluate.prompts import Prompt, load_prompt_set, resolve_prompt_spec
-from lorasel.evaluate.render import Renderer, make_settings
-from lorasel.evaluate.scoring import reference_embeddings, score_plan
+from lorasel.evaluate.render import Renderer
+from lorasel.evaluate.scoring import score_plan
 from lorasel.evaluate.store import Store
 from lorasel.evaluate.workers import RenderWorkers, WorkerPlan, WorkerStart, units_of
 from lorasel.evaluate.writer import BatchWriter
 from lorasel.results import Results
 from lorasel.rundir import RunDir
-
-
-def _is_toy(base: object) -> bool:
-    """The bundled toy world, by spec or as a loaded pipeline."""
-    if isinstance(base, str):
-        return base == "toy"
-    from lorasel.models import base_family
-
-    try:
-        return base_family(base) == "toy"
-    except AttributeError:
-        return False
-
-
-def _base_spec(base: object) -> str:
-    """The base as a spec for the settings record and the cache keys: a pipeline from
-    ``load_base`` keeps its spec, so passing it renders into the same cache as the spec."""
-    if isinstance(base, str):
-        return base
-    spec = getattr(base, "_lorasel_spec", None)
-    if isinstance(spec, str):
-        return spec
-    return "toy" if _is_toy(base) else f"<{type(base).__name__}>"
-
-
-def _default_prompts(base: object) -> str:
-    return "toy" if _is_toy(base) else "object"
-
-
-def _render_defaults(base: object) -> tuple[int, float]:
-    """Steps and guidance when not given: the toy world's own, else real SD's usual."""
-    if _is_toy(base):
-        from lorasel.toyworld import DEFAULT_GUIDANCE as TOY_GUIDANCE
-        from lorasel.toyworld import DEFAULT_STEPS as TOY_STEPS
-
-        return TOY_STEPS, TOY_GUIDANCE
-    return DEFAULT_STEPS, DEFAULT_GUIDANCE
 
 
 def evaluate(
@@ -159,7 +120,7 @@ def _cpu_threads(threads: int | None, base: object, device, workers: int = 1) ->
         return None
     if threads is not None:
         return threads
-    if _is_toy(base):
+    if is_toy(base):
         return 1
     return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
 
@@ -208,11 +169,12 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
     reporter = RenderProgress(progress, total=0, cached=0)
     with Store.open(run.results_db) as store:
         job = procs.step(
-            lambda: _prepare(
+            lambda: prepare(
                 run, store, procs, reporter, options, base=base, prompts=prompts, scorer=scorer,
                 reference=reference, trigger=trigger, class_word=class_word, device=device, dtype=dtype,
             )
         )  # fmt: skip
+        job = replace(job, pending=_pending(job.plan, job.done))
         results = _run(job, run, store, procs, reporter, helpers)
         if options.refine:
             first, refined = job.plan, set()
@@ -222,7 +184,7 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
         return results
 
 
-def _run(job: _Job, run: RunDir, store: Store, procs: Processes, reporter: RenderProgress,
+def _run(job: Job, run: RunDir, store: Store, procs: Processes, reporter: RenderProgress,
          helpers: RenderWorkers | None) -> Results:  # fmt: skip
     """Render the job's pending batches (shared among the processes) and score its plan."""
     # Every process has planned from the same store before anyone writes to it.
@@ -252,7 +214,7 @@ def _run(job: _Job, run: RunDir, store: Store, procs: Processes, reporter: Rende
     return results if procs.is_main else store.load_results()
 
 
-def _refined(job: _Job, first: list[Batch], refined: set[tuple[str, float]], store: Store) -> _Job | None:
+def _refined(job: Job, first: list[Batch], refined: set[tuple[str, float]], store: Store) -> Job | None:
     """The next round of ``--refine``: the candidates that could be the best, on more seeds.
 
     Every process ranks the stored results (the same input everywhere, so the same set), with
@@ -291,91 +253,7 @@ def _refined(job: _Job, first: list[Batch], refined: set[tuple[str, float]], sto
                    summary=summary)  # fmt: skip
 
 
-@dataclass
-class _Job:
-    """Everything planned before rendering starts."""
-
-    infos: list[CheckpointInfo]
-    prompt_spec: str
-    scorer_spec: str
-    trigger: str | None
-    class_word: str | None
-    reference_dir: Path
-    scorer: Any  # None outside the main process
-    reference_vectors: Any
-    pipeline: Any
-    settings: RenderSettings
-    options: EvalOptions
-    prompts: list[Prompt]
-    plan: list[Batch]
-    all_keys: list[str]
-    done: set[str]
-    pending: list[Batch]
-    summary: str
-
-
-def _prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgress, options: EvalOptions, *,
-             base, prompts, scorer, reference, trigger, class_word, device, dtype) -> _Job:  # fmt: skip
-    """Check every input, load the models, and plan: everything that can fail fails here,
-    before the first render."""
-    infos = find_checkpoints(run, store, reporter.warn)
-    dataset = dataset_path(run)
-    sources = {
-        "trigger": trigger,
-        "class_word": class_word,
-        "metadata": [(info.label, info.metadata) for info in reversed(infos)],
-        "dataset": dataset,
-    }
-    named = resolve_concept(**sources, defaults=(None, None))
-    spec = prompts if prompts is not None else _default_prompts(base)
-    prompt_set = load_prompt_set(resolve_prompt_spec(spec, named.class_word))
-    concept = resolve_concept(**sources, defaults=(prompt_set.trigger, prompt_set.class_word))
-    plan_prompts = prompt_set.expand(concept.trigger, concept.class_word)
-    reference_dir = Path(reference).expanduser() if reference is not None else dataset
-    if reference_dir is None:
-        raise EvaluationError(
-            f"no reference images for fidelity: {run.root} is not a lorasel run with a dataset",
-            hint="pass --reference DIR with the training images",
-        )
-    references = reference_images(reference_dir)
-    score_model = reference_vectors = None
-    if procs.is_main:  # scoring happens on the main process only
-        score_model = _load_scorer(scorer, device or procs.device)
-        reference_vectors = reference_embeddings(score_model, store, references)
-    pipeline = _load_base(base, device or procs.device, dtype)
-    default_steps, default_guidance = _render_defaults(base)
-    settings = make_settings(
-        pipeline,
-        base=_base_spec(base),
-        steps=options.steps or default_steps,
-        guidance=default_guidance if options.guidance is None else options.guidance,
-        size=options.size,
-        negative=prompt_set.negative,
-    )
-    plan = build_plan(
-        [Candidate(info.checkpoint, info.hash) for info in infos],
-        options.strengths,
-        plan_prompts,
-        options.seeds,
-        options.batch_size,
-        settings.key(),
-    )
-    all_keys = list(dict.fromkeys(k for batch in plan for k in batch.keys))
-    done = store.done(all_keys)
-    summary = (
-        f"{len(infos)} checkpoints × {len(options.strengths)} strengths × {len(plan_prompts)} prompts × "
-        f"{options.seeds} seeds; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
-    )
-    scorer_spec = scorer if isinstance(scorer, str) else getattr(score_model, "name", "")
-    return _Job(
-        infos=infos, prompt_spec=prompt_set.spec, scorer_spec=scorer_spec, trigger=concept.trigger,
-        class_word=concept.class_word, reference_dir=reference_dir, scorer=score_model,
-        reference_vectors=reference_vectors, pipeline=pipeline, settings=settings, options=options, plan=plan,
-        prompts=list(plan_prompts), all_keys=all_keys, done=done, pending=_pending(plan, done), summary=summary,
-    )  # fmt: skip
-
-
-def _finish(job: _Job, store: Store, skipped: set[str], reporter: RenderProgress) -> Results:
+def _finish(job: Job, store: Store, skipped: set[str], reporter: RenderProgress) -> Results:
     """Score, compute the metrics and store the results (main process)."""
     record = _settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
     # Specs that evaluate() takes again (the TUI continues an evaluation with them).
@@ -392,22 +270,6 @@ def load_results(path: str | os.PathLike, workdir: str | os.PathLike | None = No
     run = RunDir.at(path, workdir)
     with Store.open(run.results_db, create=False) as store:
         return store.load_results()
-
-
-def _load_scorer(spec: str | Any, device):
-    if not isinstance(spec, str):
-        return spec
-    from lorasel import models
-
-    return models.load_scorer(spec, device=device)
-
-
-def _load_base(spec: str | Any, device, dtype):
-    if not isinstance(spec, str):
-        return spec
-    from lorasel import models
-
-    return models.load_base(spec, device=device, dtype=dtype)
 
 
 def _pending(plan: Sequence[Batch], done: set[str]) -> list[Batch]:

@@ -1,0 +1,158 @@
+"""Planning an evaluation: the inputs checked, the models loaded and the render plan made,
+before the first render (:func:`prepare`), and the base model's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorasel.errors import EvaluationError
+from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
+from lorasel.evaluate.concept import dataset_path, reference_images, resolve_concept
+from lorasel.evaluate.options import DEFAULT_GUIDANCE, DEFAULT_STEPS, EvalOptions
+from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan
+from lorasel.evaluate.processes import Processes
+from lorasel.evaluate.progress import RenderProgress
+from lorasel.evaluate.prompts import Prompt, load_prompt_set, resolve_prompt_spec
+from lorasel.evaluate.render import make_settings
+from lorasel.evaluate.scoring import reference_embeddings
+from lorasel.evaluate.store import Store
+from lorasel.rundir import RunDir
+
+
+def is_toy(base: object) -> bool:
+    """The bundled toy world, by spec or as a loaded pipeline."""
+    if isinstance(base, str):
+        return base == "toy"
+    from lorasel.models import base_family
+
+    try:
+        return base_family(base) == "toy"
+    except AttributeError:
+        return False
+
+
+def base_spec(base: object) -> str:
+    """The base as a spec for the settings record and the cache keys: a pipeline from
+    ``load_base`` keeps its spec, so passing it renders into the same cache as the spec."""
+    if isinstance(base, str):
+        return base
+    spec = getattr(base, "_lorasel_spec", None)
+    if isinstance(spec, str):
+        return spec
+    return "toy" if is_toy(base) else f"<{type(base).__name__}>"
+
+
+def _default_prompts(base: object) -> str:
+    return "toy" if is_toy(base) else "object"
+
+
+def _render_defaults(base: object) -> tuple[int, float]:
+    """Steps and guidance when not given: the toy world's own, else real SD's usual."""
+    if is_toy(base):
+        from lorasel.toyworld import DEFAULT_GUIDANCE as TOY_GUIDANCE
+        from lorasel.toyworld import DEFAULT_STEPS as TOY_STEPS
+
+        return TOY_STEPS, TOY_GUIDANCE
+    return DEFAULT_STEPS, DEFAULT_GUIDANCE
+
+
+@dataclass
+class Job:
+    """Everything planned before rendering starts."""
+
+    infos: list[CheckpointInfo]
+    prompt_spec: str
+    scorer_spec: str
+    trigger: str | None
+    class_word: str | None
+    reference_dir: Path
+    scorer: Any  # None outside the main process
+    reference_vectors: Any
+    pipeline: Any
+    settings: RenderSettings
+    options: EvalOptions
+    prompts: list[Prompt]
+    plan: list[Batch]
+    all_keys: list[str]
+    done: set[str]
+    summary: str
+    pending: list[Batch] = field(default_factory=list)  # batches with a render missing (the runner's)
+
+
+def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgress, options: EvalOptions, *,
+             base, prompts, scorer, reference, trigger, class_word, device, dtype) -> Job:  # fmt: skip
+    """Check every input, load the models, and plan: everything that can fail fails here,
+    before the first render. The runner works out which batches are pending."""
+    infos = find_checkpoints(run, store, reporter.warn)
+    dataset = dataset_path(run)
+    sources = {
+        "trigger": trigger,
+        "class_word": class_word,
+        "metadata": [(info.label, info.metadata) for info in reversed(infos)],
+        "dataset": dataset,
+    }
+    named = resolve_concept(**sources, defaults=(None, None))
+    spec = prompts if prompts is not None else _default_prompts(base)
+    prompt_set = load_prompt_set(resolve_prompt_spec(spec, named.class_word))
+    concept = resolve_concept(**sources, defaults=(prompt_set.trigger, prompt_set.class_word))
+    plan_prompts = prompt_set.expand(concept.trigger, concept.class_word)
+    reference_dir = Path(reference).expanduser() if reference is not None else dataset
+    if reference_dir is None:
+        raise EvaluationError(
+            f"no reference images for fidelity: {run.root} is not a lorasel run with a dataset",
+            hint="pass --reference DIR with the training images",
+        )
+    references = reference_images(reference_dir)
+    score_model = reference_vectors = None
+    if procs.is_main:  # scoring happens on the main process only
+        score_model = _load_scorer(scorer, device or procs.device)
+        reference_vectors = reference_embeddings(score_model, store, references)
+    pipeline = _load_base(base, device or procs.device, dtype)
+    default_steps, default_guidance = _render_defaults(base)
+    settings = make_settings(
+        pipeline,
+        base=base_spec(base),
+        steps=options.steps or default_steps,
+        guidance=default_guidance if options.guidance is None else options.guidance,
+        size=options.size,
+        negative=prompt_set.negative,
+    )
+    plan = build_plan(
+        [Candidate(info.checkpoint, info.hash) for info in infos],
+        options.strengths,
+        plan_prompts,
+        options.seeds,
+        options.batch_size,
+        settings.key(),
+    )
+    all_keys = list(dict.fromkeys(k for batch in plan for k in batch.keys))
+    done = store.done(all_keys)
+    summary = (
+        f"{len(infos)} checkpoints × {len(options.strengths)} strengths × {len(plan_prompts)} prompts × "
+        f"{options.seeds} seeds; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
+    )
+    scorer_spec = scorer if isinstance(scorer, str) else getattr(score_model, "name", "")
+    return Job(
+        infos=infos, prompt_spec=prompt_set.spec, scorer_spec=scorer_spec, trigger=concept.trigger,
+        class_word=concept.class_word, reference_dir=reference_dir, scorer=score_model,
+        reference_vectors=reference_vectors, pipeline=pipeline, settings=settings, options=options, plan=plan,
+        prompts=list(plan_prompts), all_keys=all_keys, done=done, summary=summary,
+    )  # fmt: skip
+
+
+def _load_scorer(spec: str | Any, device):
+    if not isinstance(spec, str):
+        return spec
+    from lorasel import models
+
+    return models.load_scorer(spec, device=device)
+
+
+def _load_base(spec: str | Any, device, dtype):
+    if not isinstance(spec, str):
+        return spec
+    from lorasel import models
+
+    return models.load_base(spec, device=device, dtype=dtype)
