@@ -98,6 +98,11 @@ BAD_INPUT = {
     "zero threads": (lambda t: ["--threads", "0"], "threads must be a whole number"),
     "zero workers": (lambda t: ["--workers", "0"], "workers must be a whole number"),
     "negative refine": (lambda t: ["--refine", "-1"], "refine must be a whole number ≥ 0"),
+    "weights without refine": (
+        lambda t: ["--weights", "flexibility=1"],
+        "--weights only chooses what --refine",
+    ),
+    "unknown weight": (lambda t: ["--refine", "1", "--weights", "nosuch=1"], "unknown metric 'nosuch'"),
     # Found while the helper process loads the base: it is stopped, and the error is one line.
     "unknown prompt set, 2 workers": (
         lambda t: ["--workers", "2", "--prompts", "nosuchset"],

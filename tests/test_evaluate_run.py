@@ -610,10 +610,10 @@ def test_a_helpers_own_error_reaches_the_caller_as_one_clear_error(run, tiny_bas
     assert not multiprocessing.active_children()
 
 
-def _likely_best(results) -> set[tuple[str, float]]:
+def _likely_best(results, weights=None) -> set[tuple[str, float]]:
     from lorasel.rank import rank
 
-    table = rank(results).table
+    table = rank(results, weights=weights).table
     chosen = table[table["rank"].notna() & (table["tied"] | (table["rank"] == 1))]
     return set(zip(chosen["checkpoint"], chosen["strength"].astype(float), strict=True))
 
@@ -666,6 +666,25 @@ def test_refine_with_a_helper_process_renders_the_same_images(evaluated, tiny_ba
     assert mine.keys() == reference.keys()
     for key, pixels in reference.items():
         np.testing.assert_array_equal(mine[key], pixels)
+
+
+def test_refine_takes_the_set_of_the_weights_given(evaluated_copy):
+    from lorasel.rank import Weights
+
+    run, first = evaluated_copy
+    weights = Weights(fidelity=0, flexibility=1, adherence=0)
+    chosen = _likely_best(first, weights)
+    assert chosen != _likely_best(first)  # else this test could not tell the weights apart
+    events = []
+    refined = _eval(run, refine=1, weights=weights, progress=events.append)
+    starts = [e.message for e in events if e.phase == "start"]
+    assert starts[1].startswith(f"refining {len(chosen)} of ")
+    new = refined.renders[(refined.renders.seed_index == SEEDS) & (refined.renders.checkpoint != BASE)]
+    got = set(zip(new["checkpoint"], new["strength"].astype(float), strict=True))
+    assert chosen <= got and _likely_best(refined, weights) <= got
+    assert refined.settings["refine_weights"] == weights.as_dict()
+    with pytest.raises(EvaluationError, match=r"weights must be lorasel\.rank\.Weights"):
+        _eval(run, refine=1, weights="flexibility=1")
 
 
 @pytest.mark.parametrize("refine", [-1, 1.5, True, "2"])

@@ -4,6 +4,7 @@ compare, export, the pick, evaluation from the TUI, a changing store, small term
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pandas as pd
@@ -407,6 +408,25 @@ async def test_no_results_offers_the_evaluation_and_the_table_fills_in_by_stage(
         assert [c["strengths"] for c in calls] == [[1.0], [0.5, 1.0]]
         assert all(c["base"] == "toy" for c in calls)
         assert any(n.message == "evaluation finished" for n in app._notifications)
+
+
+async def test_a_continued_refinement_refines_under_the_weights_on_screen(tmp_path):
+    from lorasel.rank import Weights
+
+    root = tmp_path / "run"
+    full = synthetic_run(root, strengths=(0.5, 1.0))
+    evaluate, calls = staged_evaluator(full)
+    app = tui(root, evaluate=evaluate, eval_options={"strengths": (0.5, 1.0), "refine": 2})
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        weights = Weights(fidelity=1, flexibility=1, adherence=0)
+        app.set_state(replace(app.state, weights=weights))
+        await settle(pilot)
+        await pilot.press("v")
+        await settle(pilot)
+    *earlier, last = [(c["strengths"], c.get("refine"), c.get("weights")) for c in calls]
+    assert last == ([0.5, 1.0], 2, weights)  # the last stage refines, for the weights on screen
+    assert all(refine is None and w is None for _, refine, w in earlier)
 
 
 async def test_evaluation_can_be_stopped_and_its_errors_are_notifications(run):

@@ -128,15 +128,15 @@ def test_run_evaluation_stages_the_evaluators_default_strengths():
 def test_run_evaluation_refines_in_the_last_stage_only():
     calls = []
 
-    def evaluate(path, *, workdir, progress, strengths, seeds, refine=0):
-        calls.append((tuple(strengths), refine))
+    def evaluate(path, *, workdir, progress, strengths, seeds, refine=0, weights=None):
+        calls.append((tuple(strengths), refine, weights))
         return "results"
 
     settings = {"seeds": 2, "refine": 2, "strengths": [0.5, 1.0]}
-    request = EvaluationRequest("run", None, continued_options(settings, {}))
+    request = EvaluationRequest("run", None, {**continued_options(settings, {}), "weights": "w"})
     run_evaluation(evaluate, request, on_progress=print, on_results=lambda *a: None,
                    should_stop=lambda: False)  # fmt: skip
-    assert calls == [((1.0,), 0), ((0.5, 1.0), 2)]
+    assert calls == [((1.0,), 0, None), ((0.5, 1.0), 2, "w")]
     assert "refine" not in continued_options({"refine": "2"}, {})
 
 

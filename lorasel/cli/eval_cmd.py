@@ -12,7 +12,7 @@ from lorasel.cli.app import app
 
 METRIC_FORMAT = "{:.3f}"
 EVAL_OPTION_FIELDS = (
-    "strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers", "refine"
+    "strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers", "refine", "weights"
 )  # fmt: skip
 
 
@@ -44,6 +44,13 @@ def eval_command(
             "fraction of its renders. 0: off."
         ),
     ] = 0,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="With --refine: the composite weights whose 95% set it refines, as `lorasel rank --weights` "
+            "takes them (e.g. flexibility=1). [default: the default weights]"
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps. [default: the base model's]")] = None,
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free guidance scale. [default: the base model's]")
@@ -98,14 +105,21 @@ def eval_command(
 ) -> None:
     """Render fixed prompts with every checkpoint at every strength and measure fidelity,
     flexibility, adherence, diversity and preservation. Rerun at will: finished renders are kept."""
+    from lorasel.errors import ConfigError
     from lorasel.evaluate import evaluate, parse_size, parse_strengths
+    from lorasel.rank.weights import Weights
 
     show = os.environ.get("RANK", "0") == "0"  # under `accelerate launch`, one process talks
+    if weights is not None and not refine:
+        raise ConfigError(
+            "--weights only chooses what --refine refines",
+            hint="add --refine N, or rank with `lorasel rank --weights`",
+        )
     options = dict(
         base=base, prompts=prompts, strengths=parse_strengths(strengths), seeds=seeds, steps=steps,
         guidance=guidance, size=parse_size(size) if size else None, scorer=scorer, reference=reference,
         trigger=trigger, class_word=class_word, workdir=workdir, batch_size=batch_size, threads=threads,
-        workers=workers, refine=refine,
+        workers=workers, refine=refine, weights=Weights.parse(weights) if weights is not None else None,
     )  # fmt: skip
     if follow or follow_idle is not None:
         _follow(path, options, follow_idle)

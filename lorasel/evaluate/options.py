@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lorasel.errors import EvaluationError
 from lorasel.evaluate.plan import canonical_strength
@@ -82,6 +83,7 @@ class EvalOptions:
     threads: int | None = None
     workers: int = 1
     refine: int = 0  # more seeds for the candidates that could be the best
+    weights: Any = None  # the composite weights whose 95% set ``refine`` takes (None: the default)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", check_strengths(self.strengths))
@@ -92,6 +94,14 @@ class EvalOptions:
         if self.threads is not None:
             _positive_int("threads", self.threads, "e.g. --threads 1")
         _positive_int("workers", self.workers, "e.g. --workers 2 on 2 cores")
+        if self.weights is not None:
+            from lorasel.rank.weights import Weights
+
+            if not isinstance(self.weights, Weights):
+                raise EvaluationError(
+                    f"weights must be lorasel.rank.Weights, not {type(self.weights).__name__}",
+                    hint="e.g. Weights.parse('fidelity=1,flexibility=1'), or --weights fidelity=1,flexibility=1",
+                )
         if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
             raise EvaluationError(
                 f"refine must be a whole number ≥ 0, not {self.refine!r}",

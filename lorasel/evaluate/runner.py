@@ -37,6 +37,7 @@ from lorasel.evaluate.scoring import score_plan
 from lorasel.evaluate.store import Store
 from lorasel.evaluate.workers import RenderWorkers, WorkerPlan, WorkerStart, units_of
 from lorasel.evaluate.writer import BatchWriter
+from lorasel.rank.weights import Weights
 from lorasel.results import Results
 from lorasel.rundir import RunDir
 
@@ -63,6 +64,7 @@ def evaluate(
     threads: int | None = None,
     workers: int = 1,
     refine: int = 0,
+    weights: Weights | None = None,
 ) -> Results:
     """Evaluate every checkpoint under ``path`` at every strength; return the results.
 
@@ -77,7 +79,9 @@ def evaluate(
     than 1 needs ``base`` as a spec the helper processes can load. ``refine``: after the
     evaluation, render this many more seeds per prompt for the candidates that could be the best
     (the 95% confidence set of ``lorasel rank``) and the base model; the ranking compares them on
-    all their seeds and the rest on theirs (:func:`lorasel.rank.bootstrap.paired_means`).
+    all their seeds and the rest on theirs (:func:`lorasel.rank.bootstrap.paired_means`), in
+    rounds until the set holds no candidate without them. ``weights``: the composite whose set
+    that is (default: ``lorasel.rank.DEFAULT_WEIGHTS``; pass the ones you will rank with).
     """
     options = EvalOptions(
         strengths=tuple(strengths),
@@ -89,6 +93,7 @@ def evaluate(
         threads=threads,
         workers=workers,
         refine=refine,
+        weights=weights,
     )
     run = RunDir.at(path, workdir)
     if not run.root.is_dir():
@@ -218,8 +223,9 @@ def _refined(job: Job, first: list[Batch], refined: set[tuple[str, float]], stor
     """The next round of ``--refine``: the candidates that could be the best, on more seeds.
 
     Every process ranks the stored results (the same input everywhere, so the same set), with
-    the default weights, and takes the candidates in the 95% confidence set for the best that
-    are not in ``refined`` yet (which it extends); None when there are none. The job renders the
+    the evaluation's weights (the default ones unless given), and takes the candidates in the 95%
+    confidence set for the best that are not in ``refined`` yet (which it extends); None when
+    there are none. The job renders the
     base model and every refined candidate on seeds ``seeds .. seeds + refine - 1`` (the renders
     an evaluation with ``--seeds seeds + refine`` would make for them, under the same cache keys)
     besides ``first``, the evaluation's plan. Rounds repeat until the set, ranked with the
@@ -227,7 +233,7 @@ def _refined(job: Job, first: list[Batch], refined: set[tuple[str, float]], stor
     that could be the best compared on the same seeds."""
     from lorasel.rank import rank
 
-    table = rank(store.load_results()).table
+    table = rank(store.load_results(), weights=job.options.weights).table
     chosen = table.loc[table["rank"].notna() & (table["tied"] | (table["rank"] == 1))]
     new = {
         (str(c), float(s)) for c, s in zip(chosen["checkpoint"], chosen["strength"], strict=True)
@@ -337,6 +343,7 @@ def _settings_record(
         "negative": settings.negative,
         "seeds": options.seeds,
         "refine": options.refine,
+        "refine_weights": options.weights.as_dict() if options.weights is not None else None,
         "strengths": list(options.strengths),
         "batch_size": options.batch_size,
         "prompt_set": prompt_set,

@@ -80,13 +80,15 @@ class EvaluationMixin:
 
     def _eval_request(self) -> EvaluationRequest:
         settings = self.results.settings if self.results is not None else {}
-        return EvaluationRequest(
-            self.path, self.run_dir.workdir, continued_options(settings, self._eval_options)
-        )
+        options = continued_options(settings, self._eval_options)
+        if options.get("refine"):  # refine what could be the best under the weights on screen
+            options["weights"] = self.state.weights
+        return EvaluationRequest(self.path, self.run_dir.workdir, options)
 
     def _plan_text(self) -> str:
         options = self._eval_request().options
-        shown = ", ".join(f"{k} {clean(v, 40)}" for k, v in options.items() if k != "strengths") or "defaults"
+        hidden = ("strengths", "weights")
+        shown = ", ".join(f"{k} {clean(v, 40)}" for k, v in options.items() if k not in hidden) or "defaults"
         return f"evaluator settings: {shown}"
 
     def action_evaluate(self) -> None:

@@ -158,7 +158,8 @@ def run_evaluation(
     stage's results. Errors of ``evaluate`` propagate.
     """
     options = dict(request.options)
-    refine = options.pop("refine", None)  # the last stage's: earlier ones rank fewer strengths
+    # The last stage's only: earlier ones rank fewer strengths. The weights choose its set.
+    refine, weights = options.pop("refine", None), options.pop("weights", None)
     requested = options.pop("strengths", None)
     if requested is None and hasattr(evaluate, "default_strengths"):
         requested = evaluate.default_strengths()  # the evaluator's own default, staged too
@@ -175,6 +176,8 @@ def run_evaluation(
             kwargs["strengths"] = list(strengths)
         if refine and number == len(stages):
             kwargs["refine"] = refine
+            if weights is not None:
+                kwargs["weights"] = weights
         try:
             results = evaluate(request.path, workdir=request.workdir, progress=progress, **kwargs)
         except EvaluationStopped:
