@@ -31,8 +31,9 @@ from typing import NoReturn
 
 from benchmarks.bench_selection import one_run
 from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_label
+from benchmarks.selection_refine import refine_lines
 from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS, THREADS
-from benchmarks.selection_splits import averaged_lines, refine_lines, seed_cube
+from benchmarks.selection_splits import averaged_lines, seed_cube
 
 
 def fail(message: str) -> NoReturn:

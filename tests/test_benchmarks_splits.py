@@ -126,7 +126,8 @@ def test_refined_choice_is_rank_of_a_refined_evaluation(seed):
     """What the benchmark simulates is what `lorasel eval --refine` then `lorasel rank` pick:
     the 95% set of `rank` on the first seeds, those candidates (and the base) on more seeds,
     again until the set holds no candidate without them."""
-    from benchmarks.selection_splits import refined_choice, seed_cube
+    from benchmarks.selection_refine import refined_choice
+    from benchmarks.selection_splits import seed_cube
     from lorasel.rank import DEFAULT_WEIGHTS, rank
 
     run = _run(seeds=6, seed=seed)
@@ -158,7 +159,8 @@ def test_refined_choice_is_rank_of_a_refined_evaluation(seed):
 
 
 def test_refine_table_runs_and_its_extremes_hold():
-    from benchmarks.selection_splits import refine_table, seed_cube
+    from benchmarks.selection_refine import refine_table
+    from benchmarks.selection_splits import seed_cube
 
     cubes = [seed_cube(_run(seeds=8, seed=s)) for s in range(2)]
     table = refine_table(cubes, first=2, extra=2, grade=4, draws=5)
