@@ -137,6 +137,21 @@ def test_config_text_ignores_diffusers_bookkeeping():
     assert config_text(b) != config_text(a)  # a real setting still counts
 
 
+def test_config_text_ignores_transformers_bookkeeping():
+    """transformers writes its own version, the class names and the saved dtype into a config (an
+    upgrade or a save_pretrained changes them): they must not change the cache keys."""
+    from transformers import CLIPTextConfig
+
+    from lorasel.evaluate.render import config_text
+
+    a = CLIPTextConfig(hidden_size=32, num_hidden_layers=2)
+    b = CLIPTextConfig(hidden_size=32, num_hidden_layers=2)
+    b.transformers_version, b.architectures, b.dtype = "0.0.1", ["CLIPTextModel"], "float16"
+    assert config_text(b) == config_text(a)
+    assert config_text(b, legacy=True) != config_text(a, legacy=True)  # as lorasel keyed them before
+    assert config_text(CLIPTextConfig(hidden_size=64, num_hidden_layers=2)) != config_text(a)
+
+
 def test_progress_rate_and_eta():
     from lorasel.evaluate.progress import RenderProgress
 

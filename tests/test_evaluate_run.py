@@ -273,6 +273,25 @@ def test_interrupted_run_resumes_to_identical_results(evaluated, tmp_path, monke
     assert _png_bytes(tmp_path / "resumed", resumed.renders) == _png_bytes(run / "lorasel", clean.renders)
 
 
+def test_renders_keyed_before_the_fingerprint_left_bookkeeping_out_are_kept(run, monkeypatch):
+    """A store written when the base's fingerprint still held transformers' version (every
+    upgrade of transformers then lost every cached render) is re-keyed, not re-rendered."""
+    from lorasel.evaluate import render
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(render, "BOOKKEEPING_KEYS", frozenset())  # lorasel's keys before the change
+        old = _eval(run)
+    spy = h.RenderSpy(monkeypatch)
+    new = _eval(run)
+    assert spy.count == 0
+    pd.testing.assert_frame_equal(new.renders, old.renders)  # the same images and scores
+    assert new.settings["base_fingerprint"] != old.settings["base_fingerprint"]
+    with Store.open(run / "lorasel" / "results.sqlite") as store:
+        rows = store._con.execute("SELECT count(*), count(DISTINCT settings) FROM renders").fetchone()
+        assert rows == (2 * len(old.renders), 2)  # the old rows stay beside the new ones
+        assert store.rekey(old.settings["render_settings"], new.settings["render_settings"], str) == 0
+
+
 def test_checkpoint_that_appears_later_is_evaluated_alone(evaluated_copy, monkeypatch):
     run, first = evaluated_copy
     h.write_lora(run / "checkpoints" / "zkz-000004.safetensors", seed=4, scale=0.8, epoch=4)

@@ -3,7 +3,7 @@ before the first render (:func:`prepare`), and the base model's defaults."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,11 @@ from lorasel.errors import EvaluationError
 from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
 from lorasel.evaluate.concept import dataset_path, reference_images, resolve_concept
 from lorasel.evaluate.options import DEFAULT_GUIDANCE, DEFAULT_STEPS, EvalOptions
-from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan
+from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, render_key
 from lorasel.evaluate.processes import Processes
 from lorasel.evaluate.progress import RenderProgress
 from lorasel.evaluate.prompts import Prompt, load_prompt_set, resolve_prompt_spec
-from lorasel.evaluate.render import make_settings
+from lorasel.evaluate.render import make_settings, pipeline_fingerprint
 from lorasel.evaluate.scoring import reference_embeddings
 from lorasel.evaluate.store import Store
 from lorasel.rundir import RunDir
@@ -119,6 +119,9 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         size=options.size,
         negative=prompt_set.negative,
     )
+    legacy = replace(settings, base_fingerprint=pipeline_fingerprint(pipeline, legacy=True))
+    if legacy.key() != settings.key():  # renders cached before the fingerprint left bookkeeping out
+        store.rekey(legacy.key(), settings.key(), render_key)
     plan = build_plan(
         [Candidate(info.checkpoint, info.hash) for info in infos],
         options.strengths,

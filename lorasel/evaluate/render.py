@@ -26,11 +26,20 @@ _SAMPLE = 64  # values per tensor sampled into the base fingerprint
 PNG_COMPRESSION = 1  # zlib level: 3-5x faster than Pillow's default 6 on large renders, files ~10% larger
 
 
-def pipeline_fingerprint(pipeline) -> str:
+#: Config keys transformers writes as bookkeeping: its own version, the model's class names, and
+#: the dtype the weights were saved in (the dtype rendered in is a setting of its own, and the
+#: weights' dtype is fingerprinted with them). An upgrade of transformers or a ``save_pretrained``
+#: changes them, never an image; with them in the fingerprint every cached render was lost.
+BOOKKEEPING_KEYS = frozenset({"transformers_version", "architectures", "dtype", "torch_dtype"})
+
+
+def pipeline_fingerprint(pipeline, *, legacy: bool = False) -> str:
     """A cheap identity of a loaded base: component configs and a sample of every weight.
 
     Hashing all weights of a real base (GBs) would cost seconds per run; first and last
     values of every tensor catch a retrained or different base just as well in practice.
+    ``legacy``: as lorasel computed it before it left out :data:`BOOKKEEPING_KEYS` (to find
+    the renders cached under it, :meth:`lorasel.evaluate.store.Store.rekey`).
     """
     digest = hashlib.sha256()
     for name in sorted(pipeline.components):
@@ -39,7 +48,7 @@ def pipeline_fingerprint(pipeline) -> str:
             continue
         config = getattr(component, "config", None)
         if config is not None:
-            digest.update(name.encode() + config_text(config).encode())
+            digest.update(name.encode() + config_text(config, legacy=legacy).encode())
         if isinstance(component, torch.nn.Module):
             for key, tensor in component.state_dict().items():
                 flat = tensor.detach().reshape(-1)
@@ -49,12 +58,17 @@ def pipeline_fingerprint(pipeline) -> str:
     return digest.hexdigest()[:32]
 
 
-def config_text(config) -> str:
-    """A component's config as canonical JSON, without diffusers' private keys: they hold
+def config_text(config, *, legacy: bool = False) -> str:
+    """A component's config as canonical JSON, without diffusers' private keys (they hold
     bookkeeping like ``_use_default_values``, a list in set order that changes between
-    interpreters and would change every cache key with it."""
+    interpreters and would change every cache key with it) and, unless ``legacy``, without
+    transformers' :data:`BOOKKEEPING_KEYS`."""
     items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    public = {k: v for k, v in items.items() if not str(k).startswith("_")}
+    public = {
+        k: v
+        for k, v in items.items()
+        if not str(k).startswith("_") and (legacy or str(k) not in BOOKKEEPING_KEYS)
+    }
     return json.dumps(public, sort_keys=True, default=str)
 
 

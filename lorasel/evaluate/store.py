@@ -24,7 +24,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,40 @@ class Store:
             con.executemany(
                 "INSERT OR REPLACE INTO renders VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*r, now) for r in rows]
             )
+
+    def rekey(self, old: str, new: str, key_of: Callable[[str, float, str, int, str], str]) -> int:
+        """Record every render made under the settings key ``old`` under ``new`` too (same image,
+        same embeddings), so that a change of how the settings are keyed re-renders nothing.
+
+        ``key_of(checkpoint_hash, strength, prompt, seed, settings_key)`` is the render key.
+        Done once per pair (remembered in ``meta``), in one transaction: several processes may
+        call it at once, and every one then plans from the same store. The old rows stay. Returns
+        the renders re-keyed (0 when already done)."""
+        mark = f"rekeyed:{old}:{new}"
+        with self._transaction() as con:
+            if con.execute("SELECT 1 FROM meta WHERE key = ?", (mark,)).fetchone():
+                return 0
+            rows = con.execute(
+                "SELECT key, checkpoint_hash, strength, prompt, seed, image, created FROM renders "
+                "WHERE settings = ?",
+                (old,),
+            ).fetchall()
+            pairs = [
+                (key_of(h, strength, prompt, seed, new), key) for key, h, strength, prompt, seed, _, _ in rows
+            ]
+            con.executemany(
+                "INSERT OR IGNORE INTO renders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (k, h, st, pr, sd, new, img, t)
+                    for (k, _), (_, h, st, pr, sd, img, t) in zip(pairs, rows, strict=True)
+                ],
+            )
+            con.executemany(
+                "INSERT OR IGNORE INTO embeddings SELECT scorer, kind, ?, vector FROM embeddings WHERE key = ?",
+                pairs,
+            )
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (mark, str(len(rows))))
+        return len(rows)
 
     # -- embeddings ------------------------------------------------------------------------
     def embeddings(self, scorer: str, kind: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
