@@ -59,6 +59,8 @@ class Evidence:
         rendered = np.zeros((len(self.contest), len(self.units)), dtype=bool)
         for values in self.per_unit.values():
             rendered |= np.isfinite(values[self.contest])
+        if rendered.all() or not rendered.any():  # every competitor has every unit: the kinds
+            return kinds
         groups, which = np.unique(rendered.T, axis=0, return_inverse=True)
         if len(groups) <= 1:
             return kinds
