@@ -186,7 +186,7 @@ def _print_verdicts(outcome) -> None:
         )
     best = ranking.best
     typer.echo(f"\nlorasel picks {describe(best)}: P(best) {best.p_best:.2f}, score {best.score:.3f}")
-    advice = ranking.tie_advice(rerun="lorasel demo")
+    advice = ranking.tie_advice(rerun="lorasel demo", refine=False)  # the demo has no --refine
     if advice:
         typer.echo(f"{advice} (the demo renders few seeds to stay fast)")
     if ranking.loss_spearman is not None:

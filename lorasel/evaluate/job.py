@@ -15,7 +15,7 @@ from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, build_plan, 
 from lorasel.evaluate.processes import Processes
 from lorasel.evaluate.progress import RenderProgress
 from lorasel.evaluate.prompts import Prompt, load_prompt_set, resolve_prompt_spec
-from lorasel.evaluate.render import make_settings, pipeline_fingerprint
+from lorasel.evaluate.render import make_settings, pipeline_fingerprints
 from lorasel.evaluate.scoring import reference_embeddings
 from lorasel.evaluate.store import Store
 from lorasel.rundir import RunDir
@@ -111,6 +111,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         reference_vectors = reference_embeddings(score_model, store, references)
     pipeline = _load_base(base, device or procs.device, dtype)
     default_steps, default_guidance = _render_defaults(base)
+    fingerprint, legacy_fingerprint = pipeline_fingerprints(pipeline)
     settings = make_settings(
         pipeline,
         base=base_spec(base),
@@ -118,8 +119,9 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         guidance=default_guidance if options.guidance is None else options.guidance,
         size=options.size,
         negative=prompt_set.negative,
+        fingerprint=fingerprint,
     )
-    legacy = replace(settings, base_fingerprint=pipeline_fingerprint(pipeline, legacy=True))
+    legacy = replace(settings, base_fingerprint=legacy_fingerprint)
     if legacy.key() != settings.key():  # renders cached before the fingerprint left bookkeeping out
         store.rekey(legacy.key(), settings.key(), render_key)
     plan = build_plan(

@@ -111,36 +111,24 @@ def build_plan(
     Within a (checkpoint, strength) the renders go seed by seed (every prompt with seed 0, then
     seed 1, ...): evaluating again with more seeds keeps every earlier batch as it was, so only
     the new seeds are rendered (plus, at most, the one batch that straddles old and new)."""
-    groups = [(Candidate(BASE, BASE), 0.0)]
-    groups += [
-        (c, canonical_strength(s)) for c in candidates for s in strengths if canonical_strength(s) != 0.0
-    ]
-    return _batches(groups, prompts, range(seeds), batch_size, settings_key)
+    pairs = [(c, s) for c in candidates for s in strengths]
+    return plan_of_pairs(pairs, prompts, range(seeds), batch_size, settings_key)
 
 
-def refine_plan(
-    chosen: Sequence[tuple[Candidate, float]],
+def plan_of_pairs(
+    pairs: Sequence[tuple[Candidate, float]],
     prompts: Sequence[Prompt],
     seeds: range,
     batch_size: int,
     settings_key: str,
 ) -> list[Batch]:
-    """The batches of ``lorasel eval --refine``: the base model and the ``chosen`` (checkpoint,
-    strength) pairs on the seed indices ``seeds`` only. Each render has the key and seed it has
-    in a :func:`build_plan` with more seeds, so a later ``--seeds`` evaluation reuses it."""
+    """The batches of the base model and the (checkpoint, strength) ``pairs`` (strength 0 is
+    the base's) on the seed indices ``seeds``: :func:`build_plan`'s, and ``lorasel eval
+    --refine``'s for a few pairs on more seeds. A render's key and seed depend on neither the
+    pairs nor the range, so a later ``--seeds`` evaluation reuses a refinement's renders."""
     groups = [(Candidate(BASE, BASE), 0.0)]
-    groups += [(c, canonical_strength(s)) for c, s in chosen if canonical_strength(s) != 0.0]
-    return _batches(groups, prompts, seeds, batch_size, settings_key)
-
-
-def _batches(
-    groups: Sequence[tuple[Candidate, float]],
-    prompts: Sequence[Prompt],
-    seeds: range,
-    batch_size: int,
-    settings_key: str,
-) -> list[Batch]:
-    pairs = [(p, i, render_seed(p.text, i)) for i in seeds for p in prompts]
+    groups += [(c, canonical_strength(s)) for c, s in pairs if canonical_strength(s) != 0.0]
+    units = [(p, i, render_seed(p.text, i)) for i in seeds for p in prompts]
     batches = []
     for candidate, strength in groups:
         items = [
@@ -153,7 +141,7 @@ def _batches(
                 seed=seed,
                 key=render_key(candidate.hash, strength, prompt.text, seed, settings_key),
             )
-            for prompt, index, seed in pairs
+            for prompt, index, seed in units
         ]
         for start in range(0, len(items), batch_size):
             chunk = tuple(items[start : start + batch_size])

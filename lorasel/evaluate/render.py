@@ -33,29 +33,37 @@ PNG_COMPRESSION = 1  # zlib level: 3-5x faster than Pillow's default 6 on large 
 BOOKKEEPING_KEYS = frozenset({"transformers_version", "architectures", "dtype", "torch_dtype"})
 
 
-def pipeline_fingerprint(pipeline, *, legacy: bool = False) -> str:
+def pipeline_fingerprint(pipeline) -> str:
     """A cheap identity of a loaded base: component configs and a sample of every weight.
 
     Hashing all weights of a real base (GBs) would cost seconds per run; first and last
     values of every tensor catch a retrained or different base just as well in practice.
-    ``legacy``: as lorasel computed it before it left out :data:`BOOKKEEPING_KEYS` (to find
-    the renders cached under it, :meth:`lorasel.evaluate.store.Store.rekey`).
     """
-    digest = hashlib.sha256()
+    return pipeline_fingerprints(pipeline)[0]
+
+
+def pipeline_fingerprints(pipeline) -> tuple[str, str]:
+    """:func:`pipeline_fingerprint`, and the legacy one beside it, in one pass over the weights:
+    as lorasel computed it before it left out :data:`BOOKKEEPING_KEYS` (to find the renders
+    cached under it, :meth:`lorasel.evaluate.store.Store.rekey`)."""
+    current, legacy = hashlib.sha256(), hashlib.sha256()
     for name in sorted(pipeline.components):
         component = pipeline.components[name]
         if component is None:
             continue
         config = getattr(component, "config", None)
         if config is not None:
-            digest.update(name.encode() + config_text(config, legacy=legacy).encode())
+            current.update(name.encode() + config_text(config).encode())
+            legacy.update(name.encode() + config_text(config, legacy=True).encode())
         if isinstance(component, torch.nn.Module):
             for key, tensor in component.state_dict().items():
                 flat = tensor.detach().reshape(-1)
-                sample = torch.cat([flat[:_SAMPLE], flat[-_SAMPLE:]]).float().cpu()
-                digest.update(f"{name}.{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
-                digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:32]
+                sample = torch.cat([flat[:_SAMPLE], flat[-_SAMPLE:]]).float().cpu().numpy().tobytes()
+                head = f"{name}.{key}{tuple(tensor.shape)}{tensor.dtype}".encode()
+                for digest in (current, legacy):
+                    digest.update(head)
+                    digest.update(sample)
+    return current.hexdigest()[:32], legacy.hexdigest()[:32]
 
 
 def config_text(config, *, legacy: bool = False) -> str:
@@ -87,8 +95,10 @@ def make_settings(
     guidance: float,
     size: tuple[int, int] | None,
     negative: str,
+    fingerprint: str | None = None,
 ) -> RenderSettings:
-    """The render settings for this pipeline; ``size`` defaults to the base's own."""
+    """The render settings for this pipeline; ``size`` defaults to the base's own, and
+    ``fingerprint`` (:func:`pipeline_fingerprint`, when already computed) is computed if not given."""
     width, height = size or default_size(pipeline)
     multiple = max(8, int(getattr(pipeline, "vae_scale_factor", 8)))
     if width % multiple or height % multiple:
@@ -99,7 +109,7 @@ def make_settings(
     scheduler = pipeline.scheduler
     return RenderSettings(
         base=base,
-        base_fingerprint=pipeline_fingerprint(pipeline),
+        base_fingerprint=fingerprint or pipeline_fingerprint(pipeline),
         scheduler=type(scheduler).__name__ + config_text(scheduler.config),
         steps=int(steps),
         guidance=float(guidance),

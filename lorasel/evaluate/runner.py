@@ -29,7 +29,7 @@ from lorasel.evaluate.options import (
     DEFAULT_STRENGTHS,
     EvalOptions,
 )
-from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, refine_plan, shard
+from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, plan_of_pairs, shard
 from lorasel.evaluate.processes import Processes, current_processes
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
 from lorasel.evaluate.render import Renderer
@@ -231,13 +231,11 @@ def _refined(job: Job, first: list[Batch], refined: set[tuple[str, float]], stor
     besides ``first``, the evaluation's plan. Rounds repeat until the set, ranked with the
     refined seeds, holds no candidate without them: the refinement ends with every candidate
     that could be the best compared on the same seeds."""
-    from lorasel.rank import rank
+    from lorasel.rank import choose, rank
 
-    table = rank(store.load_results(), weights=job.options.weights).table
-    chosen = table.loc[table["rank"].notna() & (table["tied"] | (table["rank"] == 1))]
-    new = {
-        (str(c), float(s)) for c, s in zip(chosen["checkpoint"], chosen["strength"], strict=True)
-    } - refined
+    ranking = rank(store.load_results(), weights=job.options.weights)
+    pick = choose(ranking)  # what `lorasel pick` reports: the best, and those tied with it
+    new = {(c.checkpoint, c.strength) for c in (pick.best, *pick.tied_with)} - refined
     if not new:
         return None
     again = bool(refined)
@@ -246,10 +244,10 @@ def _refined(job: Job, first: list[Batch], refined: set[tuple[str, float]], stor
     hashes = {info.checkpoint: info.hash for info in job.infos}
     pairs = [(Candidate(c, hashes[c]), s) for c, s in sorted(refined, key=lambda p: (order[p[0]], p[1]))]
     seeds = range(job.options.seeds, job.options.seeds + job.options.refine)
-    extra = refine_plan(pairs, job.prompts, seeds, job.options.batch_size, job.settings.key())
+    extra = plan_of_pairs(pairs, job.prompts, seeds, job.options.batch_size, job.settings.key())
     all_keys = list(dict.fromkeys(k for batch in extra for k in batch.keys))
     done = store.done(all_keys)
-    n = int(table["rank"].notna().sum())
+    n = int(ranking.table["rank"].notna().sum())
     more = f"{job.options.refine} more seed{'s' if job.options.refine != 1 else ''} per prompt"
     if again:
         summary = f"refining {len(new)} more of {n} candidates (in the 95% set for the best after refining) with {more}"

@@ -250,20 +250,23 @@ class Store:
                 "WHERE settings = ?",
                 (old,),
             ).fetchall()
-            pairs = [
-                (key_of(h, strength, prompt, seed, new), key) for key, h, strength, prompt, seed, _, _ in rows
+            new_rows = [
+                (key_of(h, st, pr, sd, new), h, st, pr, sd, new, img, t) for _, h, st, pr, sd, img, t in rows
             ]
+            con.executemany("INSERT OR IGNORE INTO renders VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
+            # One pass over the embeddings, joined on the old keys (their primary key leads with
+            # the scorer, so a lookup per key would scan the table once per render).
+            con.execute("CREATE TEMP TABLE IF NOT EXISTS rekeyed (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+            con.execute("DELETE FROM rekeyed")
             con.executemany(
-                "INSERT OR IGNORE INTO renders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (k, h, st, pr, sd, new, img, t)
-                    for (k, _), (_, h, st, pr, sd, img, t) in zip(pairs, rows, strict=True)
-                ],
+                "INSERT OR IGNORE INTO rekeyed VALUES (?, ?)",
+                [(old_row[0], new_row[0]) for old_row, new_row in zip(rows, new_rows, strict=True)],
             )
-            con.executemany(
-                "INSERT OR IGNORE INTO embeddings SELECT scorer, kind, ?, vector FROM embeddings WHERE key = ?",
-                pairs,
+            con.execute(
+                "INSERT OR IGNORE INTO embeddings SELECT e.scorer, e.kind, r.new, e.vector "
+                "FROM embeddings AS e JOIN rekeyed AS r ON e.key = r.old"
             )
+            con.execute("DELETE FROM rekeyed")
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (mark, str(len(rows))))
         return len(rows)
 

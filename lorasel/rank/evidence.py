@@ -56,9 +56,10 @@ class Evidence:
         each group's size and the paired means (:func:`lorasel.rank.bootstrap.paired_means`)
         always have units of every group to compare on."""
         kinds = pd.Categorical(self.units["kind"]).codes.astype(np.int64)
-        rendered = np.zeros((len(self.contest), len(self.units)), dtype=bool)
+        contest = self.contest
+        rendered = np.zeros((len(contest), len(self.units)), dtype=bool)
         for values in self.per_unit.values():
-            rendered |= np.isfinite(values[self.contest])
+            rendered |= np.isfinite(values[contest])
         if rendered.all() or not rendered.any():  # every competitor has every unit: the kinds
             return kinds
         groups, which = np.unique(rendered.T, axis=0, return_inverse=True)

@@ -136,10 +136,13 @@ class Ranking:
                 )
         return "; ".join(notes) or None
 
-    def tie_advice(self, tied: int | None = None, rerun: str = "lorasel eval") -> str | None:
+    def tie_advice(
+        self, tied: int | None = None, rerun: str = "lorasel eval", refine: bool = True
+    ) -> str | None:
         """What to do when ``tied`` other candidates (default: the table's) could be the best:
         more seeds per prompt, which ``rerun`` (the command that evaluated: ``lorasel eval`` or
-        ``lorasel demo``) adds without rendering the old ones again."""
+        ``lorasel demo``) adds without rendering the old ones again; with ``refine`` (``rerun``
+        has ``--refine``), also more seeds for these candidates only."""
         if tied is None:
             tied = int(self._contest()["tied"].iloc[1:].sum())
         if tied <= 0 or self.seeds_per_prompt <= 0:
@@ -150,7 +153,7 @@ class Ranking:
             f"seed{'s' if seeds > 1 else ''} per prompt; telling them apart takes more seeds, e.g. rerun "
             f"{rerun} with the same options and "
         )
-        if rerun == "lorasel eval":  # its --refine renders them for these candidates only
+        if refine:
             return head + f"--refine {seeds} (for these candidates only) or --seeds {2 * seeds} (for all)"
         return head + f"--seeds {2 * seeds}, which renders only the new seeds"
 
