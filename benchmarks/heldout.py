@@ -12,7 +12,8 @@ regret on them, with the weights named in the test beside the default:
     python -m benchmarks.heldout averaged star:5 star:6 heart:5 ...  # pooled over seeds
 
 (``averaged``: each selector's regret averaged over draws of which seeds it saw,
-:mod:`benchmarks.selection_splits`, over any finished runs.)
+:mod:`benchmarks.selection_splits`, over any finished runs, with
+:mod:`benchmarks.selection_truth`'s check of it.)
 
 (``grade`` goes through the same cached ``one_run``: a run not finished would be rendered there;
 name only the finished ones with ``--concepts``.)
@@ -34,6 +35,7 @@ from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_l
 from benchmarks.selection_refine import refine_lines
 from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS, THREADS
 from benchmarks.selection_splits import averaged_lines, seed_cube
+from benchmarks.selection_truth import truth_lines
 
 
 def fail(message: str) -> NoReturn:
@@ -105,13 +107,15 @@ def grade(seed: int, concepts: list[str], others: list) -> str:
 
 def averaged(items: list[str]) -> str:
     """Markdown: each selector's regret averaged over draws of seeds, over the finished runs
-    named, and ``lorasel eval --refine`` against more seeds for every candidate."""
+    named; the estimates against a known truth, seeds or scoring; and ``lorasel eval --refine``
+    against more seeds for every candidate."""
     from lorasel.models import load_base, load_scorer
 
     runs = [parse_item(item) for item in items]
     base, scorer = load_base("toy"), load_scorer("toy")
     cubes = [seed_cube(one_run(concept, seed, base, scorer)) for concept, seed in runs]
-    return "\n".join([*averaged_lines(cubes), *refine_lines(cubes)]).lstrip("\n") + "\n"
+    lines = [*averaged_lines(cubes), *truth_lines(cubes), *refine_lines(cubes)]
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def table(runs: list[tuple[str, dict]], selectors: list[str]) -> str:

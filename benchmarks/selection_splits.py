@@ -31,6 +31,8 @@ DRAWS = 200
 #: The seed curve: seeds per prompt the selectors see, each graded on ``CURVE_GRADE`` others.
 CURVE_SEEDS = (1, 2, 4, 6, 8)
 CURVE_GRADE = 6
+#: Bootstrap resamples of the grading seeds per draw for the bias-corrected regret.
+BIAS_ROUNDS = 100
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,24 @@ class SeedCube:
     fixed: dict[str, int]
     name: str = ""
 
+    def multiplicity(self, seeds: np.ndarray) -> np.ndarray:
+        """How often each of ``seed_indices`` occurs in ``seeds`` (a draw with replacement may
+        repeat one)."""
+        return np.bincount(np.searchsorted(self.seed_indices, seeds), minlength=len(self.seed_indices))
+
     def oracle_quality(self, seeds: np.ndarray) -> np.ndarray:
         """Per competing candidate, the oracle's quality on the renders of ``seeds`` (seed
-        indices): the mean over prompt kinds of the mean over the kind's renders."""
-        cols = np.isin(self.seed_indices, seeds)
-        total = self.oracle_sum[:, :, cols].sum(axis=2)
-        count = self.oracle_count[:, :, cols].sum(axis=2)
+        indices, a repeated one counted as often as it occurs): the mean over prompt kinds of
+        the mean over the kind's renders."""
+        return self.oracle_weighted(self.multiplicity(seeds)[None, :].astype(float))[0]
+
+    def oracle_weighted(self, weights: np.ndarray) -> np.ndarray:
+        """``[rounds, contest]``: the oracle's quality under seed weights ``[rounds, seeds]``."""
+        total = np.einsum("cks,rs->rck", self.oracle_sum, weights)
+        count = np.einsum("cks,rs->rck", self.oracle_count, weights)
         with np.errstate(invalid="ignore", divide="ignore"):
             per_kind = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
-        return np.nanmean(per_kind, axis=1)
+        return np.nanmean(per_kind, axis=2)
 
     def lorasel_scores(self, seeds: np.ndarray, weights_list) -> list[np.ndarray]:
         """Per weights, lorasel's composite score of each competing candidate ranked on the
@@ -72,7 +83,9 @@ class SeedCube:
         from lorasel.rank.score import composite, fit_normalisation
         from lorasel.results import METRICS
 
-        counts = np.isin(self.unit_seed, seeds).astype(float)[None, :]
+        where = np.clip(np.searchsorted(self.seed_indices, self.unit_seed), 0, len(self.seed_indices) - 1)
+        known = self.seed_indices[where] == self.unit_seed
+        counts = np.where(known, self.multiplicity(seeds)[where], 0).astype(float)[None, :]
         means = {m: v[0] for m, v in metric_means(self.evidence, counts).items()}
         norm = fit_normalisation({m: means[m][self.contest] for m in METRICS})
         contest = {m: v[self.contest] for m, v in means.items()}
@@ -119,24 +132,33 @@ def _regret(quality: np.ndarray, i: int) -> float:
 
 
 def draw_regrets(
-    cube: SeedCube, select: np.ndarray, grade: np.ndarray, weights: dict, *, lower: bool = True
+    cube: SeedCube,
+    select: np.ndarray,
+    grade: np.ndarray,
+    weights: dict,
+    *,
+    lower: bool = True,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, float]:
     """Each selector's regret when it sees the renders of seed indices ``select`` and the oracle
     grades on ``grade``: lorasel under each of ``weights`` (label: Weights), the reference (the
     oracle's choice from ``select``) and the selectors that look at no render.
 
-    With ``lower``, also under ``"lower:" + selector`` a lower bound of its true regret on
-    average: on each grading seed alone, the best candidate as graded on the other grading seeds
-    judged against the choice (that seed is independent of both choices, so the gap is unbiased
-    for their true difference, which is at most the true regret: that best is not always the
-    true best); the mean over the grading seeds, over the same range. The regret itself is an
-    upper bound on average: the best as graded is partly the luckiest."""
+    The regret itself is an upper bound on average: the best as graded is partly the luckiest.
+    With ``lower``, two more estimates of the true regret per selector:
+
+    - ``"lower:" + selector``, a lower bound on average: on each grading seed alone, the best
+      candidate as graded on the other grading seeds judged against the choice (that seed is
+      independent of both choices, so the gap is unbiased for their true difference, which is
+      at most the true regret: that best is not always the true best); the mean over the
+      grading seeds, over the same range;
+    - ``"corrected:" + selector``, the regret with the best's luck taken out by the bootstrap:
+      the graded maximum's bias is estimated as the mean maximum over ``BIAS_ROUNDS`` resamples
+      of the grading seeds (drawn with ``rng``) less the graded maximum, and subtracted. A point
+      estimate, not a bound (:mod:`benchmarks.selection_truth` checks it where the truth is
+      known)."""
     graded = cube.oracle_quality(grade)
-    choices = {}
-    for label, score in zip(weights, cube.lorasel_scores(select, list(weights.values())), strict=True):
-        choices[label] = int(np.argmax(score))  # the first of equals: the earliest
-    choices["oracle_seen"] = int(np.nanargmax(cube.oracle_quality(select)))
-    choices.update(cube.fixed)
+    choices = draw_choices(cube, select, weights)
     out = {name: _regret(graded, i) for name, i in choices.items()}
     if not lower:
         return out
@@ -149,7 +171,34 @@ def draw_regrets(
             gaps[name].append(alone[best] - alone[i])
     for name, values in gaps.items():
         out[f"lower:{name}"] = float(np.nanmean(values) / spread) if spread > 0 else 0.0
+    best = bias_corrected_best(cube, grade, rng if rng is not None else np.random.default_rng(0))
+    for name, i in choices.items():
+        out[f"corrected:{name}"] = float((best - graded[i]) / spread) if spread > 0 else 0.0
     return out
+
+
+def draw_choices(cube: SeedCube, select: np.ndarray, weights: dict) -> dict[str, int]:
+    """Each selector's choice (a position in ``cube.contest``) from the renders of seed indices
+    ``select``: lorasel under each of ``weights``, the reference (``"oracle_seen"``) and the
+    selectors that look at no render."""
+    choices = {}
+    for label, score in zip(weights, cube.lorasel_scores(select, list(weights.values())), strict=True):
+        choices[label] = int(np.argmax(score))  # the first of equals: the earliest
+    choices["oracle_seen"] = int(np.nanargmax(cube.oracle_quality(select)))
+    choices.update(cube.fixed)
+    return choices
+
+
+def bias_corrected_best(cube: SeedCube, grade: np.ndarray, rng: np.random.Generator) -> float:
+    """The best candidate's quality on ``grade`` with its luck taken out: twice the graded
+    maximum less the mean maximum over ``BIAS_ROUNDS`` bootstrap resamples of the grading seeds
+    (Efron's bias correction of a maximum of means)."""
+    positions = np.searchsorted(cube.seed_indices, grade)
+    weights = np.zeros((BIAS_ROUNDS, len(cube.seed_indices)))
+    picks = rng.integers(0, len(grade), size=(BIAS_ROUNDS, len(grade)))
+    np.add.at(weights, (np.arange(BIAS_ROUNDS)[:, None], positions[picks]), 1.0)
+    resampled = np.nanmax(cube.oracle_weighted(weights), axis=1)
+    return float(2 * np.nanmax(cube.oracle_quality(grade)) - resampled.mean())
 
 
 def averaged(
@@ -164,11 +213,13 @@ def averaged(
 ) -> pd.DataFrame:
     """``[runs, selectors]``: each selector's regret averaged over ``draws`` random draws per run
     of ``select`` seed indices for the selectors and ``grade`` others (default: all the rest)
-    for the oracle; with ``lower``, the lower bounds too (:func:`draw_regrets`). A run's draws
-    depend on ``seed`` and its name only."""
+    for the oracle; with ``lower``, the lower bounds and the bias-corrected regrets too
+    (:func:`draw_regrets`). A run's draws depend on ``seed`` and its name only, and are the same
+    with or without ``lower``."""
     rows = []
     for cube in cubes:
         rng = np.random.default_rng([seed, zlib.crc32(cube.name.encode())])
+        boot = np.random.default_rng([seed, zlib.crc32(cube.name.encode()), 1])
         n = len(cube.seed_indices)
         if select + (grade or 1) > n:
             raise ValueError(f"{select} seeds to select and {grade or 1} to grade need more than {n}")
@@ -179,16 +230,17 @@ def averaged(
                 chosen, rest = order[:select], order[select:]
             else:  # the grading seeds first: the same ones for every ``select`` of one ``seed``
                 chosen, rest = order[grade : grade + select], order[:grade]
-            per_draw.append(draw_regrets(cube, chosen, rest, weights, lower=lower))
+            per_draw.append(draw_regrets(cube, chosen, rest, weights, lower=lower, rng=boot))
         rows.append(pd.DataFrame(per_draw).mean())
     return pd.DataFrame(rows)
 
 
 def split_lines(runs: list[dict], draws: int = DRAWS) -> list[str]:
     """The report's paragraphs: each selector's regret averaged over draws of the selectors'
-    seeds (:func:`averaged_lines`), the weight sweep so averaged, the seed curve, and
-    ``lorasel eval --refine`` (:mod:`benchmarks.selection_refine`)."""
-    from benchmarks import selection_refine
+    seeds (:func:`averaged_lines`), the estimates checked where the truth is known and the regret
+    split into seeds and scoring (:mod:`benchmarks.selection_truth`), the weight sweep so
+    averaged, the seed curve, and ``lorasel eval --refine`` (:mod:`benchmarks.selection_refine`)."""
+    from benchmarks import selection_refine, selection_truth
     from benchmarks.selection_analysis import sweep_grid
 
     cubes = [seed_cube(r) for r in runs]
@@ -197,6 +249,7 @@ def split_lines(runs: list[dict], draws: int = DRAWS) -> list[str]:
         return []
     return [
         *table,
+        *selection_truth.truth_lines(cubes),
         *_sweep_lines(cubes, draws, sweep_grid()),
         *_curve_lines(cubes, draws),
         *selection_refine.refine_lines(cubes),
@@ -233,11 +286,13 @@ def averaged_lines(cubes: list[SeedCube], draws: int = DRAWS) -> list[str]:
         "A regret measured against the best as graded overstates the true regret on average (that best "
         "is partly the luckiest); the lower bound judges each choice, on one grading seed at a time, "
         "against the best on the other grading seeds, which understates it (that best is not always "
-        "the true best). The true expected regret lies between the two:",
+        "the true best). The true expected regret lies between the two. Between them, a point "
+        "estimate: the regret with the best's luck taken out (the graded maximum's bias, estimated by "
+        "resampling the grading seeds, subtracted; checked below where the truth is known):",
         "",
         f"| selector | seeds 0–{SELECT_SEEDS - 1} seen | averaged over draws | 95% interval | "
-        "lower bound, averaged | lorasel minus it, averaged (95% interval) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "lower bound, averaged | bias-corrected, averaged | lorasel minus it, averaged (95% interval) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in names:
         lo, hi = mean_interval(mean[s])
@@ -246,13 +301,15 @@ def averaged_lines(cubes: list[SeedCube], draws: int = DRAWS) -> list[str]:
             d = mean["lorasel"] - mean[s]
             dlo, dhi = mean_interval(d)
             diff = f"{100 * d.mean():+.1f} ({100 * dlo:+.1f} to {100 * dhi:+.1f})"
-        lower = mean[f"lower:{s}"]
+        lower, corrected = mean[f"lower:{s}"], mean[f"corrected:{s}"]
         llo, lhi = mean_interval(lower)
+        clo, chi = mean_interval(corrected)
         lines.append(
             f"| {LABELS[s]} | {100 * official[s].mean():.1f}% | {100 * mean[s].mean():.1f}% | "
-            f"{100 * lo:.1f}–{100 * hi:.1f}% | {100 * lower.mean():.1f}% ({100 * llo:.1f} to {100 * lhi:.1f}) | {diff} |"
+            f"{100 * lo:.1f}–{100 * hi:.1f}% | {100 * lower.mean():.1f}% ({100 * llo:.1f} to {100 * lhi:.1f}) | "
+            f"{100 * corrected.mean():.1f}% ({100 * clo:.1f} to {100 * chi:.1f}) | {diff} |"
         )
-    verdict = target_verdict(mean[names], mean["lower:lorasel"])
+    verdict = target_verdict(mean[names], mean["lower:lorasel"], mean["corrected:lorasel"])
     return [*lines, "", f"The target on these averages: **{verdict}**."]
 
 

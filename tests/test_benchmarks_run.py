@@ -421,6 +421,35 @@ def test_target_verdict_claims_only_what_its_interval_shows(ours, lower, expecte
     assert worse.startswith("below every loss-based selector: NOT met")
 
 
+@pytest.mark.parametrize(
+    ("corrected", "expected"),
+    [
+        (
+            [0.08, 0.09] * 3,
+            "the bias-corrected estimate, 8.5% (interval 8.2–8.8%), lies above 5%: estimated not met",
+        ),
+        (
+            [0.02, 0.03] * 3,
+            "the bias-corrected estimate, 2.5% (interval 2.2–2.8%), lies below 5%: estimated met",
+        ),
+        ([0.0, 0.1] * 3, "lies across 5%: not decided by the estimate either"),
+    ],
+)
+def test_target_verdict_places_the_bias_corrected_estimate_only_when_the_bounds_decide_nothing(
+    corrected, expected
+):
+    import pandas as pd
+
+    from benchmarks.selection_analysis import target_verdict
+
+    by_run = pd.DataFrame({"lorasel": [0.0, 0.2] * 3, "lowest_loss": [0.3] * 6, "lowest_val_loss": [0.3] * 6})
+    undecided = target_verdict(by_run, 0.01, pd.Series(corrected))
+    assert "not decided either way; " in undecided
+    assert undecided.endswith(expected)
+    # Where a bound decides, the estimate adds nothing.
+    assert target_verdict(by_run, 0.06, pd.Series(corrected)).endswith("≤ 5%: NOT met (at least 6.0%)")
+
+
 def test_target_verdict_says_which_loss_selector_it_is_not_shown_against():
     import pandas as pd
 
