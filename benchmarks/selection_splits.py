@@ -66,10 +66,18 @@ class SeedCube:
         """Per competing candidate, the oracle's quality on the renders of ``seeds`` (seed
         indices, a repeated one counted as often as it occurs): the mean over prompt kinds of
         the mean over the kind's renders."""
-        return self.oracle_weighted(self.multiplicity(seeds)[None, :].astype(float))[0]
+        # The seeds' columns summed in order, repeats repeated: equal candidates sum to equal
+        # floats, so the oracle's ties break the same way on every call.
+        cols = np.repeat(np.arange(len(self.seed_indices)), self.multiplicity(seeds))
+        total = self.oracle_sum[:, :, cols].sum(axis=2)
+        count = self.oracle_count[:, :, cols].sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_kind = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
+        return np.nanmean(per_kind, axis=1)
 
     def oracle_weighted(self, weights: np.ndarray) -> np.ndarray:
-        """``[rounds, contest]``: the oracle's quality under seed weights ``[rounds, seeds]``."""
+        """``[rounds, contest]``: the oracle's quality under seed weights ``[rounds, seeds]`` (the
+        bootstrap's many rounds at once; float sums in another order than :meth:`oracle_quality`)."""
         total = np.einsum("cks,rs->rck", self.oracle_sum, weights)
         count = np.einsum("cks,rs->rck", self.oracle_count, weights)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -158,7 +158,7 @@ def truth_lines(cubes: list[SeedCube], draws: int = TRUTH_DRAWS) -> list[str]:
         "",
         f"Back in the real world: lorasel's choice from all {n} seeds of a run, against the oracle's "
         f"best on them with the best's luck taken out (the bias correction above), {100 * floor.mean():.1f}% "
-        f"(95% interval over the runs {100 * lo:.1f}–{100 * hi:.1f}%): an estimate of what the scoring "
+        f"(95% interval over the runs {100 * lo:.1f} to {100 * hi:.1f}%): an estimate of what the scoring "
         "alone costs against a truth of infinitely many seeds, on the low side (the choice is graded "
         "on the renders it was made from, whose CLIP scores and oracle judgements share their luck).",
     ]
