@@ -15,7 +15,14 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from benchmarks.selection_splits import CURVE_GRADE, SeedCube, _regret, draw_regrets
+from benchmarks.selection_splits import (
+    CURVE_GRADE,
+    SeedCube,
+    _regret,
+    bias_corrected_best,
+    corrected_regret,
+    draw_choices,
+)
 
 #: Draws of seeds per run, and the bootstrap of each round (``rank``'s).
 REFINE_DRAWS = 60
@@ -76,13 +83,16 @@ def refine_table(cubes: list[SeedCube], *, first: int, extra: int, grade: int, d
     """Per run, averaged over ``draws`` draws of ``grade`` grading seed indices, ``first`` seen
     by every candidate and ``extra`` more: lorasel's regret at ``first`` seeds, refined with
     ``extra`` more for its 95% set, and at ``first + extra`` seeds for every candidate (all
-    graded on the same seeds in a draw); the share of candidates refined, and whether the set
-    held the best as graded."""
+    graded on the same seeds in a draw), each also bias-corrected (``"corrected:" + key``,
+    :func:`~benchmarks.selection_splits.bias_corrected_best`); the share of candidates refined,
+    and whether the set held the best as graded."""
     from lorasel.rank.weights import DEFAULT_WEIGHTS
 
+    weights = {"lorasel": DEFAULT_WEIGHTS}
     rows = []
     for cube in cubes:
         rng = np.random.default_rng([seed, zlib.crc32(cube.name.encode())])
+        boot = np.random.default_rng([seed, zlib.crc32(cube.name.encode()), 1])
         if first + extra + grade > len(cube.seed_indices):
             raise ValueError(f"{first} + {extra} + {grade} seeds need more than {len(cube.seed_indices)}")
         per_draw = []
@@ -94,16 +104,17 @@ def refine_table(cubes: list[SeedCube], *, first: int, extra: int, grade: int, d
                 order[grade + first : grade + first + extra],
             )
             quality = cube.oracle_quality(graded_on)
+            best = bias_corrected_best(cube, graded_on, boot)
             choice, refined = refined_choice(cube, seen, more, DEFAULT_WEIGHTS)
-            plain = draw_regrets(cube, seen, graded_on, {"lorasel": DEFAULT_WEIGHTS}, lower=False)
-            every = draw_regrets(
-                cube, np.r_[seen, more], graded_on, {"lorasel": DEFAULT_WEIGHTS}, lower=False
-            )
+            choices = {
+                "plain": draw_choices(cube, seen, weights)["lorasel"],
+                "refined": choice,
+                "every": draw_choices(cube, np.r_[seen, more], weights)["lorasel"],
+            }
             per_draw.append(
                 {
-                    "plain": plain["lorasel"],
-                    "refined": _regret(quality, choice),
-                    "every": every["lorasel"],
+                    **{key: _regret(quality, i) for key, i in choices.items()},
+                    **{f"corrected:{key}": corrected_regret(best, quality, i) for key, i in choices.items()},
                     "share": refined.mean(),
                     "held_best": bool(refined[int(np.nanargmax(quality))]),
                     "candidates": float(len(refined)),
@@ -137,8 +148,8 @@ def refine_lines(cubes: list[SeedCube], draws: int = REFINE_DRAWS) -> list[str]:
         "for the candidates in the 95% set for the best only, ranked again with the paired means "
         "(`lorasel.rank.bootstrap.paired_means`; `benchmarks/selection_refine.py`):",
         "",
-        "| evaluation | renders, against the last row | lorasel's mean regret | 95% interval |",
-        "|---|---:|---:|---:|",
+        "| evaluation | renders, against the last row | lorasel's mean regret | 95% interval | bias-corrected (95% interval) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for key, label, share in (
         ("plain", f"{first} seeds", first / (first + extra)),
@@ -146,8 +157,11 @@ def refine_lines(cubes: list[SeedCube], draws: int = REFINE_DRAWS) -> list[str]:
         ("every", f"{first + extra} seeds", 1.0),
     ):
         lo, hi = mean_interval(table[key])
+        corrected = table[f"corrected:{key}"]
+        clo, chi = mean_interval(corrected)
         lines.append(
-            f"| {label} | {100 * share:.0f}% | {100 * table[key].mean():.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% |"
+            f"| {label} | {100 * share:.0f}% | {100 * table[key].mean():.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% | "
+            f"{100 * corrected.mean():.1f}% ({100 * clo:.1f} to {100 * chi:.1f}) |"
         )
     lines += [
         "",

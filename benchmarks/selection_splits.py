@@ -146,6 +146,7 @@ def draw_regrets(
     weights: dict,
     *,
     lower: bool = True,
+    corrected: bool | None = None,
     rng: np.random.Generator | None = None,
 ) -> dict[str, float]:
     """Each selector's regret when it sees the renders of seed indices ``select`` and the oracle
@@ -153,7 +154,8 @@ def draw_regrets(
     oracle's choice from ``select``) and the selectors that look at no render.
 
     The regret itself is an upper bound on average: the best as graded is partly the luckiest.
-    With ``lower``, two more estimates of the true regret per selector:
+    With ``lower``, two more estimates of the true regret per selector (``corrected``, default
+    ``lower``, says whether the second is wanted):
 
     - ``"lower:" + selector``, a lower bound on average: on each grading seed alone, the best
       candidate as graded on the other grading seeds judged against the choice (that seed is
@@ -168,21 +170,28 @@ def draw_regrets(
     graded = cube.oracle_quality(grade)
     choices = draw_choices(cube, select, weights)
     out = {name: _regret(graded, i) for name, i in choices.items()}
-    if not lower:
-        return out
     spread = np.nanmax(graded) - np.nanmin(graded)
-    gaps = {name: [] for name in choices}
-    for j in grade:
-        alone = cube.oracle_quality(np.array([j]))
-        best = int(np.nanargmax(cube.oracle_quality(grade[grade != j])))
+    if lower:
+        gaps = {name: [] for name in choices}
+        for j in grade:
+            alone = cube.oracle_quality(np.array([j]))
+            best = int(np.nanargmax(cube.oracle_quality(grade[grade != j])))
+            for name, i in choices.items():
+                gaps[name].append(alone[best] - alone[i])
+        for name, values in gaps.items():
+            out[f"lower:{name}"] = float(np.nanmean(values) / spread) if spread > 0 else 0.0
+    if lower if corrected is None else corrected:
+        best = bias_corrected_best(cube, grade, rng if rng is not None else np.random.default_rng(0))
         for name, i in choices.items():
-            gaps[name].append(alone[best] - alone[i])
-    for name, values in gaps.items():
-        out[f"lower:{name}"] = float(np.nanmean(values) / spread) if spread > 0 else 0.0
-    best = bias_corrected_best(cube, grade, rng if rng is not None else np.random.default_rng(0))
-    for name, i in choices.items():
-        out[f"corrected:{name}"] = float((best - graded[i]) / spread) if spread > 0 else 0.0
+            out[f"corrected:{name}"] = corrected_regret(best, graded, i)
     return out
+
+
+def corrected_regret(best: float, graded: np.ndarray, i: int) -> float:
+    """Candidate ``i``'s shortfall from the bias-corrected best (:func:`bias_corrected_best`) on
+    the range of ``graded``."""
+    spread = np.nanmax(graded) - np.nanmin(graded)
+    return float((best - graded[i]) / spread) if spread > 0 else 0.0
 
 
 def draw_choices(cube: SeedCube, select: np.ndarray, weights: dict) -> dict[str, int]:
@@ -218,11 +227,12 @@ def averaged(
     draws: int = DRAWS,
     seed: int = 0,
     lower: bool = False,
+    corrected: bool | None = None,
 ) -> pd.DataFrame:
     """``[runs, selectors]``: each selector's regret averaged over ``draws`` random draws per run
     of ``select`` seed indices for the selectors and ``grade`` others (default: all the rest)
-    for the oracle; with ``lower``, the lower bounds and the bias-corrected regrets too
-    (:func:`draw_regrets`). A run's draws depend on ``seed`` and its name only, and are the same
+    for the oracle; with ``lower``, the lower bounds and the bias-corrected regrets too, with
+    ``corrected`` the latter alone (:func:`draw_regrets`). A run's draws depend on ``seed`` and its name only, and are the same
     with or without ``lower``."""
     rows = []
     for cube in cubes:
@@ -238,7 +248,9 @@ def averaged(
                 chosen, rest = order[:select], order[select:]
             else:  # the grading seeds first: the same ones for every ``select`` of one ``seed``
                 chosen, rest = order[grade : grade + select], order[:grade]
-            per_draw.append(draw_regrets(cube, chosen, rest, weights, lower=lower, rng=boot))
+            per_draw.append(
+                draw_regrets(cube, chosen, rest, weights, lower=lower, corrected=corrected, rng=boot)
+            )
         rows.append(pd.DataFrame(per_draw).mean())
     return pd.DataFrame(rows)
 
@@ -357,10 +369,13 @@ def _curve_lines(cubes: list[SeedCube], draws: int) -> list[str]:
         f"oracle grades on {CURVE_GRADE} others, the same {CURVE_GRADE} for every k of a draw "
         f"({draws} draws per run; fewer grading seeds than above, so every regret here reads higher):",
         "",
-        "| seeds per prompt | lorasel's mean regret | the reference's |",
-        "|---:|---:|---:|",
+        "| seeds per prompt | lorasel's mean regret | bias-corrected | the reference's | bias-corrected |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for k in counts:
-        mean = averaged(cubes, {"lorasel": DEFAULT_WEIGHTS}, select=k, grade=CURVE_GRADE, draws=draws).mean()
-        lines.append(f"| {k} | {100 * mean['lorasel']:.1f}% | {100 * mean['oracle_seen']:.1f}% |")
+        mean = averaged(
+            cubes, {"lorasel": DEFAULT_WEIGHTS}, select=k, grade=CURVE_GRADE, draws=draws, corrected=True
+        ).mean()
+        cells = [mean[c] for c in ("lorasel", "corrected:lorasel", "oracle_seen", "corrected:oracle_seen")]
+        lines.append(f"| {k} | " + " | ".join(f"{100 * v:.1f}%" for v in cells) + " |")
     return lines
