@@ -180,7 +180,9 @@ def draw_regrets(
                 gaps[name].append(alone[best] - alone[i])
         for name, values in gaps.items():
             out[f"lower:{name}"] = float(np.nanmean(values) / spread) if spread > 0 else 0.0
-    if lower if corrected is None else corrected:
+    if corrected is None:
+        corrected = lower
+    if corrected:
         best = bias_corrected_best(cube, grade, rng if rng is not None else np.random.default_rng(0))
         for name, i in choices.items():
             out[f"corrected:{name}"] = corrected_regret(best, graded, i)
