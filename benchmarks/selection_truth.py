@@ -57,9 +57,11 @@ def known_truth(
     grade: int = GRADE_SEEDS,
     draws: int = TRUTH_DRAWS,
     seed: int = 0,
+    lower: bool = True,
 ) -> pd.DataFrame:
     """``[runs, columns]``: per selector, its true regret (``"true:" + name``) and the benchmark's
-    three estimates of it (``name``, ``"lower:" + name``, ``"corrected:" + name``), each averaged
+    three estimates of it (``name``, ``"lower:" + name`` unless not ``lower``, ``"corrected:" +
+    name``), each averaged
     over ``draws`` draws of ``select`` seeds for the selectors and ``grade`` for the grading,
     both with replacement from the run's seed indices."""
     rows = []
@@ -70,7 +72,7 @@ def known_truth(
         for _ in range(draws):
             chosen = rng.choice(cube.seed_indices, select, replace=True)
             graded = rng.choice(cube.seed_indices, grade, replace=True)
-            row = draw_regrets(cube, chosen, graded, weights, lower=True, rng=boot)
+            row = draw_regrets(cube, chosen, graded, weights, lower=lower, corrected=True, rng=boot)
             for name, i in draw_choices(cube, chosen, weights).items():
                 row[f"true:{name}"] = _regret(truth, i)
             per_draw.append(row)
@@ -138,7 +140,7 @@ def truth_lines(cubes: list[SeedCube], draws: int = TRUTH_DRAWS) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f}%" for v in cells) + " |")
     error = known["corrected:lorasel"] - known["true:lorasel"]
     lo, hi = mean_interval(error)
-    few = known_truth(cubes, default, select=SELECT_SEEDS, grade=CURVE_GRADE, draws=draws)
+    few = known_truth(cubes, default, select=SELECT_SEEDS, grade=CURVE_GRADE, draws=draws, lower=False)
     few_error = few["corrected:lorasel"] - few["true:lorasel"]
     flo, fhi = mean_interval(few_error)
     lines += [
