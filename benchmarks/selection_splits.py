@@ -69,20 +69,15 @@ class SeedCube:
         # The seeds' columns summed in order, repeats repeated: equal candidates sum to equal
         # floats, so the oracle's ties break the same way on every call.
         cols = np.repeat(np.arange(len(self.seed_indices)), self.multiplicity(seeds))
-        total = self.oracle_sum[:, :, cols].sum(axis=2)
-        count = self.oracle_count[:, :, cols].sum(axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_kind = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
-        return np.nanmean(per_kind, axis=1)
+        return _kind_mean(self.oracle_sum[:, :, cols].sum(axis=2), self.oracle_count[:, :, cols].sum(axis=2))
 
     def oracle_weighted(self, weights: np.ndarray) -> np.ndarray:
         """``[rounds, contest]``: the oracle's quality under seed weights ``[rounds, seeds]`` (the
         bootstrap's many rounds at once; float sums in another order than :meth:`oracle_quality`)."""
-        total = np.einsum("cks,rs->rck", self.oracle_sum, weights)
-        count = np.einsum("cks,rs->rck", self.oracle_count, weights)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_kind = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
-        return np.nanmean(per_kind, axis=2)
+        return _kind_mean(
+            np.einsum("cks,rs->rck", self.oracle_sum, weights),
+            np.einsum("cks,rs->rck", self.oracle_count, weights),
+        )
 
     def lorasel_scores(self, seeds: np.ndarray, weights_list) -> list[np.ndarray]:
         """Per weights, lorasel's composite score of each competing candidate ranked on the
@@ -98,6 +93,14 @@ class SeedCube:
         norm = fit_normalisation({m: means[m][self.contest] for m in METRICS})
         contest = {m: v[self.contest] for m, v in means.items()}
         return [composite(contest, norm, w) for w in weights_list]
+
+
+def _kind_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The oracle's quality from sums and counts ``[..., kinds]``: the mean over the kinds (those
+    with renders) of each kind's mean."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_kind = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
+    return np.nanmean(per_kind, axis=-1)
 
 
 def seed_cube(run: dict) -> SeedCube:
@@ -167,8 +170,21 @@ def draw_regrets(
       of the grading seeds (drawn with ``rng``) less the graded maximum, and subtracted. A point
       estimate, not a bound (:mod:`benchmarks.selection_truth` checks it where the truth is
       known)."""
-    graded = cube.oracle_quality(grade)
     choices = draw_choices(cube, select, weights)
+    return grade_choices(cube, choices, grade, lower=lower, corrected=corrected, rng=rng)
+
+
+def grade_choices(
+    cube: SeedCube,
+    choices: dict[str, int],
+    grade: np.ndarray,
+    *,
+    lower: bool = True,
+    corrected: bool | None = None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, float]:
+    """:func:`draw_regrets` for choices already made (:func:`draw_choices`)."""
+    graded = cube.oracle_quality(grade)
     out = {name: _regret(graded, i) for name, i in choices.items()}
     spread = np.nanmax(graded) - np.nanmin(graded)
     if lower:

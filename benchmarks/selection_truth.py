@@ -34,7 +34,7 @@ from benchmarks.selection_splits import (
     _regret,
     bias_corrected_best,
     draw_choices,
-    draw_regrets,
+    grade_choices,
 )
 
 #: Draws per run.
@@ -72,9 +72,9 @@ def known_truth(
         for _ in range(draws):
             chosen = rng.choice(cube.seed_indices, select, replace=True)
             graded = rng.choice(cube.seed_indices, grade, replace=True)
-            row = draw_regrets(cube, chosen, graded, weights, lower=lower, corrected=True, rng=boot)
-            for name, i in draw_choices(cube, chosen, weights).items():
-                row[f"true:{name}"] = _regret(truth, i)
+            choices = draw_choices(cube, chosen, weights)  # lorasel's scoring, once a draw
+            row = grade_choices(cube, choices, graded, lower=lower, corrected=True, rng=boot)
+            row.update({f"true:{name}": _regret(truth, i) for name, i in choices.items()})
             per_draw.append(row)
         rows.append(pd.DataFrame(per_draw).mean())
     return pd.DataFrame(rows)
