@@ -219,3 +219,13 @@ def known_truth_run(
     cells = list(zip(contest["epoch"], contest["strength"], strict=True))
     truth = {m: np.array([quality(int(e), float(s))[m] for e, s in cells]) for m in METRICS}
     return contest, composite(truth, ranking.normalisation, ranking.weights)
+
+
+def refined_results(results: Results, keep: set[tuple[str, float]], seeds: int) -> Results:
+    """``results`` as ``lorasel eval --refine`` leaves them: the base and the ``keep`` (checkpoint,
+    strength) pairs on every seed, the other candidates on seed indices below ``seeds`` only."""
+    r = results.renders
+    pair = list(zip(r["checkpoint"].astype(str), r["strength"].astype(float), strict=True))
+    kept = (r["seed_index"] < seeds) | (r["checkpoint"] == BASE) | pd.Series([p in keep for p in pair])
+    return Results(renders=r[kept].reset_index(drop=True), diversity=results.diversity,
+                   checkpoints=results.checkpoints, settings=results.settings)  # fmt: skip

@@ -23,7 +23,7 @@ from lorasel.rank.bootstrap import (
 from lorasel.rank.evidence import gather_evidence
 from lorasel.rank.score import composite, fit_normalisation
 from lorasel.results import BASE, METRICS, Results
-from tests.synthetic_results import from_table, known_truth_run, make_results
+from tests.synthetic_results import from_table, known_truth_run, make_results, refined_results
 
 # --------------------------------------------------------------------------- weights and options
 
@@ -610,15 +610,6 @@ def test_without_a_complete_competitor_every_candidate_is_held_to_the_shared_uni
     np.testing.assert_allclose(got[0], values[:, :6].mean(axis=1), atol=1e-12)
 
 
-def _refined(results: Results, keep: set[tuple[str, float]], seeds: int) -> Results:
-    """``results`` as a refinement leaves them: only the base and ``keep`` beyond ``seeds``."""
-    r = results.renders
-    pair = list(zip(r["checkpoint"].astype(str), r["strength"].astype(float), strict=True))
-    kept = (r["seed_index"] < seeds) | (r["checkpoint"] == BASE) | pd.Series([p in keep for p in pair])
-    return Results(renders=r[kept].reset_index(drop=True), diversity=results.diversity,
-                   checkpoints=results.checkpoints, settings=results.settings)  # fmt: skip
-
-
 def test_a_refined_ranking_is_not_biased_by_easy_extra_seeds():
     """Large unit offsets (some seeds are easy for every candidate): the candidates refined on
     seeds 3-5 must not gain from them. Paired means stay near the means on all 6 seeds; the
@@ -627,7 +618,7 @@ def test_a_refined_ranking_is_not_biased_by_easy_extra_seeds():
         checkpoints=4, strengths=(0.5, 1.0), seeds=6, unit_noise=0.15, render_noise=0.005, seed=8
     )
     keep = {(c, 1.0) for c in full.checkpoints["checkpoint"].astype(str)[:2]}
-    refined = _refined(full, keep, seeds=3)
+    refined = refined_results(full, keep, seeds=3)
     truth = gather_evidence(full)
     evidence = gather_evidence(refined)
     assert evidence.candidates.equals(truth.candidates)
@@ -642,9 +633,28 @@ def test_a_refined_ranking_is_not_biased_by_easy_extra_seeds():
     assert table["rank"].notna().sum() == 8
 
 
+def test_each_candidate_says_how_many_seeds_it_was_ranked_on():
+    """After a refinement the table, the candidates and the text table say which candidates have
+    more seeds per prompt; without one every candidate has the same and the text table says nothing."""
+    from lorasel.cli.ranking_output import table_text
+
+    full = make_results(checkpoints=3, strengths=(0.5, 1.0), seeds=4, seed=3)
+    first = str(full.checkpoints["checkpoint"].iloc[0])
+    ranking = rank(refined_results(full, {(first, 1.0)}, seeds=2), n_boot=50)
+    got = {(c.checkpoint, c.strength): c.seeds for c in ranking.candidates()}
+    assert got.pop((first, 1.0)) == 4 and got.pop((BASE, 0.0)) == 4  # the base is refined too
+    assert set(got.values()) == {2} and len(got) == 5
+    assert ranking.seeds_vary and table_text(ranking).splitlines()[0].split()[-1] == "seeds"
+    plain = rank(full, n_boot=50)
+    assert set(plain.table["seeds"]) == {4} and not plain.seeds_vary
+    assert "seeds" not in table_text(plain)
+
+
 def test_bootstrap_strata_keep_the_refined_units_apart():
     full = make_results(checkpoints=3, strengths=(1.0,), seeds=4, seed=9)
-    evidence = gather_evidence(_refined(full, {(full.checkpoints["checkpoint"].iloc[0], 1.0)}, seeds=2))
+    evidence = gather_evidence(
+        refined_results(full, {(full.checkpoints["checkpoint"].iloc[0], 1.0)}, seeds=2)
+    )
     strata, kinds = evidence.strata, pd.Categorical(evidence.units["kind"]).codes
     assert len(np.unique(strata)) == 2 * len(np.unique(kinds))
     extra = evidence.units["seed_index"].to_numpy() >= 2

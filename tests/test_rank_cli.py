@@ -23,7 +23,7 @@ runner = CliRunner()
 
 RANK_FIELDS = [
     "checkpoint", "epoch", "step", "strength", "fidelity", "flexibility", "adherence", "diversity",
-    "preservation", "score", "rank", "p_best", "loss",
+    "preservation", "score", "rank", "p_best", "loss", "seeds",
 ]  # fmt: skip
 PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best"]
 
@@ -77,6 +77,7 @@ def test_rank_json_rows_are_design_fields(run):
     base = [r for r in rows if r["checkpoint"] == BASE]
     assert base[0]["rank"] is None and base[0]["p_best"] is None and base[0]["loss"] is None
     assert all(isinstance(r["loss"], float) for r in contest)
+    assert {r["seeds"] for r in rows} == {2}  # the fixture's seeds per prompt, for every row
 
 
 def test_rank_csv_and_strengths_filter(run):

@@ -19,7 +19,7 @@ from lorasel.rank.ranking import TABLE_COLUMNS
 from lorasel.report import write_csv, write_html
 from lorasel.results import BASE
 from tests.cdp import Browser, find_chromium
-from tests.synthetic_results import make_results, overfitting
+from tests.synthetic_results import make_results, overfitting, refined_results
 
 SCRIPT_PAYLOAD = "<script>window.pwned=1;document.title='pwned'</script>"
 IMG_PAYLOAD = "<img src=x onerror=\"window.pwned=2;document.title='pwned'\">"
@@ -152,6 +152,18 @@ def test_html_says_when_a_weighted_metric_was_not_measured(tmp_path):
     html = write_html(results, rank(results, n_boot=50), tmp_path / "r.html", tmp_path).read_text()
     assert "adherence not used (not measured)" in html and "flexibility not used" not in html
     assert "Note: adherence was not measured in this evaluation" in html
+
+
+def test_html_shows_each_candidates_seeds_only_after_a_refinement(tmp_path):
+    full = make_results(checkpoints=3, strengths=(1.0,), seeds=3)
+    first = str(full.checkpoints["checkpoint"].iloc[0])
+    refined = refined_results(full, {(first, 1.0)}, seeds=2)
+    headers = {}
+    for name, results in (("plain", full), ("refined", refined)):
+        html = write_html(results, rank(results, n_boot=50), tmp_path / f"{name}.html", tmp_path).read_text()
+        headers[name] = re.findall(r"<th scope=\"col\" data-key=\"(\w+)\"", html)
+    assert "seeds" not in headers["plain"]
+    assert headers["refined"] == [*headers["plain"], "seeds"]
 
 
 def test_html_is_written_atomically(report, tmp_path, monkeypatch):

@@ -104,6 +104,9 @@ def table_text(ranking: Ranking) -> str:
 
     head = ("rank", "checkpoint", "epoch", "strength", *(METRIC_HEADINGS[m] for m in METRICS), "score",
             "95% interval", "P(best)", "", "loss")  # fmt: skip
+    seeds = ranking.seeds_vary  # after `eval --refine`: each candidate's seeds per prompt
+    if seeds:
+        head = (*head, "seeds")
     rows = []
     for c in ranking.candidates():
         marks = ("=" if c.tied else "") + ("*" if c.pareto else "")
@@ -124,6 +127,7 @@ def table_text(ranking: Ranking) -> str:
                 _num(c.p_best),
                 marks,
                 _num(c.loss, 4),
+                *((str(c.seeds),) if seeds else ()),
             )
         )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

@@ -48,6 +48,23 @@ class Evidence:
         return np.flatnonzero(~self.candidates["is_base"].to_numpy())
 
     @property
+    def rendered(self) -> np.ndarray:
+        """``[candidates, units]``: whether the candidate has a value on the unit (was rendered)."""
+        out = np.zeros((len(self.candidates), len(self.units)), dtype=bool)
+        for values in self.per_unit.values():
+            out |= np.isfinite(values)
+        return out
+
+    @property
+    def seeds_per_prompt(self) -> np.ndarray:
+        """Per candidate: the most seeds any one prompt was rendered with for it. The same for
+        every candidate of a plain evaluation; more for those ``eval --refine`` rendered again."""
+        counts = np.zeros((len(self.candidates), len(self.prompts)), dtype=np.int64)
+        rows, units = np.nonzero(self.rendered)
+        np.add.at(counts, (rows, self.unit_prompt[units]), 1)
+        return counts.max(axis=1) if len(self.prompts) else counts.sum(axis=1)
+
+    @property
     def strata(self) -> np.ndarray:
         """Kind of each unit as an integer code: the bootstrap resamples within each kind.
 
@@ -56,10 +73,7 @@ class Evidence:
         each group's size and the paired means (:func:`lorasel.rank.bootstrap.paired_means`)
         always have units of every group to compare on."""
         kinds = pd.Categorical(self.units["kind"]).codes.astype(np.int64)
-        contest = self.contest
-        rendered = np.zeros((len(contest), len(self.units)), dtype=bool)
-        for values in self.per_unit.values():
-            rendered |= np.isfinite(values[contest])
+        rendered = self.rendered[self.contest]
         if rendered.all() or not rendered.any():  # every competitor has every unit: the kinds
             return kinds
         groups, which = np.unique(rendered.T, axis=0, return_inverse=True)

@@ -22,12 +22,12 @@ from lorasel.results import BASE, KIND_METRICS, METRICS, Results
 #: Columns of :attr:`Ranking.table` (docs/internals.md), plus ``path``, ``val_loss``, ``win_vs_best``.
 TABLE_COLUMNS = (
     "checkpoint", "label", "path", "epoch", "step", "strength", *METRICS, "score", "score_lo",
-    "score_hi", "rank", "p_best", "win_vs_best", "tied", "pareto", "loss", "val_loss",
+    "score_hi", "rank", "p_best", "win_vs_best", "tied", "pareto", "loss", "val_loss", "seeds",
 )  # fmt: skip
 
 #: Rows of ``lorasel rank --json`` (DESIGN.md).
 JSON_COLUMNS = (
-    "checkpoint", "epoch", "step", "strength", *METRICS, "score", "rank", "p_best", "loss",
+    "checkpoint", "epoch", "step", "strength", *METRICS, "score", "rank", "p_best", "loss", "seeds",
 )  # fmt: skip
 
 
@@ -62,6 +62,7 @@ class Candidate:
     metrics: dict[str, float | None]
     loss: float | None
     val_loss: float | None
+    seeds: int  # seeds per prompt it was rendered with (more where `eval --refine` added some)
 
     @classmethod
     def from_row(cls, row: pd.Series) -> Candidate:
@@ -82,6 +83,7 @@ class Candidate:
             metrics={m: _opt_float(row[m]) for m in METRICS},
             loss=_opt_float(row["loss"]),
             val_loss=_opt_float(row["val_loss"]),
+            seeds=int(row["seeds"]),
         )
 
     @property
@@ -94,7 +96,7 @@ class Ranking:
     """The ranked table and what produced it.
 
     ``table``: one row per (checkpoint, strength), columns :data:`TABLE_COLUMNS`, sorted by rank
-    with the base model last (rank, p_best NA). ``boot_scores``: ``[n_boot, len(table)]``, the
+    with the base model last (rank, p_best NA); ``seeds`` is each row's seeds per prompt. ``boot_scores``: ``[n_boot, len(table)]``, the
     bootstrap scores of the table's rows (column i is row i). ``seeds_per_prompt``: the most
     seeds any prompt was rendered with. ``unmeasured``: metrics no competing candidate has a
     value of (left out of the score, whatever their weight), each with why: ``"stale"`` (the
@@ -197,6 +199,12 @@ class Ranking:
         row = rows.loc[(rows["strength"] - 1.0).abs().idxmin()]
         return Candidate.from_row(row)
 
+    @property
+    def seeds_vary(self) -> bool:
+        """Whether competing candidates were rendered with different numbers of seeds per prompt
+        (after ``lorasel eval --refine``): then the human outputs show each one's."""
+        return self._contest()["seeds"].nunique() > 1
+
     def candidates(self) -> list[Candidate]:
         return [Candidate.from_row(row) for _, row in self.table.iterrows()]
 
@@ -215,6 +223,7 @@ class Ranking:
                     "rank": c.rank,
                     "p_best": c.p_best,
                     "loss": c.loss,
+                    "seeds": c.seeds,
                 }
             )
         return out
@@ -249,6 +258,7 @@ def rank(
     for m in METRICS:
         table[m] = point[m]
     table["score"] = score
+    table["seeds"] = evidence.seeds_per_prompt
     # Rank by the point estimate; equal scores share a rank; earlier checkpoints break ties.
     contest_scores = pd.Series(np.round(score[contest], 12))
     ranks = contest_scores.rank(method="min", ascending=False).astype(int).to_numpy()

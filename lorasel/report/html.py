@@ -104,6 +104,14 @@ _HEAD = (
     ("loss", "loss", "mean training loss of the epoch ending at the checkpoint"),
     ("val_loss", "val loss", "validation loss"),
 )
+#: Shown only when candidates were rendered with different numbers of seeds (`eval --refine`).
+_SEEDS_HEAD = ("seeds", "seeds", "seeds per prompt it was rendered with (`lorasel eval --refine` adds some)")
+
+
+def _table_head(ranking: Ranking) -> list[dict[str, str]]:
+    front = ranking.front_label()
+    head = (*_HEAD, _SEEDS_HEAD) if ranking.seeds_vary else _HEAD
+    return [{"key": k, "text": t, "title": f"{d} ({front})" if k == "pareto" else d} for k, t, d in head]
 
 
 def _table_rows(ranking: Ranking) -> list[dict[str, Any]]:
@@ -132,6 +140,8 @@ def _table_rows(ranking: Ranking) -> list[dict[str, Any]]:
             {"text": _fmt(r["loss"], 4), "sort": _sort_value(r["loss"])},
             {"text": _fmt(r["val_loss"], 4), "sort": _sort_value(r["val_loss"])},
         ]
+        if ranking.seeds_vary:
+            cells.append({"text": str(int(r["seeds"])), "sort": _sort_value(r["seeds"])})
         for c in cells:
             c.setdefault("cls", "")
         rows.append({"cls": "base" if is_base else ("best" if is_best else ""), "cells": cells})
@@ -348,10 +358,7 @@ def render_html(
         "plot_tradeoff": plots.tradeoff(ranking),
         "tradeoff_metric": plots.tradeoff_metric(ranking),
         "front_label": ranking.front_label(),
-        "table_head": [
-            {"key": k, "text": t, "title": f"{d} ({ranking.front_label()})" if k == "pareto" else d}
-            for k, t, d in _HEAD
-        ],
+        "table_head": _table_head(ranking),
         "table_rows": _table_rows(ranking),
         "grid_axis": "checkpoint",
         "grid_seed_text": ", ".join(str(i) for i in range(max(1, seeds))) if seeds > 1 else "index 0",
