@@ -546,3 +546,24 @@ async def test_every_key_is_in_the_footer_at_80x24_and_in_the_help(run):
         await pilot.press("q")
         await pilot.pause()
     assert app.return_value is None  # without --print-pick, quitting prints nothing
+
+
+def test_detail_pane_says_each_candidates_seeds_only_after_a_refinement():
+    from rich.text import Text
+
+    from lorasel.tui.views import RankingIndex, candidate_key
+    from lorasel.tui.widgets.detail_pane import _summary
+    from tests.synthetic_results import make_results, refined_results
+
+    full = make_results(checkpoints=3, strengths=(1.0,), seeds=3)
+    first = str(full.checkpoints["checkpoint"].iloc[0])
+    shown = {}
+    for name, results in (("plain", full), ("refined", refined_results(full, {(first, 1.0)}, seeds=2))):
+        ranked = RankingIndex(rank(results, n_boot=50))
+        for checkpoint in full.checkpoints["checkpoint"].astype(str):
+            key = candidate_key(checkpoint, 1.0)
+            text = Text()
+            _summary(ranked.rows[key], key, ranked, text)
+            shown[name, checkpoint == first] = text.plain
+    assert not any("seeds per prompt" in shown["plain", f] for f in (True, False))
+    assert "3 seeds per prompt" in shown["refined", True] and "2 seeds per prompt" in shown["refined", False]

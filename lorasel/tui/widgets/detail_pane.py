@@ -57,6 +57,8 @@ def _summary(c: Candidate, key: CandidateKey, ranked: RankingIndex, text: Text) 
     ]
     where.append(f"loss {num(c.loss, 4)}" if c.loss is not None else "")
     where.append(f"val loss {num(c.val_loss, 4)}" if c.val_loss is not None else "")
+    if ranked.ranking.seeds_vary:  # after a refinement: how much evidence this candidate has
+        where.append(f"{c.seeds} seeds per prompt")
     text.append("\n" + "  ".join(w for w in where if w))
     text.append("\nfile ")
     text.append(clean(c.path))
