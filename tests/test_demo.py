@@ -66,6 +66,37 @@ def test_demo_with_more_seeds_renders_only_the_new_ones(demo_run, tmp_path):
     assert "could be the best at 1 seed " not in again.stdout
 
 
+def test_demo_refine_renders_more_seeds_for_the_tied_only_and_judges_on_the_shared_ones(demo_run, tmp_path):
+    from lorasel import demo
+    from lorasel.evaluate import load_results
+    from lorasel.rank import rank, read_loss
+
+    workdir, args, first = demo_run
+    assert first.exit_code == 0, first.output
+    copy = tmp_path / "demo"
+    shutil.copytree(workdir, copy)
+    again = runner.invoke(app, [str(copy) if a == str(workdir) else a for a in args] + ["--refine", "1"])
+    assert again.exit_code == 0, again.output
+    run = copy / "run"
+    with open(run / "report" / "scores.csv", newline="") as f:
+        seeds = {(r["checkpoint"], float(r["strength"])): int(r["seeds"]) for r in csv.DictReader(f)}
+    refined = {k for k, n in seeds.items() if n == 2 and k[0] != "base"}
+    assert set(seeds.values()) == {1, 2} and refined  # some candidates, not all, got a second seed
+    renders = load_results(run).renders
+    assert len(renders) == 98 + 14 * (len(refined) + 1)  # the refined candidates and the base, 14 prompts
+    assert "seeds" in again.stdout.splitlines()[-len(seeds) - 1]  # the ranked table's heading
+    # The oracle judged every candidate on seed 0 only, the pick (refined: it is in the tied set) too.
+    ranking = rank(load_results(run), loss=read_loss(run))
+    shared = load_results(run)
+    shared.renders = renders[renders["seed_index"] < 1]
+    on_shared = demo.judge_selection(run, shared, ranking).verdicts["lorasel"]
+    on_all = demo.judge_selection(run, load_results(run), ranking).verdicts["lorasel"]
+    assert (ranking.best.checkpoint, ranking.best.strength) in refined
+    assert f"{on_shared.quality:.3f}" != f"{on_all.quality:.3f}"  # so the line below tells them apart
+    line = next(line for line in again.stdout.splitlines() if line.startswith("lorasel pick"))
+    assert f" {on_shared.quality:.3f} " in line
+
+
 def test_demo_verdicts_agree_with_the_oracle_and_the_ranking(demo_run):
     from lorasel import demo
     from lorasel.evaluate import load_results
@@ -117,6 +148,13 @@ def test_demo_bad_seeds_is_one_line(tmp_path):
     result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--seeds", "0"])
     assert result.exit_code == 2
     assert "error: --seeds must be at least 1" in result.output
+
+
+def test_demo_bad_refine_is_one_line(tmp_path):
+    result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--refine", "-1"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: --refine must be 0 or more") and "hint:" in result.output
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_bad_threads_is_one_line(tmp_path):

@@ -36,6 +36,13 @@ def demo_command(
         typer.Option(help="Training epochs, one checkpoint each. [default: the toyworld preset's]"),
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per prompt in the evaluation.")] = DEMO_SEEDS,
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="After the evaluation, N more seeds per prompt for just the candidates that could be "
+            "the best (as `lorasel eval --refine N`); the oracle judges on the seeds every candidate has."
+        ),
+    ] = 0,
     steps: Annotated[
         int | None, typer.Option(help="Sampling steps per render. [default: the toy base's]")
     ] = None,
@@ -68,6 +75,8 @@ def demo_command(
     demo.check_concept(concept)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1 (got {seeds})", hint="use --seeds 2")
+    if refine < 0:
+        raise ConfigError(f"--refine must be 0 or more (got {refine})", hint="use e.g. --refine 2")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be at least 1 (got {epochs})", hint="omit it for the preset's 10")
     if threads is None:
@@ -105,7 +114,9 @@ def demo_command(
             if lines is not None:
                 lines(event)
 
-        results = evaluate(run_dir, **eval_kwargs, threads=1, workers=threads, progress=progress)
+        results = evaluate(
+            run_dir, **eval_kwargs, threads=1, workers=threads, refine=refine, progress=progress
+        )
     say.step("3/4 rank and report")
     with warnings_to_stderr():
         ranking = rank(results, loss=read_loss(run_dir))
@@ -114,7 +125,7 @@ def demo_command(
     write_csv(ranking, csv)
     write_html(results, ranking, html, run.state, title=f"lorasel demo: {concept}")
     say.step("4/4 the oracle's verdict (ground truth the ranking never sees)")
-    outcome = demo.judge_selection(run_dir, results, ranking)
+    outcome = demo.judge_selection(run_dir, _shared_seeds(results, seeds), ranking)
     _print_verdicts(outcome)
     typer.echo(f"\nreport: {printable(html)}  scores: {printable(csv)}")
     typer.echo(f"done in {time.perf_counter() - say.started:.0f} s. Next: lorasel tui {printable(run_dir)}")
@@ -124,6 +135,15 @@ def demo_command(
         make_app(run_dir, eval_options={"workers": threads} if threads > 1 else None).run()
     else:
         typer.echo("\n" + table_text(ranking))
+
+
+def _shared_seeds(results, seeds: int):
+    """``results`` on the seed indices every candidate has: a refinement's extra seeds would give
+    the candidates it rendered again an oracle quality on other seeds than the rest."""
+    from dataclasses import replace
+
+    renders = results.renders
+    return replace(results, renders=renders[renders["seed_index"] < seeds])
 
 
 class _Say:
@@ -186,7 +206,7 @@ def _print_verdicts(outcome) -> None:
         )
     best = ranking.best
     typer.echo(f"\nlorasel picks {describe(best)}: P(best) {best.p_best:.2f}, score {best.score:.3f}")
-    advice = ranking.tie_advice(rerun="lorasel demo", refine=False)  # the demo has no --refine
+    advice = ranking.tie_advice(rerun="lorasel demo")
     if advice:
         typer.echo(f"{advice} (the demo renders few seeds to stay fast)")
     if ranking.loss_spearman is not None:
