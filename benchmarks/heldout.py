@@ -32,6 +32,7 @@ from typing import NoReturn
 
 from benchmarks.bench_selection import one_run
 from benchmarks.selection_analysis import mean_interval, pick_verdict, weights_label
+from benchmarks.selection_judges import judge_lines
 from benchmarks.selection_refine import refine_lines
 from benchmarks.selection_settings import CONCEPTS, LABELS, SELECTORS, THREADS
 from benchmarks.selection_splits import averaged_lines, seed_cube
@@ -107,14 +108,20 @@ def grade(seed: int, concepts: list[str], others: list) -> str:
 
 def averaged(items: list[str]) -> str:
     """Markdown: each selector's regret averaged over draws of seeds, over the finished runs
-    named; the estimates against a known truth, seeds or scoring; and ``lorasel eval --refine``
+    named; the estimates against a known truth, seeds or scoring; a second judge; and ``lorasel eval --refine``
     against more seeds for every candidate."""
     from lorasel.models import load_base, load_scorer
 
     runs = [parse_item(item) for item in items]
     base, scorer = load_base("toy"), load_scorer("toy")
-    cubes = [seed_cube(one_run(concept, seed, base, scorer)) for concept, seed in runs]
-    lines = [*averaged_lines(cubes), *truth_lines(cubes), *refine_lines(cubes)]
+    done = [one_run(concept, seed, base, scorer) for concept, seed in runs]
+    cubes = [seed_cube(run) for run in done]
+    lines = [
+        *averaged_lines(cubes),
+        *truth_lines(cubes),
+        *judge_lines(done, cubes, scorer),
+        *refine_lines(cubes),
+    ]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

@@ -254,40 +254,50 @@ def averaged(
     with or without ``lower``."""
     rows = []
     for cube in cubes:
-        rng = np.random.default_rng([seed, zlib.crc32(cube.name.encode())])
         boot = np.random.default_rng([seed, zlib.crc32(cube.name.encode()), 1])
-        n = len(cube.seed_indices)
-        if select + (grade or 1) > n:
-            raise ValueError(f"{select} seeds to select and {grade or 1} to grade need more than {n}")
-        per_draw = []
-        for _ in range(draws):
-            order = rng.permutation(cube.seed_indices)
-            if grade is None:
-                chosen, rest = order[:select], order[select:]
-            else:  # the grading seeds first: the same ones for every ``select`` of one ``seed``
-                chosen, rest = order[grade : grade + select], order[:grade]
-            per_draw.append(
-                draw_regrets(cube, chosen, rest, weights, lower=lower, corrected=corrected, rng=boot)
-            )
+        per_draw = [
+            draw_regrets(cube, chosen, rest, weights, lower=lower, corrected=corrected, rng=boot)
+            for chosen, rest in seed_draws(cube, select=select, grade=grade, draws=draws, seed=seed)
+        ]
         rows.append(pd.DataFrame(per_draw).mean())
     return pd.DataFrame(rows)
+
+
+def seed_draws(cube: SeedCube, *, select: int, grade: int | None = None, draws: int = DRAWS, seed: int = 0):
+    """The draws :func:`averaged` grades a run on: ``draws`` pairs (the selectors' ``select`` seed
+    indices, the oracle's ``grade`` others, default all the rest), depending on ``seed`` and the
+    run's name only."""
+    rng = np.random.default_rng([seed, zlib.crc32(cube.name.encode())])
+    n = len(cube.seed_indices)
+    if select + (grade or 1) > n:
+        raise ValueError(f"{select} seeds to select and {grade or 1} to grade need more than {n}")
+    for _ in range(draws):
+        order = rng.permutation(cube.seed_indices)
+        if grade is None:
+            yield order[:select], order[select:]
+        else:  # the grading seeds first: the same ones for every ``select`` of one ``seed``
+            yield order[grade : grade + select], order[:grade]
 
 
 def split_lines(runs: list[dict], draws: int = DRAWS) -> list[str]:
     """The report's paragraphs: each selector's regret averaged over draws of the selectors'
     seeds (:func:`averaged_lines`), the estimates checked where the truth is known and the regret
-    split into seeds and scoring (:mod:`benchmarks.selection_truth`), the weight sweep so
+    split into seeds and scoring (:mod:`benchmarks.selection_truth`), a second judge
+    (:mod:`benchmarks.selection_judges`), the weight sweep so
     averaged, the seed curve, and ``lorasel eval --refine`` (:mod:`benchmarks.selection_refine`)."""
-    from benchmarks import selection_refine, selection_truth
+    from benchmarks import selection_judges, selection_refine, selection_truth
     from benchmarks.selection_analysis import sweep_grid
+    from lorasel.models import load_scorer
 
     cubes = [seed_cube(r) for r in runs]
     table = averaged_lines(cubes, draws)
     if not table:
         return []
+    scorer = load_scorer(runs[0]["results"].settings["scorer"])
     return [
         *table,
         *selection_truth.truth_lines(cubes),
+        *selection_judges.judge_lines(runs, cubes, scorer, draws),
         *_sweep_lines(cubes, draws, sweep_grid()),
         *_curve_lines(cubes, draws),
         *selection_refine.refine_lines(cubes),
