@@ -87,6 +87,9 @@ def run_attributes(run: dict, scorer) -> tuple[pd.DataFrame, pd.DataFrame]:
     from lorasel.rundir import RunDir
 
     outcome = run["outcome"]
+    used = outcome.results.settings.get("scorer_name")
+    if used is not None and used != scorer.name:
+        raise ValueError(f"the run was scored with {used}, not {scorer.name}: its embeddings do not apply")
     renders = outcome.results.renders
     keys = [Path(image).stem for image in renders["image"]]
     with Store.open(RunDir.at(outcome.run_dir).results_db) as store:
