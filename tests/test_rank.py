@@ -534,11 +534,11 @@ def test_choose_raises_no_candidate_and_checks_the_range():
 def test_pick_json_has_the_design_fields():
     ranking = rank(make_results(checkpoints=3), n_boot=50)
     data = choose(ranking).to_json()
-    fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best"]
-    assert list(data) == [*fields, "runner_up", "tied_with"]  # DESIGN.md's fields, then the ties
+    fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds"]
+    assert list(data) == [*fields, "runner_up", "tied_with"]  # DESIGN.md's fields and seeds, then the ties
     assert list(data["runner_up"]) == fields
     assert all(list(t) == fields for t in data["tied_with"])
-    assert set(data["metrics"]) == set(METRICS)
+    assert set(data["metrics"]) == set(METRICS) and data["seeds"] == 3  # make_results: 3 seeds per prompt
     assert data["checkpoint"].endswith(ranking.best.checkpoint) and data["checkpoint"].startswith("/")
 
 

@@ -25,7 +25,7 @@ RANK_FIELDS = [
     "checkpoint", "epoch", "step", "strength", "fidelity", "flexibility", "adherence", "diversity",
     "preservation", "score", "rank", "p_best", "loss", "seeds",
 ]  # fmt: skip
-PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best"]
+PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds"]
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ def _candidate_json(c: Candidate) -> dict[str, Any]:
         "score": c.score,
         "metrics": dict(c.metrics),
         "p_best": c.p_best,
+        "seeds": c.seeds,
     }
 
 
@@ -52,8 +53,8 @@ class Pick:
         return self.ranking.lowest_loss
 
     def to_json(self) -> dict[str, Any]:
-        """DESIGN.md's object: checkpoint, epoch, step, strength, score, metrics, p_best, runner_up;
-        then ``tied_with``: the other candidates that could be the best (the 95 % confidence set
+        """DESIGN.md's object: checkpoint, epoch, step, strength, score, metrics, p_best (each
+        candidate also with ``seeds``, its seeds per prompt), runner_up; then ``tied_with``: the other candidates that could be the best (the 95 % confidence set
         for the best, in rank order; empty when the pick stands alone)."""
         out = _candidate_json(self.best)
         out["runner_up"] = _candidate_json(self.runner_up) if self.runner_up is not None else None
