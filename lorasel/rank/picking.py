@@ -54,8 +54,9 @@ class Pick:
 
     def to_json(self) -> dict[str, Any]:
         """DESIGN.md's object: checkpoint, epoch, step, strength, score, metrics, p_best (each
-        candidate also with ``seeds``, its seeds per prompt), runner_up; then ``tied_with``: the other candidates that could be the best (the 95 % confidence set
-        for the best, in rank order; empty when the pick stands alone)."""
+        candidate also with ``seeds``, its seeds per prompt), runner_up; then ``tied_with``: the
+        other candidates that could be the best (the 95 % confidence set for the best, in rank
+        order; empty when the pick stands alone)."""
         out = _candidate_json(self.best)
         out["runner_up"] = _candidate_json(self.runner_up) if self.runner_up is not None else None
         out["tied_with"] = [_candidate_json(c) for c in self.tied_with]

@@ -96,9 +96,10 @@ class Ranking:
     """The ranked table and what produced it.
 
     ``table``: one row per (checkpoint, strength), columns :data:`TABLE_COLUMNS`, sorted by rank
-    with the base model last (rank, p_best NA); ``seeds`` is each row's seeds per prompt. ``boot_scores``: ``[n_boot, len(table)]``, the
-    bootstrap scores of the table's rows (column i is row i). ``seeds_per_prompt``: the most
-    seeds any prompt was rendered with. ``unmeasured``: metrics no competing candidate has a
+    with the base model last (rank, p_best NA); its ``seeds``: each row's seeds per prompt.
+    ``boot_scores``: ``[n_boot, len(table)]``, the bootstrap scores of the table's rows (column i
+    is row i). ``seeds_per_prompt``: the most seeds any prompt was rendered with (the largest of
+    the table's ``seeds``). ``unmeasured``: metrics no competing candidate has a
     value of (left out of the score, whatever their weight), each with why: ``"stale"`` (the
     prompts that measure it were rendered, but the results predate the metric) or ``"no
     prompts"`` (the prompt set has none of the kinds that measure it). ``loss_spearman``: Spearman ρ
