@@ -75,6 +75,17 @@ def test_refine_is_a_second_pass_with_its_own_progress_and_a_note(run):
     note = next(line for line in result.stdout.splitlines() if line.startswith("refined: "))
     assert "with 3 seeds per prompt, the other" in note and "with 1" in note
     assert result.stdout.count("mean per checkpoint") == 1
+    # The table gives each candidate's seeds per prompt: 3 for the refined (and the base), 1 else.
+    header = next(line for line in result.stdout.splitlines() if "fidelity" in line)
+    assert header.rstrip(" │┃").split()[-1] == "seeds"
+    rows = [
+        line.rstrip(" │┃").split()[-1]
+        for line in result.stdout.splitlines()
+        if "zkz-" in line or " base " in line
+    ]
+    assert set(rows) == {"1", "3"}
+    plain = [line for line in _invoke(run).stdout.splitlines() if "fidelity" in line]
+    assert plain and "seeds" not in plain[0]  # a plain evaluation: no column
 
 
 def _broken_reference(tmp_path):

@@ -273,18 +273,27 @@ def _summary(results) -> None:
     from rich.text import Text
 
     from lorasel.cli.ranking_output import METRIC_HEADINGS
-    from lorasel.results import METRICS
+    from lorasel.results import BASE, METRICS
 
+    means = results.candidates()
+    # Each candidate's seeds per prompt: shown when a refinement made them differ, as `rank` does.
+    per_prompt = results.renders.groupby(["checkpoint", "strength", "prompt_id"], sort=False)["seed_index"]
+    seeds = per_prompt.nunique().groupby(level=["checkpoint", "strength"], sort=False).max()
+    seeds = [int(seeds.get((row.checkpoint, row.strength), 0)) for row in means.itertuples(index=False)]
+    show_seeds = len({n for n, c in zip(seeds, means["checkpoint"], strict=True) if c != BASE}) > 1
     table = Table(title="lorasel eval: mean per checkpoint × strength")
     table.add_column("checkpoint", overflow="fold")  # wrapped rather than cut: it names a file
     table.add_column("strength", justify="right")
     for name in METRICS:  # headings as `lorasel rank` shortens them, to fit 80 columns
         table.add_column(METRIC_HEADINGS[name], justify="right")
-    for row in results.candidates().itertuples(index=False):
+    if show_seeds:
+        table.add_column("seeds", justify="right")
+    for row, n in zip(means.itertuples(index=False), seeds, strict=True):
         table.add_row(
             Text(str(row.label)),  # a file name: not Rich markup
             f"{row.strength:g}",
             *(_fmt(getattr(row, m)) for m in METRICS),
+            *((str(n),) if show_seeds else ()),
         )
     console = Console(soft_wrap=True)
     console.print(table)
