@@ -67,6 +67,7 @@ def clip_attributes(renders: pd.DataFrame, images: np.ndarray, scorer) -> pd.Dat
             options[attr, asked], values[attr, asked] = caps, vals
     texts = sorted({c for caps in options.values() for c in caps})
     embedded = dict(zip(texts, scorer.embed_texts(texts).numpy(), strict=True)) if texts else {}
+    matrices = {key: np.stack([embedded[c] for c in caps]) for key, caps in options.items()}
     out = np.full((len(renders), len(ATTRIBUTES)), np.nan)
     for i, ask in enumerate(asks):
         if "shape" not in ask:
@@ -74,7 +75,7 @@ def clip_attributes(renders: pd.DataFrame, images: np.ndarray, scorer) -> pd.Dat
         asked = _caption(ask["shape"], ask.get("color"), ask.get("background"))
         for j, attr in enumerate(ATTRIBUTES):
             if attr in ask:
-                sims = np.stack([embedded[c] for c in options[attr, asked]]) @ images[i]
+                sims = matrices[attr, asked] @ images[i]
                 out[i, j] = float(values[attr, asked][int(np.argmax(sims))] == ask[attr])
     return pd.DataFrame(out, index=renders.index, columns=list(ATTRIBUTES))
 

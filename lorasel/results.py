@@ -107,3 +107,11 @@ class Results:
             diversity.reset_index(), on=["checkpoint", "strength"], how="left"
         )
         return out
+
+
+def seeds_per_prompt(renders: pd.DataFrame) -> pd.Series:
+    """Per (checkpoint, strength) of a renders frame: the most seeds any one prompt was rendered
+    with. The same for every candidate of a plain evaluation; more for those ``lorasel eval
+    --refine`` rendered again."""
+    per_prompt = renders.groupby(["checkpoint", "strength", "prompt_id"], sort=False)["seed_index"].nunique()
+    return per_prompt.groupby(level=["checkpoint", "strength"], sort=False).max()

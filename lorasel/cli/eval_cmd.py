@@ -273,13 +273,14 @@ def _summary(results) -> None:
     from rich.text import Text
 
     from lorasel.cli.ranking_output import METRIC_HEADINGS
-    from lorasel.results import BASE, METRICS
+    from lorasel.results import BASE, METRICS, seeds_per_prompt
 
     means = results.candidates()
     # Each candidate's seeds per prompt: shown when a refinement made them differ, as `rank` does.
-    per_prompt = results.renders.groupby(["checkpoint", "strength", "prompt_id"], sort=False)["seed_index"]
-    seeds = per_prompt.nunique().groupby(level=["checkpoint", "strength"], sort=False).max()
-    seeds = [int(seeds.get((row.checkpoint, row.strength), 0)) for row in means.itertuples(index=False)]
+    per_candidate = seeds_per_prompt(results.renders)
+    seeds = [
+        int(per_candidate.get((row.checkpoint, row.strength), 0)) for row in means.itertuples(index=False)
+    ]
     show_seeds = len({n for n, c in zip(seeds, means["checkpoint"], strict=True) if c != BASE}) > 1
     table = Table(title="lorasel eval: mean per checkpoint × strength")
     table.add_column("checkpoint", overflow="fold")  # wrapped rather than cut: it names a file

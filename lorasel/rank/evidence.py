@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lorasel.errors import ConfigError, ResultsError
-from lorasel.results import BASE, KINDS, Results
+from lorasel.results import BASE, KINDS, Results, seeds_per_prompt
 
 #: Metrics measured per render (per unit); diversity is measured per (candidate, prompt).
 UNIT_METRICS = ("fidelity", "flexibility", "adherence", "preservation")
@@ -32,7 +32,8 @@ class Evidence:
     is_base``), in checkpoint order then strength. ``units``: one row per unit
     (``prompt_id, seed_index, kind``). ``per_unit[m]``: ``[candidates, units]`` array, NaN where
     the unit's kind does not measure ``m``. ``diversity``: ``[candidates, prompts]``.
-    ``unit_prompt[u]``: the column of ``diversity`` that unit ``u`` belongs to.
+    ``unit_prompt[u]``: the column of ``diversity`` that unit ``u`` belongs to. ``seeds``: per
+    candidate, :func:`lorasel.results.seeds_per_prompt`.
     """
 
     candidates: pd.DataFrame
@@ -41,6 +42,7 @@ class Evidence:
     unit_prompt: np.ndarray
     per_unit: dict[str, np.ndarray]
     diversity: np.ndarray
+    seeds: np.ndarray
 
     @property
     def contest(self) -> np.ndarray:
@@ -54,15 +56,6 @@ class Evidence:
         for values in self.per_unit.values():
             out |= np.isfinite(values)
         return out
-
-    @property
-    def seeds_per_prompt(self) -> np.ndarray:
-        """Per candidate: the most seeds any one prompt was rendered with for it. The same for
-        every candidate of a plain evaluation; more for those ``eval --refine`` rendered again."""
-        counts = np.zeros((len(self.candidates), len(self.prompts)), dtype=np.int64)
-        rows, units = np.nonzero(self.rendered)
-        np.add.at(counts, (rows, self.unit_prompt[units]), 1)
-        return counts.max(axis=1) if len(self.prompts) else counts.sum(axis=1)
 
     @property
     def strata(self) -> np.ndarray:
@@ -182,7 +175,9 @@ def gather_evidence(results: Results, strengths: Sequence[float] | None = None) 
     diversity = _dense(
         dci[ok], dpi[ok], div["diversity"].to_numpy(dtype=float)[ok], (len(candidates), len(prompts))
     )
+    seeds = seeds_per_prompt(renders).reindex(cand_key, fill_value=0).to_numpy(dtype=np.int64)
     return Evidence(
+        seeds=seeds,
         candidates=candidates,
         units=units,
         prompts=prompts,

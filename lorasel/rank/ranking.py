@@ -259,7 +259,7 @@ def rank(
     for m in METRICS:
         table[m] = point[m]
     table["score"] = score
-    table["seeds"] = evidence.seeds_per_prompt
+    table["seeds"] = evidence.seeds
     # Rank by the point estimate; equal scores share a rank; earlier checkpoints break ties.
     contest_scores = pd.Series(np.round(score[contest], 12))
     ranks = contest_scores.rank(method="min", ascending=False).astype(int).to_numpy()

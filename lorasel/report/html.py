@@ -117,6 +117,7 @@ def _table_head(ranking: Ranking) -> list[dict[str, str]]:
 def _table_rows(ranking: Ranking) -> list[dict[str, Any]]:
     rows = []
     best = ranking.best
+    seeds_vary = ranking.seeds_vary
     for r in ranking.table.to_dict("records"):
         is_base = r["checkpoint"] == BASE
         is_best = not is_base and r["checkpoint"] == best.checkpoint and r["strength"] == best.strength
@@ -140,7 +141,7 @@ def _table_rows(ranking: Ranking) -> list[dict[str, Any]]:
             {"text": _fmt(r["loss"], 4), "sort": _sort_value(r["loss"])},
             {"text": _fmt(r["val_loss"], 4), "sort": _sort_value(r["val_loss"])},
         ]
-        if ranking.seeds_vary:
+        if seeds_vary:
             cells.append({"text": str(int(r["seeds"])), "sort": _sort_value(r["seeds"])})
         for c in cells:
             c.setdefault("cls", "")
