@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from lorasel.rank.bootstrap import (
     unit_counts,
 )
 from lorasel.rank.evidence import gather_evidence
+from lorasel.rank.ranking import Candidate
 from lorasel.rank.score import composite, fit_normalisation
 from lorasel.results import BASE, METRICS, Results
 from tests.synthetic_results import from_table, known_truth_run, make_results, refined_results
@@ -534,8 +536,12 @@ def test_choose_raises_no_candidate_and_checks_the_range():
 def test_pick_json_has_the_design_fields():
     ranking = rank(make_results(checkpoints=3), n_boot=50)
     data = choose(ranking).to_json()
-    fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds"]
-    assert list(data) == [*fields, "runner_up", "tied_with"]  # DESIGN.md's fields and seeds, then the ties
+    fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds", "prompt_tag"]
+    assert list(data) == [
+        *fields,
+        "runner_up",
+        "tied_with",
+    ]  # DESIGN.md's fields, seeds and the prompt tag, then the ties
     assert list(data["runner_up"]) == fields
     assert all(list(t) == fields for t in data["tied_with"])
     assert set(data["metrics"]) == set(METRICS) and data["seeds"] == 3  # make_results: 3 seeds per prompt
@@ -667,3 +673,19 @@ def test_bootstrap_strata_keep_the_refined_units_apart():
     np.testing.assert_array_equal(
         gather_evidence(full).strata, pd.Categorical(gather_evidence(full).units["kind"]).codes
     )
+
+
+def test_prompt_tag_is_a1111s_lora_syntax():
+    """``<lora:NAME:STRENGTH>`` with NAME the file name without extension, as A1111 and Forge
+    list LoRAs; the strength as written in a prompt (no trailing zeros); none for the base."""
+    table = rank(make_results(checkpoints=2, strengths=(0.5, 0.75, 1.0), seeds=2), n_boot=50).table
+    cands = [Candidate.from_row(row) for _, row in table.iterrows()]
+    by = {(c.checkpoint, c.strength): c for c in cands}
+    some = next(c for c in cands if not c.is_base)
+    stem = some.path.rsplit("/", 1)[-1].removesuffix(".safetensors")
+    assert by[(some.checkpoint, 0.75)].prompt_tag == f"<lora:{stem}:0.75>"
+    assert by[(some.checkpoint, 1.0)].prompt_tag == f"<lora:{stem}:1>"
+    assert by[(some.checkpoint, 0.5)].prompt_tag == f"<lora:{stem}:0.5>"
+    assert all(c.prompt_tag is None for c in cands if c.is_base)
+    odd = replace(some, path="/runs/v2.1/my lora.v3-000004.safetensors", strength=0.85)
+    assert odd.prompt_tag == "<lora:my lora.v3-000004:0.85>"

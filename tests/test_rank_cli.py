@@ -25,7 +25,7 @@ RANK_FIELDS = [
     "checkpoint", "epoch", "step", "strength", "fidelity", "flexibility", "adherence", "diversity",
     "preservation", "score", "rank", "p_best", "loss", "seeds",
 ]  # fmt: skip
-PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds"]
+PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds", "prompt_tag"]
 
 
 @pytest.fixture
@@ -113,6 +113,11 @@ def test_pick_json_and_python_api_agree(run):
         == str(run.root / "checkpoints" / table["checkpoint"].iloc[0])
     )
     assert 0.0 < data["p_best"] <= 1.0
+    # The A1111 prompt tag names the file without its extension (as A1111's Lora list does).
+    file_name = data["checkpoint"].rsplit("/", 1)[-1]
+    assert file_name.endswith(".safetensors")
+    assert data["prompt_tag"].startswith(f"<lora:{file_name[: -len('.safetensors')]}:")
+    assert float(data["prompt_tag"][:-1].rsplit(":", 1)[1]) == data["strength"]
     api = lorasel.pick(run.root)
     assert api.to_json() == data
     assert run.calls[-1] == (run.root, None)
@@ -124,6 +129,8 @@ def test_pick_human_output(run):
     assert result.stdout.startswith("pick: zkz-")
     assert "P(best)" in result.stdout and "runner-up:" in result.stdout
     assert "lowest loss would pick:" in result.stdout
+    tag = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)["prompt_tag"]
+    assert f"  prompt tag  {tag}   (A1111, Forge; ComfyUI: LoraLoader" in result.stdout
     # Candidates tied with the pick at the run's 2 seeds: the way to separate them.
     tied = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)["tied_with"]
     assert len(tied) >= 1

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import re
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -134,6 +135,10 @@ def test_html_content(report):
     assert sum(1 for t, a in parser.tags if t == "details" and a.get("class") == "grid") == 8
     assert len(re.findall(r'<td class="pick">', html)) == 8  # the pick outlined in every grid
     assert "Recommendation" in html and f"{ranking.best.strength:g}" in html
+    # The pick as an A1111 prompt tag, escaped like every text from the file names.
+    stem = Path(ranking.best.path).stem
+    tag = f"&lt;lora:{escape(stem)}:{ranking.best.strength:g}&gt;"
+    assert f'In an A1111 or Forge prompt: <code class="tag">{tag}</code>' in html
     assert "Fidelity against adherence." in html and "(fidelity-adherence)" in html
     # Candidates are tied with the pick at 2 seeds per prompt: the report says how to separate them.
     contest = ranking.table[ranking.table["checkpoint"] != BASE]

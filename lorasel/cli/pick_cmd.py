@@ -67,6 +67,10 @@ def pick_command(
 
     typer.echo(f"pick: {describe(best)}")
     typer.echo(f"  file        {printable(best.path)}")
+    typer.echo(
+        f"  prompt tag  {printable(best.prompt_tag)}   "
+        f"(A1111, Forge; ComfyUI: LoraLoader with model and clip strength {best.strength:g})"
+    )
     where = ", ".join(x for x in (f"epoch {best.epoch}" if best.epoch is not None else "",
                                    f"step {best.step}" if best.step is not None else "") if x)  # fmt: skip
     if where:

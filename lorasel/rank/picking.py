@@ -29,6 +29,7 @@ def _candidate_json(c: Candidate) -> dict[str, Any]:
         "metrics": dict(c.metrics),
         "p_best": c.p_best,
         "seeds": c.seeds,
+        "prompt_tag": c.prompt_tag,
     }
 
 
@@ -54,7 +55,8 @@ class Pick:
 
     def to_json(self) -> dict[str, Any]:
         """DESIGN.md's object: checkpoint, epoch, step, strength, score, metrics, p_best (each
-        candidate also with ``seeds``, its seeds per prompt), runner_up; then ``tied_with``: the
+        candidate also with ``seeds``, its seeds per prompt, and ``prompt_tag``, how A1111 and
+        Forge apply it: ``<lora:FILE_STEM:STRENGTH>``), runner_up; then ``tied_with``: the
         other candidates that could be the best (the 95 % confidence set for the best, in rank
         order; empty when the pick stands alone)."""
         out = _candidate_json(self.best)

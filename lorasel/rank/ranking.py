@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,12 @@ class Candidate:
     @property
     def is_base(self) -> bool:
         return self.checkpoint == BASE
+
+    @property
+    def prompt_tag(self) -> str | None:
+        """How A1111 and Forge apply it in a prompt, ``<lora:FILE_STEM:STRENGTH>`` (both the UNet
+        and the text encoder at that strength, as lorasel rendered it); None for the base model."""
+        return None if self.is_base else f"<lora:{PurePath(self.path).stem}:{self.strength:g}>"
 
 
 @dataclass(frozen=True, eq=False)

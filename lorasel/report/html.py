@@ -70,6 +70,7 @@ def _candidate_view(c: Candidate) -> dict[str, Any]:
         "label": c.label,
         "path": c.path,
         "strength": f"{c.strength:g}",
+        "tag": c.prompt_tag or "",
         "epoch": "" if c.epoch is None else str(c.epoch),
         "step": "" if c.step is None else str(c.step),
         "score": _fmt(c.score),
