@@ -207,6 +207,7 @@ async def test_detail_pane_follows_the_selection(run):
         assert "a out of domain prompt out_of_domain/1" in text  # every prompt listed
         assert "score by epoch" in text and "loss  by epoch" in text
         assert f"file /runs/zkz/checkpoints/{key[0]}" in text
+        assert f"prompt tag <lora:{label}:{key[1]:g}>" in text  # as `lorasel pick` prints it
         assert "ss_output_name" in text
 
 
@@ -224,9 +225,11 @@ async def test_hostile_metadata_labels_and_prompts_are_plain_text(tmp_path):
         table_of(app).move_cursor(row=row)
         await settle(pilot)
         detail = plain(app.query_one("#detail-body").content, width=200)
+        # The last: the file is "red]\x1b[2J-000001.safetensors" in a folder "[red]zkz[" (the label's "/").
         for value in ("[bold]zkz[/bold]", "[@click=app.quit]quit[/]", "[link=https://example.invalid]x[/link]",
                       "\\x1b[31mred\\x1b[0m", "[red]key[/red]", "[red]zkz[/red]\\x1b[2J-000001",
-                      "a [bold]zkz[/bold] [link=https://example.invalid]in_domain/0[/link]"):  # fmt: skip
+                      "a [bold]zkz[/bold] [link=https://example.invalid]in_domain/0[/link]",
+                      "prompt tag <lora:red]\\x1b[2J-000001:1>"):  # fmt: skip
             assert value in detail
         assert "\x1b" not in detail
         shown = screen_text(app)

@@ -62,6 +62,8 @@ def _summary(c: Candidate, key: CandidateKey, ranked: RankingIndex, text: Text) 
     text.append("\n" + "  ".join(w for w in where if w))
     text.append("\nfile ")
     text.append(clean(c.path))
+    text.append("\nprompt tag ")  # how A1111 and Forge apply it, as `lorasel pick` prints it
+    text.append(clean(c.prompt_tag))
     text.append("\n")
 
 
