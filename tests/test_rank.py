@@ -689,3 +689,7 @@ def test_prompt_tag_is_a1111s_lora_syntax():
     assert all(c.prompt_tag is None for c in cands if c.is_base)
     odd = replace(some, path="/runs/v2.1/my lora.v3-000004.safetensors", strength=0.85)
     assert odd.prompt_tag == "<lora:my lora.v3-000004:0.85>"
+    # diffusers' and peft's files all share a name: the checkpoint's folder names it.
+    for file in ("pytorch_lora_weights.safetensors", "adapter_model.safetensors"):
+        folder = replace(some, path=f"/runs/zkz/checkpoint-500/{file}", strength=1.0)
+        assert folder.prompt_tag == "<lora:checkpoint-500:1>"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lorasel.checkpoints.discover import ADAPTER_FILES
 from lorasel.errors import ConfigError
 from lorasel.rank.bootstrap import bootstrap_scores, interval, point_means, summarise
 from lorasel.rank.evidence import gather_evidence
@@ -94,8 +95,14 @@ class Candidate:
     @property
     def prompt_tag(self) -> str | None:
         """How A1111 and Forge apply it in a prompt, ``<lora:FILE_STEM:STRENGTH>`` (both the UNet
-        and the text encoder at that strength, as lorasel rendered it); None for the base model."""
-        return None if self.is_base else f"<lora:{PurePath(self.path).stem}:{self.strength:g}>"
+        and the text encoder at that strength, as lorasel rendered it); None for the base model.
+        A diffusers adapter file (``checkpoint-500/pytorch_lora_weights.safetensors``: every
+        checkpoint's file has that name) is named by its folder, as which it is to be copied."""
+        if self.is_base:
+            return None
+        path = PurePath(self.path)
+        name = path.parent.name if path.name in ADAPTER_FILES and path.parent.name else path.stem
+        return f"<lora:{name}:{self.strength:g}>"
 
 
 @dataclass(frozen=True, eq=False)
