@@ -23,7 +23,7 @@ runner = CliRunner()
 
 RANK_FIELDS = [
     "checkpoint", "epoch", "step", "strength", "fidelity", "flexibility", "adherence", "diversity",
-    "preservation", "score", "rank", "p_best", "loss", "seeds",
+    "preservation", "score", "rank", "p_best", "loss", "seeds", "prompt_tag",
 ]  # fmt: skip
 PICK_FIELDS = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds", "prompt_tag"]
 
@@ -78,6 +78,10 @@ def test_rank_json_rows_are_design_fields(run):
     assert base[0]["rank"] is None and base[0]["p_best"] is None and base[0]["loss"] is None
     assert all(isinstance(r["loss"], float) for r in contest)
     assert {r["seeds"] for r in rows} == {2}  # the fixture's seeds per prompt, for every row
+    assert base[0]["prompt_tag"] is None
+    for r in contest:  # A1111's tag: the file name without its extension, the strength as in a prompt
+        stem = r["checkpoint"].rsplit("/", 1)[-1].removesuffix(".safetensors")
+        assert r["prompt_tag"] == f"<lora:{stem}:{'1' if r['strength'] == 1.0 else r['strength']}>"
 
 
 def test_rank_csv_and_strengths_filter(run):

@@ -224,7 +224,8 @@ class Ranking:
         return [Candidate.from_row(row) for _, row in self.table.iterrows()]
 
     def json_rows(self) -> list[dict[str, Any]]:
-        """Rows of ``lorasel rank --json``: DESIGN.md's fields, ``checkpoint`` as the file's path."""
+        """Rows of ``lorasel rank --json``: DESIGN.md's fields, ``checkpoint`` as the file's path,
+        then ``seeds`` and ``prompt_tag`` (None for the base model)."""
         out = []
         for c in self.candidates():
             out.append(
@@ -239,6 +240,7 @@ class Ranking:
                     "p_best": c.p_best,
                     "loss": c.loss,
                     "seeds": c.seeds,
+                    "prompt_tag": c.prompt_tag,
                 }
             )
         return out
