@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lorasel import models
 from lorasel.cli import app
+from lorasel.evaluate import load_results
 from tests import evaluate_helpers as h
 
 runner = CliRunner()
@@ -67,6 +68,26 @@ def test_eval_prints_progress_warnings_and_a_summary_table(run):
     assert "warning: skipping zkz-000009" in again.stderr
 
 
+def test_eval_renders_kohya_sample_prompts(run):
+    """kohya's --sample_prompts file as the prompt set: its lines as written (the trigger's lines
+    in-domain, the others unrelated), plus the trigger prompt."""
+    samples = run.parent / "sample_prompts.txt"
+    samples.write_text(
+        "# kohya\nzkz star on a white background --n blurry --w 512 --d 7\na yellow square --n blurry\n"
+    )
+    result = _invoke(run, "--prompts", str(samples))
+    assert result.exit_code == 0, result.output
+    assert "0 of 6 renders already done" in result.stderr  # base + 1 checkpoint, 3 prompts, 1 seed
+    results = load_results(run)
+    texts = dict(zip(results.renders["prompt_id"], results.renders["prompt"], strict=True))
+    assert texts == {
+        "in_domain/0": "zkz star on a white background",
+        "trigger/0": "zkz star",
+        "unrelated/0": "a yellow square",
+    }
+    assert results.settings["negative"] == "blurry"  # --n; --w and --d are lorasel's own settings
+
+
 def test_refine_is_a_second_pass_with_its_own_progress_and_a_note(run):
     h.write_lora(run / "checkpoints" / "zkz-000002.safetensors", seed=2, scale=1.0, epoch=2)
     result = _invoke(run, "--refine", "2")
@@ -95,8 +116,8 @@ def _broken_reference(tmp_path):
     return folder
 
 
-def _prompt_file(tmp_path, text):
-    path = tmp_path / "bad.toml"
+def _prompt_file(tmp_path, text, name="bad.toml"):
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -126,6 +147,17 @@ BAD_INPUT = {
     "bad placeholder": (
         lambda t: ["--prompts", str(_prompt_file(t, '[prompts]\ntrigger = ["a {trigger} {colour}"]\n'))],
         "prompts.trigger[0] uses unknown placeholder {colour}",
+    ),
+    "kohya prompts without the trigger": (
+        lambda t: ["--prompts", str(_prompt_file(t, "a cat on a sofa --n blurry\n", "samples.txt"))],
+        "no prompt contains the trigger word 'zkz'",
+    ),
+    "kohya prompts with two negatives": (
+        lambda t: [
+            "--prompts",
+            str(_prompt_file(t, "zkz star --n a\nzkz star on grass --n b\n", "samples.txt")),
+        ],
+        "the negative prompts (--n) differ",
     ),
     "unknown scorer": (lambda t: ["--scorer", "nosuch"], "unknown scorer 'nosuch'"),
     "unknown open_clip model": (lambda t: ["--scorer", "NoSuchViT:openai"], "unknown open_clip model"),

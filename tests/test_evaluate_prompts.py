@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lorasel.errors import EvaluationError
 from lorasel.evaluate import builtin_prompt_sets, load_prompt_set
-from lorasel.evaluate.prompts import parse_prompt_set
+from lorasel.evaluate.prompts import parse_kohya_prompts, parse_prompt_set
 from lorasel.results import KINDS
 
 
@@ -136,3 +138,70 @@ def test_hostile_trigger_is_inserted_literally():
     ps = parse_prompt_set('[prompts]\ntrigger = ["a {trigger} {class}"]\n', source="t.toml", name="t")
     (p,) = ps.expand("{class}{0}{__import__}", "x}")
     assert p.text == "a {class}{0}{__import__} x}"
+
+
+KOHYA = """# kohya sd-scripts --sample_prompts
+zkz star, on a beach --n lowres, bad hands --w 512 --h 768 --d 42 --l 7.5 --s 28
+a photo of a ZKZ Star in {space} --n lowres, bad hands
+zkzx star alone
+a cat on a sofa
+
+zkz, a drawing --s 20
+"""
+
+
+def test_kohya_sample_prompts_are_a_prompt_set(tmp_path):
+    """Lines with the trigger word measure the concept (in-domain), lines without it what leaks
+    (unrelated); the trigger and the class word right after it become placeholders, so the
+    scoring text names the class once; --n is the negative, the other options are dropped."""
+    path = tmp_path / "sample_prompts.txt"
+    path.write_text(KOHYA)
+    ps = load_prompt_set(str(path))
+    assert (
+        ps.negative == "lowres, bad hands" and ps.spec == str(path.resolve()) and ps.name == "sample_prompts"
+    )
+    expanded = [(p.prompt_id, p.text, p.scoring_text) for p in ps.expand("zkz", "star")]
+    assert expanded == [
+        ("in_domain/0", "zkz star, on a beach", "star, on a beach"),
+        ("in_domain/1", "a photo of a zkz star in {space}", "a photo of a star in {space}"),
+        ("in_domain/2", "zkz, a drawing", "star, a drawing"),
+        ("trigger/0", "zkz star", "star"),
+        ("unrelated/0", "zkzx star alone", "zkzx star alone"),  # another word, not the trigger
+        ("unrelated/1", "a cat on a sofa", "a cat on a sofa"),
+    ]
+    assert {p.kind for p in ps.expand("zkz", "star")} == {"in_domain", "trigger", "unrelated"}
+    # Without a class word the trigger prompt is the trigger alone, and scoring keeps the trigger.
+    plain = [(p.prompt_id, p.text, p.scoring_text) for p in ps.expand("zkz", None)]
+    assert ("trigger/0", "zkz", "zkz") in plain and (
+        "in_domain/2",
+        "zkz, a drawing",
+        "zkz, a drawing",
+    ) in plain
+    # A line that is the trigger prompt already is not added twice.
+    again = parse_kohya_prompts("zkz star\nzkz star on grass\n", source="s.txt", name="s")
+    assert [p.text for p in again.expand("zkz", "star") if p.kind == "trigger"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("# only a comment\n\n", "has no prompts"),
+        ("zkz star --n a\nzkz star on grass --n b\n", "the negative prompts (--n) differ (lines 1, 2)"),
+        ("zkz star\nzkz star --s 20\n", "line 2 repeats line 1's prompt 'zkz star'"),
+        ("zkz star\n--n lowres\n", "line 2 has options but no prompt"),
+        ("zkz " + "x" * 1001 + "\n", "line 1 is longer than 1000 characters"),
+    ],
+)
+def test_bad_kohya_prompts_name_the_line(text, named):
+    with pytest.raises(EvaluationError, match=re.escape(named)) as info:
+        parse_kohya_prompts(text, source="bad.txt", name="bad")
+    assert info.value.hint and "bad.txt" in str(info.value)
+
+
+def test_kohya_prompts_without_the_trigger_measure_nothing(tmp_path):
+    ps = parse_kohya_prompts("a cat\na dog --n blurry\n", source="s.txt", name="s")
+    with pytest.raises(EvaluationError, match="no prompt contains the trigger word 'zkz'") as info:
+        ps.expand("zkz", "star")
+    assert "--trigger" in info.value.hint
+    with pytest.raises(EvaluationError, match="not found"):
+        load_prompt_set(str(tmp_path / "missing.txt"))

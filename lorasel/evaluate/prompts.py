@@ -16,10 +16,18 @@ A prompt set is a TOML file (shipped ones live in the ``eval_prompts`` package):
 Prompts that measure the concept (``in_domain``, ``trigger``, ``out_of_domain``) must use
 ``{trigger}``; ``unrelated`` prompts must not. ``{class}`` is the plain class word; flexibility
 scores a render against its prompt with the trigger replaced by the class word.
+
+A ``.txt`` file is read as kohya sd-scripts' sample prompts (``--sample_prompts``): one prompt a
+line, ``#`` comments, options after `` --`` (``--n`` the negative prompt; ``--w --h --d --l --s``
+and the rest are left to lorasel's own settings, the same for every checkpoint). Its prompts are
+written out, trigger included, so their kinds wait for the trigger (:meth:`PromptSet.expand`): a
+line with the trigger word is ``in_domain``, a line without it ``unrelated``, and
+``{trigger} {class}`` is added as the ``trigger`` prompt.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from importlib import resources
@@ -71,10 +79,50 @@ class PromptSet:
     class_word: str | None
     negative: str
     templates: tuple[PromptTemplate, ...]
+    literal: tuple[str, ...] = ()  # kohya sample prompts, written out: kinds come with the trigger
 
     @property
     def needs_class(self) -> bool:
         return any("{class}" in t.template for t in self.templates)
+
+    def templates_for(self, trigger: str, class_word: str | None) -> tuple[PromptTemplate, ...]:
+        """The set's templates; for written-out (kohya) prompts, made now that the trigger is
+        known: the trigger word (and the class word right after it) become placeholders, so the
+        scoring text names the class once, as for a TOML set's ``{trigger} {class}``."""
+        if not self.literal:
+            return self.templates
+        has_class = bool(class_word and class_word.strip())
+        pattern = rf"(?<!\w){re.escape(trigger)}(?!\w)"
+        if has_class:
+            pattern += rf"(?:\s+({re.escape(str(class_word).strip())})(?!\w))?"
+        word = re.compile(pattern, re.IGNORECASE)
+
+        def escape(text: str) -> str:
+            return text.replace("{", "{{").replace("}", "}}")
+
+        kinds: dict[str, list[str]] = {"in_domain": [], "trigger": [], "unrelated": []}
+        for line in self.literal:
+            pieces, last = [], 0
+            for match in word.finditer(line):
+                pieces.append(escape(line[last : match.start()]))
+                pieces.append("{trigger} {class}" if has_class and match.group(1) else "{trigger}")
+                last = match.end()
+            kind = "in_domain" if pieces else "unrelated"
+            kinds[kind].append("".join(pieces) + escape(line[last:]))
+        if not kinds["in_domain"]:
+            raise EvaluationError(
+                f"prompt file {self.source}: no prompt contains the trigger word {trigger!r}, "
+                "so none measures the LoRA",
+                hint="write the trigger into the prompts that should show the concept, or pass --trigger WORD",
+            )
+        alone = "{trigger} {class}" if has_class else "{trigger}"
+        if alone not in kinds["in_domain"]:
+            kinds["trigger"].append(alone)
+        return tuple(
+            PromptTemplate(f"{kind}/{i}", kind, t)
+            for kind, items in kinds.items()
+            for i, t in enumerate(items)
+        )
 
     def expand(self, trigger: str | None, class_word: str | None) -> tuple[Prompt, ...]:
         """Fill in the placeholders; raise if the trigger or class word is needed but missing."""
@@ -91,7 +139,7 @@ class PromptSet:
             )
         word = class_word or ""
         out = []
-        for t in self.templates:
+        for t in self.templates_for(trigger, class_word):
             text = _collapse(t.template.format(trigger=trigger, **{"class": word}))
             # "{trigger} {class}" becomes the class word once, not twice.
             plain = t.template.replace("{trigger} {class}", "{class}").replace("{trigger}", "{class}")
@@ -130,18 +178,21 @@ def resolve_prompt_spec(spec: str | Path, class_word: str | None) -> str | Path:
 def load_prompt_set(spec: str | Path) -> PromptSet:
     """A shipped set by name (``toy``) or a user's TOML file by path."""
     path = Path(spec).expanduser()
-    if isinstance(spec, Path) or path.suffix.lower() == ".toml" or path.exists():
+    kohya = path.suffix.lower() == ".txt"
+    if isinstance(spec, Path) or path.suffix.lower() == ".toml" or kohya or path.exists():
         if not path.is_file():
             raise EvaluationError(
-                f"prompt set file {path} not found", hint="pass an existing .toml file or a shipped set name"
+                f"prompt set file {path} not found",
+                hint="pass an existing .toml file, kohya sample prompts (.txt) or a shipped set name",
             )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise EvaluationError(
-                f"cannot read prompt set {path}: {exc}", hint="pass a UTF-8 TOML file"
+                f"cannot read prompt set {path}: {exc}", hint="pass a UTF-8 TOML or text file"
             ) from exc
-        return parse_prompt_set(text, source=str(path), name=path.stem, spec=str(path.resolve()))
+        parse = parse_kohya_prompts if kohya else parse_prompt_set
+        return parse(text, source=str(path), name=path.stem, spec=str(path.resolve()))
     name = str(spec)
     if name not in builtin_prompt_sets():
         raise EvaluationError(
@@ -212,6 +263,59 @@ def parse_prompt_set(text: str, *, source: str, name: str, spec: str | None = No
         class_word=_clean(concept.get("class")),
         negative=concept.get("negative", "").strip(),
         templates=tuple(templates),
+    )
+
+
+def parse_kohya_prompts(text: str, *, source: str, name: str, spec: str | None = None) -> PromptSet:
+    """kohya sd-scripts' sample prompts (``--sample_prompts prompts.txt``) as a prompt set: each
+    line ``PROMPT --n NEGATIVE --w 512 --d 42 ...`` up to its first `` --``; ``--n`` is kept (one
+    negative for the whole set, as lorasel renders every prompt with the same settings), the other
+    options are left to lorasel's settings. Every error names the file and the line."""
+    prompts: list[str] = []
+    negatives: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        prompt, *options = line.split(" --")
+        prompt = _collapse(prompt)
+        where = f"prompt file {source}, line {number}"
+        if prompt.startswith("--"):
+            raise EvaluationError(
+                f"{where} has options but no prompt", hint="write the prompt before its --options"
+            )
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise EvaluationError(f"{where} is longer than {MAX_PROMPT_CHARS} characters", hint="shorten it")
+        if prompt in prompts:
+            raise EvaluationError(
+                f"{where} repeats line {prompts.index(prompt) + 1}'s prompt {prompt!r}",
+                hint="every prompt of a set must be different (lorasel renders each with several seeds)",
+            )
+        prompts.append(prompt)
+        for option in options:
+            letter, _, value = option.partition(" ")
+            if letter.lower() == "n":
+                negatives.setdefault(_collapse(value), number)
+    if not prompts:
+        raise EvaluationError(
+            f"prompt file {source} has no prompts",
+            hint="write one prompt a line, as for kohya's --sample_prompts",
+        )
+    if len(negatives) > 1:
+        lines = ", ".join(str(n) for n in negatives.values())
+        raise EvaluationError(
+            f"prompt file {source}: the negative prompts (--n) differ (lines {lines})",
+            hint="lorasel renders every prompt with one negative prompt: give each line the same --n, or none",
+        )
+    return PromptSet(
+        name=name,
+        source=source,
+        spec=spec or source,
+        trigger=None,
+        class_word=None,
+        negative=next(iter(negatives), ""),
+        templates=(),
+        literal=tuple(prompts),
     )
 
 
