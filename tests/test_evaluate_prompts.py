@@ -187,7 +187,7 @@ def test_kohya_sample_prompts_are_a_prompt_set(tmp_path):
     [
         ("# only a comment\n\n", "has no prompts"),
         ("zkz star --n a\nzkz star on grass --n b\n", "the negative prompts (--n) differ (lines 1, 2)"),
-        ("zkz star\nzkz star --s 20\n", "line 2 repeats line 1's prompt 'zkz star'"),
+        ("# a\nzkz star\n\nzkz star --s 20\n", "line 4 repeats line 2's prompt 'zkz star'"),
         ("zkz star\n--n lowres\n", "line 2 has options but no prompt"),
         ("zkz " + "x" * 1001 + "\n", "line 1 is longer than 1000 characters"),
     ],

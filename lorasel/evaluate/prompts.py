@@ -271,7 +271,7 @@ def parse_kohya_prompts(text: str, *, source: str, name: str, spec: str | None =
     line ``PROMPT --n NEGATIVE --w 512 --d 42 ...`` up to its first `` --``; ``--n`` is kept (one
     negative for the whole set, as lorasel renders every prompt with the same settings), the other
     options are left to lorasel's settings. Every error names the file and the line."""
-    prompts: list[str] = []
+    prompts: dict[str, int] = {}  # prompt -> its line
     negatives: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -288,10 +288,10 @@ def parse_kohya_prompts(text: str, *, source: str, name: str, spec: str | None =
             raise EvaluationError(f"{where} is longer than {MAX_PROMPT_CHARS} characters", hint="shorten it")
         if prompt in prompts:
             raise EvaluationError(
-                f"{where} repeats line {prompts.index(prompt) + 1}'s prompt {prompt!r}",
+                f"{where} repeats line {prompts[prompt]}'s prompt {prompt!r}",
                 hint="every prompt of a set must be different (lorasel renders each with several seeds)",
             )
-        prompts.append(prompt)
+        prompts[prompt] = number
         for option in options:
             letter, _, value = option.partition(" ")
             if letter.lower() == "n":
