@@ -157,7 +157,7 @@ BAD_INPUT = {
             "--prompts",
             str(_prompt_file(t, "zkz star --n a\nzkz star on grass --n b\n", "samples.txt")),
         ],
-        "the negative prompts (--n) differ",
+        "the negative prompts differ",
     ),
     "unknown scorer": (lambda t: ["--scorer", "nosuch"], "unknown scorer 'nosuch'"),
     "unknown open_clip model": (lambda t: ["--scorer", "NoSuchViT:openai"], "unknown open_clip model"),

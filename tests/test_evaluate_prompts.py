@@ -186,8 +186,8 @@ def test_kohya_sample_prompts_are_a_prompt_set(tmp_path):
     ("text", "named"),
     [
         ("# only a comment\n\n", "has no prompts"),
-        ("zkz star --n a\nzkz star on grass --n b\n", "the negative prompts (--n) differ (lines 1, 2)"),
-        ("# a\nzkz star\n\nzkz star --s 20\n", "line 4 repeats line 2's prompt 'zkz star'"),
+        ("zkz star --n a\nzkz star on grass --n b\n", "the negative prompts differ (line 1, line 2)"),
+        ("# a\nzkz star\n\nzkz star --s 20\n", "line 4 repeats the prompt of line 2: 'zkz star'"),
         ("zkz star\n--n lowres\n", "line 2 has options but no prompt"),
         ("zkz " + "x" * 1001 + "\n", "line 1 is longer than 1000 characters"),
     ],
@@ -205,3 +205,48 @@ def test_kohya_prompts_without_the_trigger_measure_nothing(tmp_path):
     assert "--trigger" in info.value.hint
     with pytest.raises(EvaluationError, match="not found"):
         load_prompt_set(str(tmp_path / "missing.txt"))
+
+
+def test_kohyas_toml_and_json_sample_prompts(tmp_path):
+    """sd-scripts also reads a .toml ([prompt] defaults, [[prompt.subset]] tables) and a .json
+    (a list of objects): the same prompts and negative as the .txt form."""
+    toml = tmp_path / "samples.toml"
+    toml.write_text(
+        '[prompt]\nnegative_prompt = "lowres"\nwidth = 512\nsample_steps = 28\n\n'
+        '[[prompt.subset]]\nprompt = "zkz star on a beach"\nseed = 1\n\n'
+        '[[prompt.subset]]\nprompt = "a cat on a sofa"\n'
+    )
+    js = tmp_path / "samples.json"
+    js.write_text(
+        '[{"prompt": "zkz star on a beach", "negative_prompt": "lowres", "width": 512},'
+        ' {"prompt": "a cat on a sofa", "negative_prompt": "lowres"}]'
+    )
+    for path in (toml, js):
+        ps = load_prompt_set(str(path))
+        assert ps.negative == "lowres"
+        assert [(p.prompt_id, p.text) for p in ps.expand("zkz", "star")] == [
+            ("in_domain/0", "zkz star on a beach"),
+            ("trigger/0", "zkz star"),
+            ("unrelated/0", "a cat on a sofa"),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "named"),
+    [
+        ("s.json", "[{'prompt': 1}]", "is not valid JSON"),
+        ("s.json", '{"prompt": "zkz"}', "is not kohya sample prompts"),
+        ("s.json", '[{"prompt": 3}]', "entry 1 has no prompt text"),
+        ("s.json", '[{"prompt": "zkz", "negative_prompt": "a"}, {"prompt": "x", "negative_prompt": "b"}]',
+         "the negative prompts differ (entry 1, entry 2)"),
+        ("s.toml", '[prompt]\n[[prompt.subset]]\nwidth = 5\n', "prompt.subset 1 has no prompt text"),
+        ("s.toml", '[prompt]\n[[prompt.subset]]\nprompt = " "\n', "prompt.subset 1 has an empty prompt"),
+        ("s.json", "[]", "has no prompts"),
+    ],
+)  # fmt: skip
+def test_bad_structured_kohya_prompts_name_the_entry(tmp_path, name, text, named):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(EvaluationError, match=re.escape(named)) as info:
+        load_prompt_set(str(path))
+    assert info.value.hint and name in str(info.value)

@@ -29,7 +29,7 @@ def eval_command(
     prompts: Annotated[
         str | None,
         typer.Option(
-            help="Prompt set: toy, character, object, style, a .toml file, or kohya sample prompts (.txt). [default: toy for the toy base, else object]"
+            help="Prompt set: toy, character, object, style, a .toml file, or kohya sample prompts (.txt, .toml, .json). [default: toy for the toy base, else object]"
         ),
     ] = None,
     strengths: Annotated[

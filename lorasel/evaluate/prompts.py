@@ -19,7 +19,9 @@ scores a render against its prompt with the trigger replaced by the class word.
 
 A ``.txt`` file is read as kohya sd-scripts' sample prompts (``--sample_prompts``): one prompt a
 line, ``#`` comments, options after `` --`` (``--n`` the negative prompt; ``--w --h --d --l --s``
-and the rest are left to lorasel's own settings, the same for every checkpoint). Its prompts are
+and the rest are left to lorasel's own settings, the same for every checkpoint); so are its
+``.json`` (a list of objects) and its ``.toml`` (``[[prompt.subset]]``), ``negative_prompt``
+their negative. Its prompts are
 written out, trigger included, so their kinds wait for the trigger (:meth:`PromptSet.expand`): a
 line with the trigger word is ``in_domain``, a line without it ``unrelated``, and
 ``{trigger} {class}`` is added as the ``trigger`` prompt.
@@ -27,6 +29,7 @@ line with the trigger word is ``in_domain``, a line without it ``unrelated``, an
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -178,12 +181,12 @@ def resolve_prompt_spec(spec: str | Path, class_word: str | None) -> str | Path:
 def load_prompt_set(spec: str | Path) -> PromptSet:
     """A shipped set by name (``toy``) or a user's TOML file by path."""
     path = Path(spec).expanduser()
-    kohya = path.suffix.lower() == ".txt"
-    if isinstance(spec, Path) or path.suffix.lower() == ".toml" or kohya or path.exists():
+    suffix = path.suffix.lower()
+    if isinstance(spec, Path) or suffix in (".toml", ".txt", ".json") or path.exists():
         if not path.is_file():
             raise EvaluationError(
                 f"prompt set file {path} not found",
-                hint="pass an existing .toml file, kohya sample prompts (.txt) or a shipped set name",
+                hint="pass an existing .toml file, kohya sample prompts (.txt, .toml, .json) or a shipped set name",
             )
         try:
             text = path.read_text(encoding="utf-8")
@@ -191,8 +194,18 @@ def load_prompt_set(spec: str | Path) -> PromptSet:
             raise EvaluationError(
                 f"cannot read prompt set {path}: {exc}", hint="pass a UTF-8 TOML or text file"
             ) from exc
-        parse = parse_kohya_prompts if kohya else parse_prompt_set
-        return parse(text, source=str(path), name=path.stem, spec=str(path.resolve()))
+        named = {"source": str(path), "name": path.stem, "spec": str(path.resolve())}
+        if suffix == ".txt":
+            return parse_kohya_prompts(text, **named)
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise EvaluationError(
+                    f"prompt file {path} is not valid JSON: {exc}", hint="fix the JSON"
+                ) from exc
+            return _kohya_set(kohya_entries(data, str(path)), **named)
+        return parse_prompt_set(text, **named)
     name = str(spec)
     if name not in builtin_prompt_sets():
         raise EvaluationError(
@@ -211,6 +224,8 @@ def parse_prompt_set(text: str, *, source: str, name: str, spec: str | None = No
         raise EvaluationError(
             f"prompt set {source} is not valid TOML: {exc}", hint="fix the TOML syntax"
         ) from exc
+    if "prompt" in data and "prompts" not in data:  # kohya's [prompt] / [[prompt.subset]]
+        return _kohya_set(kohya_entries(data, source), source=source, name=name, spec=spec)
     _no_unknown_keys(data, TOP_KEYS, source, "")
     concept = data.get("concept", {})
     if not isinstance(concept, dict):
@@ -271,41 +286,87 @@ def parse_kohya_prompts(text: str, *, source: str, name: str, spec: str | None =
     line ``PROMPT --n NEGATIVE --w 512 --d 42 ...`` up to its first `` --``; ``--n`` is kept (one
     negative for the whole set, as lorasel renders every prompt with the same settings), the other
     options are left to lorasel's settings. Every error names the file and the line."""
-    prompts: dict[str, int] = {}  # prompt -> its line
-    negatives: dict[str, int] = {}
+    entries: list[tuple[str, str, str | None]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         prompt, *options = line.split(" --")
-        prompt = _collapse(prompt)
-        where = f"prompt file {source}, line {number}"
         if prompt.startswith("--"):
             raise EvaluationError(
-                f"{where} has options but no prompt", hint="write the prompt before its --options"
+                f"prompt file {source}, line {number} has options but no prompt",
+                hint="write the prompt before its --options",
             )
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise EvaluationError(f"{where} is longer than {MAX_PROMPT_CHARS} characters", hint="shorten it")
-        if prompt in prompts:
-            raise EvaluationError(
-                f"{where} repeats line {prompts[prompt]}'s prompt {prompt!r}",
-                hint="every prompt of a set must be different (lorasel renders each with several seeds)",
-            )
-        prompts[prompt] = number
+        negative = None
         for option in options:
             letter, _, value = option.partition(" ")
             if letter.lower() == "n":
-                negatives.setdefault(_collapse(value), number)
+                negative = value
+        entries.append((f"line {number}", prompt, negative))
+    return _kohya_set(entries, source=source, name=name, spec=spec)
+
+
+def kohya_entries(data: object, source: str) -> list[tuple[str, str, str | None]]:
+    """The prompts of kohya's structured sample-prompt files: a ``.toml`` with ``[prompt]``
+    defaults and ``[[prompt.subset]]`` tables, or a ``.json`` list of objects; each has
+    ``prompt`` and may have ``negative_prompt`` (``width``, ``seed``, ``scale`` ... are left to
+    lorasel's settings). Returns (where, prompt, negative) for :func:`_kohya_set`."""
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # TOML
+        defaults = {k: v for k, v in data["prompt"].items() if k != "subset"}
+        subsets = data["prompt"].get("subset", [])
+        items, label = [{**defaults, **s} if isinstance(s, dict) else s for s in subsets], "prompt.subset"
+    else:
+        items, label = data, "entry"
+    if not isinstance(items, list):
+        raise EvaluationError(
+            f"prompt file {source} is not kohya sample prompts",
+            hint="kohya's .json is a list of objects with a prompt; its .toml has [[prompt.subset]] tables",
+        )
+    out = []
+    for i, item in enumerate(items, start=1):
+        where = f"{label} {i}"
+        prompt = item.get("prompt") if isinstance(item, dict) else None
+        negative = item.get("negative_prompt") if isinstance(item, dict) else None
+        if not isinstance(prompt, str) or (negative is not None and not isinstance(negative, str)):
+            raise EvaluationError(
+                f"prompt file {source}, {where} has no prompt text",
+                hint='give each a "prompt" string (and "negative_prompt", if any, a string)',
+            )
+        out.append((where, prompt, negative))
+    return out
+
+
+def _kohya_set(
+    entries: list[tuple[str, str, str | None]], *, source: str, name: str, spec: str | None
+) -> PromptSet:
+    """A prompt set of written-out prompts (``PromptSet.literal``) from kohya's (where, prompt,
+    negative) entries; the negatives given must agree, as lorasel renders with one."""
+    prompts: dict[str, str] = {}  # prompt -> where it is
+    negatives: dict[str, str] = {}  # negative -> where it is first
+    for where, raw, negative in entries:
+        prompt = _collapse(raw)
+        at = f"prompt file {source}, {where}"
+        if not prompt:
+            raise EvaluationError(f"{at} has an empty prompt", hint="remove it or write the prompt")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise EvaluationError(f"{at} is longer than {MAX_PROMPT_CHARS} characters", hint="shorten it")
+        if prompt in prompts:
+            raise EvaluationError(
+                f"{at} repeats the prompt of {prompts[prompt]}: {prompt!r}",
+                hint="every prompt of a set must be different (lorasel renders each with several seeds)",
+            )
+        prompts[prompt] = where
+        if negative is not None:
+            negatives.setdefault(_collapse(negative), where)
     if not prompts:
         raise EvaluationError(
             f"prompt file {source} has no prompts",
-            hint="write one prompt a line, as for kohya's --sample_prompts",
+            hint="write at least one prompt, as for kohya's --sample_prompts",
         )
     if len(negatives) > 1:
-        lines = ", ".join(str(n) for n in negatives.values())
         raise EvaluationError(
-            f"prompt file {source}: the negative prompts (--n) differ (lines {lines})",
-            hint="lorasel renders every prompt with one negative prompt: give each line the same --n, or none",
+            f"prompt file {source}: the negative prompts differ ({', '.join(negatives.values())})",
+            hint="lorasel renders every prompt with one negative prompt: give each the same one, or none",
         )
     return PromptSet(
         name=name,
