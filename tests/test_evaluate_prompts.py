@@ -205,6 +205,12 @@ def test_kohya_prompts_without_the_trigger_measure_nothing(tmp_path):
     assert "--trigger" in info.value.hint
     with pytest.raises(EvaluationError, match="not found"):
         load_prompt_set(str(tmp_path / "missing.txt"))
+    # Two lines that differ only in how the trigger and class word are written: one prompt.
+    twice = parse_kohya_prompts("zkz star on grass\nZKZ Star on grass\n", source="s.txt", name="s")
+    with pytest.raises(
+        EvaluationError, match="'ZKZ Star on grass' and 'zkz star on grass' are the same prompt"
+    ):
+        twice.expand("zkz", "star")
 
 
 def test_kohyas_toml_and_json_sample_prompts(tmp_path):

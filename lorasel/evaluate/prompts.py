@@ -21,10 +21,9 @@ A ``.txt`` file is read as kohya sd-scripts' sample prompts (``--sample_prompts`
 line, ``#`` comments, options after `` --`` (``--n`` the negative prompt; ``--w --h --d --l --s``
 and the rest are left to lorasel's own settings, the same for every checkpoint); so are its
 ``.json`` (a list of objects) and its ``.toml`` (``[[prompt.subset]]``), ``negative_prompt``
-their negative. Its prompts are
-written out, trigger included, so their kinds wait for the trigger (:meth:`PromptSet.expand`): a
-line with the trigger word is ``in_domain``, a line without it ``unrelated``, and
-``{trigger} {class}`` is added as the ``trigger`` prompt.
+their negative. Their prompts are written out, trigger included, so their kinds wait for the
+trigger (:meth:`PromptSet.templates_for`): a prompt with the trigger word is ``in_domain``, one
+without it ``unrelated``, and ``{trigger} {class}`` is added as the ``trigger`` prompt.
 """
 
 from __future__ import annotations
@@ -104,14 +103,22 @@ class PromptSet:
             return text.replace("{", "{{").replace("}", "}}")
 
         kinds: dict[str, list[str]] = {"in_domain": [], "trigger": [], "unrelated": []}
+        made: dict[str, str] = {}  # template -> the prompt it came from
         for line in self.literal:
             pieces, last = [], 0
             for match in word.finditer(line):
                 pieces.append(escape(line[last : match.start()]))
                 pieces.append("{trigger} {class}" if has_class and match.group(1) else "{trigger}")
                 last = match.end()
-            kind = "in_domain" if pieces else "unrelated"
-            kinds[kind].append("".join(pieces) + escape(line[last:]))
+            template = "".join(pieces) + escape(line[last:])
+            if template in made:  # e.g. "zkz star" and "ZKZ Star": one prompt once the trigger is filled in
+                raise EvaluationError(
+                    f"prompt file {self.source}: {line!r} and {made[template]!r} are the same prompt "
+                    f"with the trigger {trigger!r} filled in",
+                    hint="every prompt of a set must be different: remove one of them",
+                )
+            made[template] = line
+            kinds["in_domain" if pieces else "unrelated"].append(template)
         if not kinds["in_domain"]:
             raise EvaluationError(
                 f"prompt file {self.source}: no prompt contains the trigger word {trigger!r}, "
@@ -179,7 +186,8 @@ def resolve_prompt_spec(spec: str | Path, class_word: str | None) -> str | Path:
 
 
 def load_prompt_set(spec: str | Path) -> PromptSet:
-    """A shipped set by name (``toy``) or a user's TOML file by path."""
+    """A shipped set by name (``toy``), or by path a user's TOML file or kohya's sample prompts
+    (``.txt``; ``.json``; a ``.toml`` with ``[prompt]`` instead of ``[prompts]``)."""
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()
     if isinstance(spec, Path) or suffix in (".toml", ".txt", ".json") or path.exists():
