@@ -261,15 +261,63 @@ def test_the_pick_is_always_on_the_front(weights):
 
 
 def test_unit_counts_resample_within_each_kind():
-    strata = np.array([0, 0, 0, 1, 1, 2])
+    strata = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 2])
     counts = unit_counts(strata, 500, np.random.default_rng(0))
-    assert counts.shape == (500, 6)
+    assert counts.shape == (500, 10)
     # Each stratum keeps its weight: n - 1 draws of weight n / (n - 1); one unit alone keeps it.
-    np.testing.assert_allclose(counts[:, :3].sum(axis=1), 3)
-    np.testing.assert_allclose(counts[:, 3:5].sum(axis=1), 2)
-    np.testing.assert_array_equal(counts[:, 5], 1)
-    assert set(np.unique(counts[:, :3])) <= {0.0, 1.5, 3.0}
-    assert counts[:, :3].mean() == pytest.approx(1.0, abs=0.1)
+    np.testing.assert_allclose(counts[:, :4].sum(axis=1), 4)
+    np.testing.assert_allclose(counts[:, 4:9].sum(axis=1), 5)
+    np.testing.assert_array_equal(counts[:, 9], 1)
+    assert set(np.round(np.unique(counts[:, :4]), 9)) <= {0.0, round(4 / 3, 9), round(8 / 3, 9), 4.0}
+    assert counts[:, :4].mean() == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_small_strata_get_n_draws_rescaled(n):
+    """Below 4 units: n draws, a unit drawn c times weighing 1 + sqrt(n / (n - 1)) (c - 1) (Rao and
+    Wu's general form), so the sample itself is a round, with its multinomial probability
+    n! / n**n, and the resampled mean still has the variance s²/n."""
+    rounds = 200_000
+    counts = unit_counts(np.zeros(n), rounds, np.random.default_rng(3))
+    np.testing.assert_allclose(counts.sum(axis=1), n)
+    scale = math.sqrt(n / (n - 1))
+    expected = {round(1 + scale * (c - 1), 9) for c in range(n + 1)}
+    assert set(np.round(np.unique(counts), 9)) <= expected
+    whole = np.all(np.isclose(counts, 1.0), axis=1).mean()
+    assert whole == pytest.approx(math.factorial(n) / n**n, abs=0.005)
+    x = np.random.default_rng(4).normal(size=n)
+    means = counts @ x / n
+    assert means.mean() == pytest.approx(x.mean(), abs=0.01)
+    assert means.var() == pytest.approx(x.var(ddof=1) / n, rel=0.02)
+
+
+def test_leader_on_the_mean_of_two_units_can_win_a_round():
+    """1 seed of 2 prompts: A is best on the mean (0.5 against 0.45) but second on each prompt. With
+    one draw of 2 (the n - 1 rule) A would win no round; with two draws it wins those that hold
+    both prompts once, half of them."""
+    values = np.array([[0.5, 0.5], [0.9, 0.0], [0.0, 0.9]])
+    counts = unit_counts(np.zeros(2), 4000, np.random.default_rng(5))
+    share = p_best(counts @ values.T / 2)
+    assert share[0] == pytest.approx(0.5, abs=0.03)
+    assert share[1] == pytest.approx(0.25, abs=0.03) and share[2] == pytest.approx(0.25, abs=0.03)
+
+
+def test_few_units_are_said_and_how_many_seeds_would_do():
+    """Adherence is measured on the in-domain prompts only: 2 of them at 1 seed is 2 units;
+    fidelity has the trigger prompts too (4 units). At 2 seeds every weighed metric has 4."""
+    ranking = rank(make_results(checkpoints=3, prompts_per_kind=2, seeds=1), n_boot=50)
+    note = ranking.few_units_note()
+    assert note is not None
+    assert "(2 for adherence)" in note and "fidelity" not in note
+    assert note.endswith(
+        "rerun lorasel eval with the same options and at least --seeds 2 (only the new seeds are rendered)"
+    )
+    assert rank(make_results(checkpoints=3, prompts_per_kind=2, seeds=2), n_boot=50).few_units_note() is None
+    unweighed = rank(make_results(checkpoints=3, prompts_per_kind=2, seeds=1), n_boot=50,
+                     weights=Weights.parse("fidelity=1,adherence=0"))  # fmt: skip
+    assert unweighed.few_units_note() is None
+    one = rank(make_results(checkpoints=3, prompts_per_kind=1, seeds=1), n_boot=50).few_units_note()
+    assert "(2 for fidelity, 1 for adherence)" in one and "at least --seeds 4" in one
 
 
 def test_resampled_mean_has_the_textbook_variance():

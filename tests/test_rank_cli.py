@@ -294,6 +294,21 @@ def test_results_without_adherence_rank_on_the_rest_with_one_warning(tmp_path, m
     assert "warning" not in quiet.stderr
 
 
+def test_one_seed_of_two_prompts_warns_that_p_best_is_coarse(tmp_path, monkeypatch):
+    """pick, rank and report on 1 seed of 2 prompts per kind: one warning line on stderr (stdout
+    stays the JSON), and the same note in the HTML report."""
+    results = make_results(checkpoints=3, prompts_per_kind=2, seeds=1, state_dir=tmp_path / "r" / "lorasel")
+    monkeypatch.setattr(inputs, "load_inputs", lambda path, workdir=None: results)
+    for args in (["pick", "--json"], ["rank", "--json"], ["report"]):
+        result = runner.invoke(app, [args[0], str(tmp_path / "r"), *args[1:]])
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and "(2 for adherence)" in warnings[0] and "--seeds 2" in warnings[0]
+    assert json.loads(runner.invoke(app, ["pick", str(tmp_path / "r"), "--json"]).stdout)["p_best"] > 0
+    html = (tmp_path / "r" / "report" / "report.html").read_text()
+    assert "rest on few (prompt, seed) units (2 for adherence)" in html
+
+
 def test_control_characters_in_names_do_not_reach_the_terminal(tmp_path, monkeypatch):
     results = make_results(checkpoints=2, labels=["evil\x1b[2J\x07-000001", "ok-000002"])
     monkeypatch.setattr(inputs, "load_inputs", lambda path, workdir=None: results)

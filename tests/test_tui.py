@@ -148,6 +148,18 @@ async def test_results_without_adherence_are_a_notification_once(tmp_path):
         assert len(notes) == 1 and "press v" in notes[0]
 
 
+async def test_few_units_are_a_notification_once(tmp_path):
+    """1 seed of 2 prompts per kind: the bootstrap's few units are said once, not on every re-rank."""
+    results = synthetic_run(tmp_path, seeds=1, checkpoints=3)
+    app = tui(tmp_path, results, loss_loader=lambda root: None)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("plus")
+        await settle(pilot)
+        notes = [n.message for n in app._notifications if "rest on few (prompt, seed) units" in n.message]
+        assert len(notes) == 1 and "(2 for adherence)" in notes[0] and "press v" in notes[0]
+
+
 async def test_loss_toggle_shows_what_loss_would_pick(run):
     app = tui(run.root, run.results)
     async with app.run_test(size=SIZE) as pilot:

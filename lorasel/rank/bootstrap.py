@@ -43,6 +43,10 @@ units there) plain n-of-n resampling kept it in 92.0-93.7 % of runs: with so few
 bootstrap underestimates the noise by a factor (n - 1)/n in variance (:func:`unit_counts`
 corrects that) and cannot know its own standard errors well. With the correction, 93.8 % of 1000
 runs (95.7 % of 300 others, where plain resampling read 93.7 %); at 12 seeds per prompt 97 %.
+With fewer units it falls short whatever the resampling, since a handful of units cannot show
+their own spread: at 2 seeds of 2 or 3 prompts per kind (4 and 6 units) 85 % and 89 % of 300
+runs, at 1 seed of 3 prompts 78 % (76 % with n - 1 draws), of 2 prompts 58 % (49 %); hence
+:meth:`lorasel.rank.ranking.Ranking.few_units_note` below 4 units.
 
 ``p_best`` is a share of resampled evaluations, not a posterior: when several candidates are
 truly almost equal, the observed leader keeps its lucky lead in most rounds and so gets more
@@ -66,24 +70,41 @@ TIE_LEVEL = 0.95
 INTERVAL = 0.95
 #: Scores closer than this are equal (sums in a different order may differ in the last bits).
 SCORE_TOL = 1e-9
+#: Strata of fewer units are resampled with n draws rather than n - 1 (see :func:`unit_counts`).
+SMALL_STRATUM = 4
 
 
 def unit_counts(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``[n_boot, units]`` unit weights: within each stratum of n units, n - 1 draws with
-    replacement, each counting n / (n - 1) (Rao and Wu's rescaled bootstrap). A stratum keeps its
-    total weight n in every round, and the variance of a resampled mean is the textbook s²/n
-    (s² with n - 1 in the denominator); n plain draws would give (n - 1)/n of it, intervals too
-    narrow by 4% at the 12 units of a small prompt kind. A stratum of one unit keeps it."""
+    """``[n_boot, units]`` unit weights, resampled within each stratum (Rao and Wu's rescaled
+    bootstrap). A stratum of n units gets m draws with replacement; a unit drawn c times weighs
+    ``1 + λ (n c / m - 1)`` with ``λ = sqrt(m / (n - 1))``. Every stratum keeps its total weight n
+    in every round, and the variance of a resampled mean is the textbook s²/n (s² with n - 1 in
+    the denominator); n plain draws would give (n - 1)/n of it, intervals too narrow by 4% at the
+    12 units of a small prompt kind.
+
+    From :data:`SMALL_STRATUM` units up, m = n - 1 (λ = 1: each draw weighs n / (n - 1)). Below,
+    m = n: with n - 1 draws a round never holds every unit once, and of 2 units it holds just one,
+    so a candidate best on the mean but second on each unit (1 seed, 2 prompts) would win no round
+    at all; with n draws the sample itself is a round (half of them at n = 2, 2/9 at n = 3), at
+    the price of weights outside [0, n] (-0.41 and 2.41 at n = 2). A stratum of one unit keeps it.
+    """
     strata = np.asarray(strata)
     counts = np.zeros((n_boot, strata.size))
     rows = np.arange(n_boot)[:, None]
     for code in np.unique(strata):
         members = np.flatnonzero(strata == code)
         n = members.size
-        draws = max(n - 1, 1)
+        if n == 1:
+            counts[:, members] = 1.0
+            continue
+        draws = n - 1 if n >= SMALL_STRATUM else n
         drawn = rng.integers(0, n, size=(n_boot, draws))
-        flat = np.bincount((drawn + rows * n).ravel(), minlength=n_boot * n)
-        counts[:, members] = flat.reshape(n_boot, n) * (n / draws)
+        weight = np.bincount((drawn + rows * n).ravel(), minlength=n_boot * n).reshape(n_boot, n) * (
+            n / draws
+        )
+        if draws == n:  # λ = sqrt(n / (n - 1)); for n - 1 draws λ = 1 and the weights are as drawn
+            weight = 1.0 + np.sqrt(n / (n - 1)) * (weight - 1.0)
+        counts[:, members] = weight
     return counts
 
 

@@ -351,6 +351,7 @@ def render_html(
         "tie_advice": ranking.tie_advice(len(tied)),
         "tie_level": f"{TIE_LEVEL:.0%}",
         "unmeasured_note": ranking.unmeasured_note(),
+        "few_units_note": ranking.few_units_note(),
         "lowest_loss": _candidate_view(lowest) if lowest else None,
         "loss_source": ranking.loss_source or "looked for logs/loss.csv and TensorBoard event files",
         "spearman_text": _spearman_text(ranking),

@@ -107,7 +107,7 @@ class LoraselTUI(ReportsMixin, EvaluationMixin, App[dict | None]):
         self.renders = RenderCache(run.state)
         self._fingerprint: tuple | None = None
         self._generation = self._ranked_generation = 0
-        self._unmeasured_note: str | None = None  # shown once, not on every re-rank
+        self._notes: tuple[str | None, str | None] = (None, None)  # shown once, not on every re-rank
         self._exported_generation = -1
         self._stamp: tuple | None = None
         self._evaluation: Worker | None = None
@@ -249,10 +249,12 @@ class LoraselTUI(ReportsMixin, EvaluationMixin, App[dict | None]):
         self.ranking, self.ranked = message.ranking, message.index
         self._ranked_generation = message.generation
         self.main.show_ranking(message.ranking, self.state)
-        note = message.ranking.unmeasured_note(rerun="the evaluation (press v)")
-        if note and note != self._unmeasured_note:
-            self.notify(clean(note), severity="warning", markup=False)
-        self._unmeasured_note = note
+        rerun = "the evaluation (press v)"
+        notes = (message.ranking.unmeasured_note(rerun=rerun), message.ranking.few_units_note(rerun=rerun))
+        for note, shown in zip(notes, self._notes, strict=True):
+            if note and note != shown:
+                self.notify(clean(note), severity="warning", markup=False)
+        self._notes = notes
         if first:
             self.refresh_bindings()
 
