@@ -179,15 +179,20 @@ def test_bad_input_is_one_line_with_exit_2(run, tmp_path, case):
 
 
 def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):
-    specs = []
+    specs, scorers = [], []
     monkeypatch.setattr(models, "load_base", lambda spec, **kw: specs.append(spec) or h.tiny_pipeline())
+    monkeypatch.setattr(models, "load_scorer", lambda spec, **kw: scorers.append(spec) or h.tiny_scorer())
     (run / "run.toml").write_text('[model]\nbase = "org/my-sd15"\n[dataset]\npath = "dataset"\n')
     torch.set_num_threads(2)
     result = _invoke(run, "--threads", "1")
     assert result.exit_code == 0, result.output
     assert specs == ["org/my-sd15"] and torch.get_num_threads() == 2
-    result = _invoke(run, "--base", "other/base", "--threads", "1")
-    assert specs[-1] == "other/base"
+    # A real base is scored by a real CLIP unless --scorer says otherwise, never by the toy scorer.
+    assert scorers == ["ViT-L-14:datacomp_xl_s13b_b90k"]
+    result = _invoke(run, "--base", "other/base", "--scorer", "ViT-B-32:/w.safetensors", "--threads", "1")
+    assert specs[-1] == "other/base" and scorers[-1] == "ViT-B-32:/w.safetensors"
+    result = _invoke(run, "--base", "toy", "--threads", "1")
+    assert specs[-1] == "toy" and scorers[-1] == "toy"
 
 
 def test_path_that_is_not_a_folder(tmp_path):
@@ -270,6 +275,14 @@ def test_follow_evaluates_what_is_there_then_stops_when_idle(run):
     # so plain `lorasel eval` reuses these renders, is tested in test_evaluate_follow).
     again = _invoke(run, "--follow", "--follow-idle", "0.01")
     assert again.exit_code == 0 and "8 of 8 renders already done" in again.stderr
+
+
+def test_follow_scores_a_real_base_with_a_real_clip(run, monkeypatch):
+    scorers = []
+    monkeypatch.setattr(models, "load_scorer", lambda spec, **kw: scorers.append(spec) or h.tiny_scorer())
+    result = _invoke(run, "--base", "org/my-sd15", "--follow", "--follow-idle", "0.01")
+    assert result.exit_code == 0, result.output
+    assert scorers == ["ViT-L-14:datacomp_xl_s13b_b90k"]
 
 
 @pytest.mark.parametrize(

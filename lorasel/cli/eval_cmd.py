@@ -57,9 +57,12 @@ def eval_command(
     ] = None,
     size: Annotated[str | None, typer.Option(help="Image size WxH. [default: the base model's]")] = None,
     scorer: Annotated[
-        str,
-        typer.Option(help="CLIP scorer: toy, or open_clip MODEL:PRETRAINED or MODEL:/weights.safetensors."),
-    ] = "toy",
+        str | None,
+        typer.Option(
+            help="CLIP scorer: toy, or open_clip MODEL:PRETRAINED or MODEL:/weights.safetensors. "
+            "[default: toy for the toy base, else ViT-L-14:datacomp_xl_s13b_b90k]"
+        ),
+    ] = None,
     reference: Annotated[
         Path | None,
         typer.Option(help="Reference (training) images for fidelity. [default: the run's dataset]"),
@@ -141,6 +144,7 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
     from lorasel.errors import ConfigError, EvaluationError
     from lorasel.evaluate.concept import base_of_run
     from lorasel.evaluate.follow import follow
+    from lorasel.evaluate.job import default_scorer
     from lorasel.evaluate.options import EvalOptions
     from lorasel.evaluate.processes import current_processes
     from lorasel.rank import rank
@@ -163,8 +167,9 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
     if not run.root.is_dir():
         raise EvaluationError(f"{run.root} is not a folder", hint="pass the folder the trainer saves into")
     if options["workers"] == 1:  # load once; helper processes (--workers) load their own per round
-        options["base"] = models.load_base(options["base"] or base_of_run(run) or "toy")
-        options["scorer"] = models.load_scorer(options["scorer"])
+        base = options["base"] or base_of_run(run) or "toy"
+        options["scorer"] = models.load_scorer(options["scorer"] or default_scorer(base))
+        options["base"] = models.load_base(base)
     folder = printable(run.checkpoints)
     stderr = Console(stderr=True)
     waiting = f"waiting for new checkpoints in {folder} (Ctrl-C to stop)"

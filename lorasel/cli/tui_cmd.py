@@ -24,7 +24,12 @@ def tui_command(
         str | None, typer.Option("--base", help="Base model for an evaluation started from the TUI.")
     ] = None,
     scorer: Annotated[
-        str | None, typer.Option("--scorer", help="Scorer for an evaluation started from the TUI.")
+        str | None,
+        typer.Option(
+            "--scorer",
+            help="Scorer for an evaluation started from the TUI. [default: the stored evaluation's, "
+            "else as lorasel eval's]",
+        ),
     ] = None,
     prompts: Annotated[
         str | None, typer.Option("--prompts", help="Prompt set for an evaluation started from the TUI.")

@@ -37,7 +37,7 @@ class FollowSettings:
 
     path: str
     base: str = "toy"
-    scorer: str = "toy"
+    scorer: str | None = None  # the base's default (:func:`lorasel.evaluate.job.default_scorer`)
     threads: int = 1
     evaluate_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -121,10 +121,11 @@ def _follow_main(settings: FollowSettings, stop, ready, outbox) -> None:
         import torch
 
         from lorasel import models
+        from lorasel.evaluate.job import default_scorer
 
         torch.set_num_threads(settings.threads)
         pipeline = models.load_base(settings.base, device="cpu")
-        scorer = models.load_scorer(settings.scorer, device="cpu")
+        scorer = models.load_scorer(settings.scorer or default_scorer(settings.base), device="cpu")
         ready.set()  # from now on stop() waits for this process instead of terminating it
         follow(settings.path, stop, base=pipeline, scorer=scorer, threads=settings.threads,
                **settings.evaluate_kwargs)  # fmt: skip

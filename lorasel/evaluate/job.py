@@ -44,6 +44,16 @@ def base_spec(base: object) -> str:
     return "toy" if is_toy(base) else f"<{type(base).__name__}>"
 
 
+#: The CLIP scorer for a real base when none is given (LyCORIS-eval's; see REFERENCE).
+DEFAULT_SCORER = "ViT-L-14:datacomp_xl_s13b_b90k"
+
+
+def default_scorer(base: object) -> str:
+    """The scorer spec when none is given: the toy scorer for the toy world (the only one that
+    knows it), else :data:`DEFAULT_SCORER` (the toy scorer has never seen a real image)."""
+    return "toy" if is_toy(base) else DEFAULT_SCORER
+
+
 def _default_prompts(base: object) -> str:
     return "toy" if is_toy(base) else "object"
 

@@ -22,7 +22,7 @@ import torch
 from lorasel.errors import CheckpointError, EvaluationError
 from lorasel.evaluate.candidates import CheckpointInfo
 from lorasel.evaluate.concept import base_of_run
-from lorasel.evaluate.job import Job, is_toy, prepare
+from lorasel.evaluate.job import Job, default_scorer, is_toy, prepare
 from lorasel.evaluate.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SEEDS,
@@ -52,7 +52,7 @@ def evaluate(
     steps: int | None = None,
     guidance: float | None = None,
     size: tuple[int, int] | None = None,
-    scorer: str | Any = "toy",
+    scorer: str | Any | None = None,
     reference: str | os.PathLike | None = None,
     trigger: str | None = None,
     class_word: str | None = None,
@@ -70,8 +70,10 @@ def evaluate(
 
     ``base`` and ``scorer`` are specs for ``lorasel.models.load_base`` / ``load_scorer``, or
     already-loaded objects (a diffusers pipeline, a ``Scorer``) to reuse; ``base`` defaults to the
-    run's (``run.toml`` ``[model] base``), else ``toy``. ``prompts`` is a shipped prompt set's
-    name or a TOML file (default: ``toy`` for the toy base, else ``object``). ``steps``,
+    run's (``run.toml`` ``[model] base``), else ``toy``; ``scorer`` to ``toy`` for the toy base,
+    else ``ViT-L-14:datacomp_xl_s13b_b90k`` (:func:`lorasel.evaluate.job.default_scorer`).
+    ``prompts`` is a shipped prompt set's name or a TOML file (default: ``toy`` for the toy base,
+    else ``object``). ``steps``,
     ``guidance`` and ``size`` default to the base model's own. ``threads``: torch CPU threads
     while rendering on CPU (default 1 for the toy world, whose small ops are fastest on one
     thread; otherwise torch's own); restored afterwards. ``workers``: processes rendering on
@@ -102,6 +104,8 @@ def evaluate(
         )
     if base is None:
         base = base_of_run(run) or "toy"
+    if scorer is None:
+        scorer = default_scorer(base)
     _check_workers(options.workers, base, device)
     cpu_threads = _cpu_threads(options.threads, base, device, options.workers)
     before = torch.get_num_threads()

@@ -11,6 +11,8 @@ import torch
 from lorasel.errors import ModelLoadError
 from lorasel.models.devices import default_device
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
 
 class Scorer:
     """An open_clip model with its preprocessing and tokenizer.
@@ -82,20 +84,76 @@ def load_scorer(spec: str = "toy", *, device=None) -> Scorer:
             hint="see open_clip.list_models(), e.g. ViT-L-14",
         )
     weights = Path(pretrained).expanduser()
-    if weights.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):
-        raise ModelLoadError(
-            f"{pretrained} is a pickle file; lorasel never loads pickle", hint="use .safetensors"
-        )
+    if _is_path(pretrained, weights):
+        file, cfg, name = _local_weights(spec, weights), {}, None
+    else:  # a pretrained tag: the hub's weights, the tag's preprocessing and activation
+        cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+        file, name = _hub_weights(open_clip, spec, model_name, pretrained, cfg), spec
     try:
-        if weights.is_file():
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(weights))
-            name = f"{model_name}:file-{_file_digest(weights)}"
-        else:
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-            name = spec
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name,
+            pretrained=str(file),
+            force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+            image_mean=cfg.get("mean"),
+            image_std=cfg.get("std"),
+            image_interpolation=cfg.get("interpolation"),
+            image_resize_mode=cfg.get("resize_mode"),
+        )
     except Exception as exc:
         raise ModelLoadError(
-            f"could not load scorer {spec!r}: {exc}",
+            f"could not load scorer {spec!r} from {file}: {_first_line(exc)}",
+            hint=f"the weights must be open_clip's {model_name} in safetensors",
+        ) from exc
+    name = name or f"{model_name}:file-{_file_digest(file)}"
+    return Scorer(model, preprocess, open_clip.get_tokenizer(model_name), name=name, device=dev)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _is_path(pretrained: str, weights: Path) -> bool:
+    """A file rather than a pretrained tag (tags have no path characters or weight suffixes)."""
+    return (
+        weights.is_file()
+        or any(c in pretrained for c in "/\\~")
+        or weights.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+    )
+
+
+def _local_weights(spec: str, weights: Path) -> Path:
+    """A local weights file, safetensors only."""
+    if weights.suffix.lower() != ".safetensors":
+        kind = "a pickle file" if weights.suffix.lower() in PICKLE_SUFFIXES else "not a .safetensors file"
+        raise ModelLoadError(
+            f"scorer weights {weights} are {kind}; lorasel loads safetensors only, never pickle",
+            hint="convert them to .safetensors (safetensors.torch.save_file of the state dict)",
+        )
+    if not weights.is_file():
+        raise ModelLoadError(f"scorer weights {weights} not found (in {spec!r})", hint="check the path")
+    return weights
+
+
+def _hub_weights(open_clip, spec: str, model_name: str, tag: str, cfg: dict) -> Path:
+    """open_clip's weights for a pretrained tag (``cfg``: its pretrained config), from the Hugging
+    Face Hub or its local cache: the safetensors file, which open_clip prefers where the hub has
+    one; lorasel never loads the pickle it would fall back to."""
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)[:6]) or "none"
+        raise ModelLoadError(
+            f"open_clip has no pretrained weights {tag!r} for {model_name} (in scorer {spec!r})",
+            hint=f"its tags: {tags}; or MODEL:/path/to/weights.safetensors",
+        )
+    try:
+        file = Path(open_clip.download_pretrained(cfg))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not fetch scorer {spec!r}: {_first_line(exc)}",
             hint="without network, pass local weights as MODEL:/path/to/weights.safetensors",
         ) from exc
-    return Scorer(model, preprocess, open_clip.get_tokenizer(model_name), name=name, device=dev)
+    if file.suffix.lower() != ".safetensors":
+        raise ModelLoadError(
+            f"open_clip's weights for scorer {spec!r} are a pickle file ({file.name}); lorasel never loads pickle",
+            hint="convert them to .safetensors and pass MODEL:/path/to/weights.safetensors",
+        )
+    return file

@@ -1,0 +1,123 @@
+"""open_clip scorers by spec: local safetensors weights, pretrained tags from the hub (never the
+pickle file open_clip would fall back to), and bad specs as one-line errors. The toy CLIP's
+registered config and weights stand in for a real model: no network."""
+
+from __future__ import annotations
+
+import shutil
+
+import open_clip
+import pytest
+import torch
+from open_clip.transformer import QuickGELU
+from torchvision import transforms
+
+from lorasel.errors import ModelLoadError
+from lorasel.models import load_scorer
+from lorasel.toyworld.model import weights_path
+from lorasel.toyworld.scorer import MODEL_NAME, SCORER_WEIGHTS, register_config
+
+TEXTS = ["a red star", "a blue circle on grass"]
+
+
+@pytest.fixture
+def toy_weights(tmp_path):
+    register_config()  # the toy CLIP's name in open_clip.list_models(), as a real model's is
+    file = tmp_path / "clip weights.safetensors"
+    shutil.copy(weights_path(SCORER_WEIGHTS), file)
+    return file
+
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def _normalize(scorer) -> transforms.Normalize:
+    return next(t for t in scorer.preprocess.transforms if isinstance(t, transforms.Normalize))
+
+
+def test_local_safetensors_weights_load_the_same_model_as_the_toy_spec(toy_weights):
+    scorer = load_scorer(f"{MODEL_NAME}:{toy_weights}")
+    toy = load_scorer("toy")
+    assert scorer.name.startswith(f"{MODEL_NAME}:file-") and scorer.name != toy.name
+    torch.testing.assert_close(scorer.embed_texts(TEXTS), toy.embed_texts(TEXTS))
+
+
+def test_a_pretrained_tag_loads_the_hubs_safetensors_with_the_tags_preprocessing(
+    toy_weights, monkeypatch, no_pickle
+):
+    tag = {"hf_hub": "org/clip/", "mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5), "quick_gelu": True}
+    asked = []
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: tag if name == "mytag" else {})
+    monkeypatch.setattr(
+        open_clip, "download_pretrained", lambda cfg, **kw: asked.append(cfg) or str(toy_weights)
+    )
+    scorer = load_scorer(f"{MODEL_NAME}:mytag")
+    assert asked == [tag] and scorer.name == f"{MODEL_NAME}:mytag"
+    assert tuple(_normalize(scorer).mean) == (0.1, 0.2, 0.3)
+    assert any(isinstance(m, QuickGELU) for m in scorer.model.modules())
+
+
+def test_a_tag_whose_hub_weights_are_pickle_is_refused_unread(tmp_path, monkeypatch, no_pickle):
+    register_config()
+    pickled = tmp_path / "open_clip_pytorch_model.bin"
+    pickled.write_bytes(b"\x80\x04not really")
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: {"hf_hub": "org/clip/"})
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, **kw: str(pickled))
+    with pytest.raises(ModelLoadError, match=r"pickle file \(open_clip_pytorch_model\.bin\)") as err:
+        load_scorer(f"{MODEL_NAME}:mytag")
+    assert "MODEL:/path/to/weights.safetensors" in err.value.hint
+
+
+def test_a_tag_that_cannot_be_fetched_is_one_line(monkeypatch):
+    def offline(cfg, **kw):
+        raise FileNotFoundError("Failed to download file (x.bin) for org/clip.\nLast error: no connection")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer("ViT-L-14:datacomp_xl_s13b_b90k")
+    message = str(err.value)
+    assert (
+        message.startswith("could not fetch scorer 'ViT-L-14:datacomp_xl_s13b_b90k'") and "\n" not in message
+    )
+    assert "without network" in err.value.hint
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "message"),
+    [
+        ("laion9000_nope", "no pretrained weights 'laion9000_nope' for ViT-L-14"),
+        ("/nowhere/clip.safetensors", "not found"),
+        ("/nowhere/clip.bin", "a pickle file"),
+        ("/nowhere/clip.ckpt", "a pickle file"),
+        ("./weights.npz", "not a .safetensors file"),
+    ],
+)
+def test_bad_weights_are_named(pretrained, message, no_pickle):
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer(f"ViT-L-14:{pretrained}")
+    assert message in str(err.value) and err.value.hint
+
+
+def test_an_existing_pickle_file_is_refused_unread(tmp_path, no_pickle):
+    pickled = tmp_path / "clip.pt"
+    pickled.write_bytes(b"\x80\x04not really")
+    with pytest.raises(ModelLoadError, match="a pickle file; lorasel loads safetensors only"):
+        load_scorer(f"ViT-L-14:{pickled}")
+
+
+def test_weights_of_another_architecture_are_one_error(tmp_path):
+    register_config()
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"visual.proj": torch.zeros(3, 3)}, str(other))
+    with pytest.raises(
+        ModelLoadError, match=f"could not load scorer '{MODEL_NAME}:.*other.safetensors"
+    ) as err:
+        load_scorer(f"{MODEL_NAME}:{other}")
+    assert "\n" not in str(err.value) and MODEL_NAME in err.value.hint
