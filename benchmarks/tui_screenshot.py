@@ -29,29 +29,15 @@ WIDTH_PX = 1300
 
 async def _svg(run: Path, keys: list[str], **app_options) -> str:
     from lorasel.tui import make_app
+    from lorasel.tui.headless import settle
 
     app = make_app(run, graphics="halfcell", poll_interval=None, **app_options)
     async with app.run_test(size=SIZE) as pilot:
-        await _idle(pilot)
+        await settle(pilot, rounds=600, tick=0.02)
         for key in keys:
             await pilot.press(key)
-            await _idle(pilot)
+            await settle(pilot, rounds=600, tick=0.02)
         return app.export_screenshot(title="lorasel")
-
-
-async def _idle(pilot, rounds: int = 600) -> None:
-    """Wait until no worker runs and the message queues are empty, twice in a row."""
-    quiet = 0
-    for _ in range(rounds):
-        await pilot.pause()
-        if any(w.is_running for w in pilot.app.workers):
-            quiet = 0
-            await asyncio.sleep(0.02)
-            continue
-        quiet += 1
-        if quiet >= 2:
-            return
-    raise TimeoutError("the TUI did not settle")
 
 
 def _to_png(svg: str, out: Path, browser: str) -> None:

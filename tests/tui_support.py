@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from html import unescape
 from pathlib import Path
@@ -12,6 +11,7 @@ from rich.console import Console
 
 from lorasel.results import Results
 from lorasel.tui import make_app
+from lorasel.tui.headless import settle  # noqa: F401 (the tests import it from here)
 from tests.synthetic_results import make_results
 
 HOSTILE = {
@@ -55,21 +55,6 @@ def tui(root: Path, results: Results | None = None, **kwargs):
     if results is not None:
         kwargs.setdefault("results_loader", lambda path, workdir: results)
     return make_app(root, **kwargs)
-
-
-async def settle(pilot, rounds: int = 200) -> None:
-    """Wait until no worker runs and the message queues are empty (twice in a row)."""
-    quiet = 0
-    for _ in range(rounds):
-        await pilot.pause()
-        if any(w.is_running for w in pilot.app.workers):
-            quiet = 0
-            await asyncio.sleep(0.01)
-            continue
-        quiet += 1
-        if quiet >= 2:
-            return
-    raise AssertionError("the app did not settle")
 
 
 def plain(renderable, width: int = 120) -> str:
