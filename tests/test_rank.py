@@ -585,11 +585,8 @@ def test_pick_json_has_the_design_fields():
     ranking = rank(make_results(checkpoints=3), n_boot=50)
     data = choose(ranking).to_json()
     fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds", "prompt_tag"]
-    assert list(data) == [
-        *fields,
-        "runner_up",
-        "tied_with",
-    ]  # DESIGN.md's fields, seeds and the prompt tag, then the ties
+    # DESIGN.md's fields, seeds and the prompt tag, then the ties and the warnings
+    assert list(data) == [*fields, "runner_up", "tied_with", "warnings"]
     assert list(data["runner_up"]) == fields
     assert all(list(t) == fields for t in data["tied_with"])
     assert set(data["metrics"]) == set(METRICS) and data["seeds"] == 3  # make_results: 3 seeds per prompt

@@ -98,7 +98,8 @@ def test_pick_json_and_python_api_agree(run):
     result = runner.invoke(app, ["pick", str(run.root), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert list(data) == [*PICK_FIELDS, "runner_up", "tied_with"]
+    assert list(data) == [*PICK_FIELDS, "runner_up", "tied_with", "warnings"]
+    assert data["warnings"] == []  # every weighed metric on 4 units or more: nothing to warn of
     assert list(data["runner_up"]) == PICK_FIELDS
     # The tie set: the table's tied rows after the pick, in rank order.
     ranked = lorasel.rank.rank(run.results, loss=lorasel.rank.read_loss(run.root)).table
@@ -304,7 +305,9 @@ def test_one_seed_of_two_prompts_warns_that_p_best_is_coarse(tmp_path, monkeypat
         assert result.exit_code == 0, result.output
         warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
         assert len(warnings) == 1 and "(2 for adherence)" in warnings[0] and "--seeds 2" in warnings[0]
-    assert json.loads(runner.invoke(app, ["pick", str(tmp_path / "r"), "--json"]).stdout)["p_best"] > 0
+    picked = json.loads(runner.invoke(app, ["pick", str(tmp_path / "r"), "--json"]).stdout)
+    assert picked["p_best"] > 0
+    assert len(picked["warnings"]) == 1 and f"warning: {picked['warnings'][0]}" == warnings[0]
     html = (tmp_path / "r" / "report" / "report.html").read_text()
     assert "rest on few (prompt, seed) units (2 for adherence)" in html
 

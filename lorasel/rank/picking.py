@@ -58,10 +58,14 @@ class Pick:
         candidate also with ``seeds``, its seeds per prompt, and ``prompt_tag``, how A1111 and
         Forge apply it: ``<lora:FILE_STEM:STRENGTH>``), runner_up; then ``tied_with``: the
         other candidates that could be the best (the 95 % confidence set for the best, in rank
-        order; empty when the pick stands alone)."""
+        order; empty when the pick stands alone), and ``warnings``: what the CLI prints on stderr
+        about the evidence (weighed metrics unmeasured, or measured on too few units), each one
+        line; empty when there is nothing to say."""
         out = _candidate_json(self.best)
         out["runner_up"] = _candidate_json(self.runner_up) if self.runner_up is not None else None
         out["tied_with"] = [_candidate_json(c) for c in self.tied_with]
+        notes = (self.ranking.unmeasured_note(), self.ranking.few_units_note())
+        out["warnings"] = [note for note in notes if note]
         return out
 
 
