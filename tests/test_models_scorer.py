@@ -28,6 +28,26 @@ def toy_weights(tmp_path):
     return file
 
 
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of our own, so the machine's cannot answer."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def _cache_file(cache, repo: str, name: str, source) -> None:
+    """Put a file into a Hugging Face cache as hf_hub_download leaves it (refs/main → snapshot)."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(source, snapshot / name)
+
+
 @pytest.fixture
 def no_pickle(monkeypatch):
     def refuse(*args, **kwargs):
@@ -121,3 +141,31 @@ def test_weights_of_another_architecture_are_one_error(tmp_path):
     ) as err:
         load_scorer(f"{MODEL_NAME}:{other}")
     assert "\n" not in str(err.value) and MODEL_NAME in err.value.hint
+
+
+def test_a_tag_already_in_the_hub_cache_loads_without_the_network(
+    toy_weights, hf_cache, monkeypatch, no_pickle
+):
+    def network(cfg, **kw):
+        raise AssertionError("went to the network for cached weights")
+
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: {"hf_hub": "org/clip/"})
+    monkeypatch.setattr(open_clip, "download_pretrained", network)
+    _cache_file(hf_cache, "org/clip", "open_clip_model.safetensors", toy_weights)
+    scorer = load_scorer(f"{MODEL_NAME}:mytag")
+    torch.testing.assert_close(scorer.embed_texts(TEXTS), load_scorer("toy").embed_texts(TEXTS))
+
+
+def test_a_cached_pickle_is_not_taken_for_the_weights(tmp_path, hf_cache, monkeypatch, no_pickle):
+    """Only the pickle in the cache: the hub is asked (here: it has nothing else), and the
+    pickle it returns is refused."""
+    register_config()
+    pickled = tmp_path / "open_clip_pytorch_model.bin"
+    pickled.write_bytes(b"\x80\x04not really")
+    _cache_file(hf_cache, "org/clip", "open_clip_pytorch_model.bin", pickled)
+    asked = []
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: {"hf_hub": "org/clip/"})
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, **kw: asked.append(cfg) or str(pickled))
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_scorer(f"{MODEL_NAME}:mytag")
+    assert asked

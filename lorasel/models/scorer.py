@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -144,6 +145,9 @@ def _hub_weights(open_clip, spec: str, model_name: str, tag: str, cfg: dict) -> 
             f"open_clip has no pretrained weights {tag!r} for {model_name} (in scorer {spec!r})",
             hint=f"its tags: {tags}; or MODEL:/path/to/weights.safetensors",
         )
+    cached = _cached_safetensors(cfg)
+    if cached is not None:  # no network round trip (offline it would wait on retries first)
+        return cached
     try:
         file = Path(open_clip.download_pretrained(cfg))
     except Exception as exc:
@@ -157,3 +161,24 @@ def _hub_weights(open_clip, spec: str, model_name: str, tag: str, cfg: dict) -> 
             hint="convert them to .safetensors and pass MODEL:/path/to/weights.safetensors",
         )
     return file
+
+
+def _cached_safetensors(cfg: dict) -> Path | None:
+    """The tag's safetensors weights if the Hugging Face cache already holds them, else None.
+    Where open_clip would look: ``hf_hub`` is ``org/repo/`` (its default file) or
+    ``org/repo/file``, and the safetensors twin of a ``.bin`` / ``.pth`` file is what it prefers."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, filename = os.path.split(cfg.get("hf_hub", ""))
+    if not repo:
+        return None
+    if filename in ("", HF_WEIGHTS_NAME):
+        name = HF_SAFE_WEIGHTS_NAME
+    else:
+        name = os.path.splitext(filename)[0] + ".safetensors"
+    try:
+        found = try_to_load_from_cache(repo, name)
+    except ValueError:  # not a repo id or file name the hub could hold
+        return None
+    return Path(found) if isinstance(found, str) else None
