@@ -69,9 +69,8 @@ def load_and_rank(
     results = inputs.load_inputs(path, workdir)
     loss = read_loss(RunDir.at(path).root)
     ranking = rank(results, weights=parsed_weights, strengths=parsed_strengths, loss=loss)
-    for note in (ranking.unmeasured_note(), ranking.few_units_note()):
-        if note:
-            typer.echo(f"warning: {note}", err=True)
+    for note in ranking.warnings():
+        typer.echo(f"warning: {note}", err=True)
     return results, ranking
 
 

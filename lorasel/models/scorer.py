@@ -146,7 +146,7 @@ def _hub_weights(open_clip, spec: str, model_name: str, tag: str, cfg: dict) -> 
             hint=f"its tags: {tags}; or MODEL:/path/to/weights.safetensors",
         )
     cached = _cached_safetensors(cfg)
-    if cached is not None:  # no network round trip (offline it would wait on retries first)
+    if cached is not None:  # without asking the hub for a newer version (immutable weights)
         return cached
     try:
         file = Path(open_clip.download_pretrained(cfg))

@@ -64,8 +64,7 @@ class Pick:
         out = _candidate_json(self.best)
         out["runner_up"] = _candidate_json(self.runner_up) if self.runner_up is not None else None
         out["tied_with"] = [_candidate_json(c) for c in self.tied_with]
-        notes = (self.ranking.unmeasured_note(), self.ranking.few_units_note())
-        out["warnings"] = [note for note in notes if note]
+        out["warnings"] = self.ranking.warnings()
         return out
 
 

@@ -178,6 +178,13 @@ class Ranking:
             f"the same options and at least --seeds {seeds} (only the new seeds are rendered)"
         )
 
+    def warnings(self, rerun: str = "lorasel eval") -> list[str]:
+        """What the evidence lacks, one line each (:meth:`unmeasured_note`, :meth:`few_units_note`):
+        printed on stderr by pick/rank/report, in the report, ``pick --json``'s ``warnings`` and
+        TUI notifications; empty when there is nothing to say."""
+        notes = (self.unmeasured_note(rerun=rerun), self.few_units_note(rerun=rerun))
+        return [note for note in notes if note]
+
     def tie_advice(
         self, tied: int | None = None, rerun: str = "lorasel eval", refine: bool = True
     ) -> str | None:

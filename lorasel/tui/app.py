@@ -107,7 +107,7 @@ class LoraselTUI(ReportsMixin, EvaluationMixin, App[dict | None]):
         self.renders = RenderCache(run.state)
         self._fingerprint: tuple | None = None
         self._generation = self._ranked_generation = 0
-        self._notes: tuple[str | None, str | None] = (None, None)  # shown once, not on every re-rank
+        self._warnings: list[str] = []  # each shown once, not on every re-rank
         self._exported_generation = -1
         self._stamp: tuple | None = None
         self._evaluation: Worker | None = None
@@ -249,12 +249,11 @@ class LoraselTUI(ReportsMixin, EvaluationMixin, App[dict | None]):
         self.ranking, self.ranked = message.ranking, message.index
         self._ranked_generation = message.generation
         self.main.show_ranking(message.ranking, self.state)
-        rerun = "the evaluation (press v)"
-        notes = (message.ranking.unmeasured_note(rerun=rerun), message.ranking.few_units_note(rerun=rerun))
-        for note, shown in zip(notes, self._notes, strict=True):
-            if note and note != shown:
+        warnings = message.ranking.warnings(rerun="the evaluation (press v)")
+        for note in warnings:
+            if note not in self._warnings:
                 self.notify(clean(note), severity="warning", markup=False)
-        self._notes = notes
+        self._warnings = warnings
         if first:
             self.refresh_bindings()
 
