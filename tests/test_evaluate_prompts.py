@@ -8,7 +8,8 @@ import pytest
 
 from lorasel.errors import EvaluationError
 from lorasel.evaluate import builtin_prompt_sets, load_prompt_set
-from lorasel.evaluate.prompts import parse_kohya_prompts, parse_prompt_set
+from lorasel.evaluate.kohya_prompts import parse_kohya_prompts
+from lorasel.evaluate.prompts import parse_prompt_set
 from lorasel.results import KINDS
 
 
