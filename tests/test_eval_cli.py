@@ -161,6 +161,12 @@ BAD_INPUT = {
     ),
     "unknown scorer": (lambda t: ["--scorer", "nosuch"], "unknown scorer 'nosuch'"),
     "unknown open_clip model": (lambda t: ["--scorer", "NoSuchViT:openai"], "unknown open_clip model"),
+    "unknown open_clip tag": (
+        lambda t: ["--scorer", "ViT-B-32:nosuchtag"],
+        "no pretrained weights 'nosuchtag'",
+    ),
+    "pickle scorer weights": (lambda t: ["--scorer", f"ViT-B-32:{t / 'clip.bin'}"], "are a pickle file"),
+    "missing scorer weights": (lambda t: ["--scorer", f"ViT-B-32:{t / 'clip.safetensors'}"], "not found"),
     "unreadable reference": (lambda t: ["--reference", str(_broken_reference(t))], "broken.png"),
     "unknown prompt set": (lambda t: ["--prompts", "nosuchset"], "unknown prompt set"),
 }
