@@ -26,6 +26,12 @@ class LoraselError(Exception):
         return " ".join(text.split())
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's exception message (many add paragraphs of advice that
+    do not apply here), or its type when it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class ConfigError(LoraselError):
     """A configuration file or option is invalid (unknown key, bad value)."""
 

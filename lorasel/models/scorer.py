@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lorasel.errors import ModelLoadError
+from lorasel.errors import ModelLoadError, first_line
 from lorasel.models.devices import default_device
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -102,15 +102,11 @@ def load_scorer(spec: str = "toy", *, device=None) -> Scorer:
         )
     except Exception as exc:
         raise ModelLoadError(
-            f"could not load scorer {spec!r} from {file}: {_first_line(exc)}",
+            f"could not load scorer {spec!r} from {file}: {first_line(exc)}",
             hint=f"the weights must be open_clip's {model_name} in safetensors",
         ) from exc
     name = name or f"{model_name}:file-{_file_digest(file)}"
     return Scorer(model, preprocess, open_clip.get_tokenizer(model_name), name=name, device=dev)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _is_path(pretrained: str, weights: Path) -> bool:
@@ -152,7 +148,7 @@ def _hub_weights(open_clip, spec: str, model_name: str, tag: str, cfg: dict) -> 
         file = Path(open_clip.download_pretrained(cfg))
     except Exception as exc:
         raise ModelLoadError(
-            f"could not fetch scorer {spec!r}: {_first_line(exc)}",
+            f"could not fetch scorer {spec!r}: {first_line(exc)}",
             hint="without network, pass local weights as MODEL:/path/to/weights.safetensors",
         ) from exc
     if file.suffix.lower() != ".safetensors":
