@@ -17,6 +17,7 @@ from lorasel.evaluate import load_results
 from tests import evaluate_helpers as h
 
 runner = CliRunner()
+REAL_LOAD_BASE = models.load_base
 FAST = ["--steps", "2", "--size", "16x16", "--seeds", "1", "--strengths", "1", "--batch-size", "4"]
 
 
@@ -182,6 +183,24 @@ def test_bad_input_is_one_line_with_exit_2(run, tmp_path, case):
     assert "Traceback" not in result.output
     assert not list((run / "lorasel" / "renders").rglob("*.png")) if (run / "lorasel").exists() else True
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header", "could not load base model"),
+        (b"", "could not load base model"),
+    ],
+    ids=["damaged", "empty"],
+)
+def test_a_bad_single_file_base_is_one_line(run, tmp_path, monkeypatch, content, message):
+    monkeypatch.setattr(models, "load_base", REAL_LOAD_BASE)
+    (tmp_path / "base.safetensors").write_bytes(content)
+    result = _invoke(run, "--base", str(tmp_path / "base.safetensors"), "--scorer", "toy")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not list((run / "lorasel").rglob("*.png")) if (run / "lorasel").exists() else True
 
 
 def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):

@@ -39,6 +39,7 @@ def test_wheel_ships_packages_and_data(tmp_path):
         "trainer/presets/*.toml",
         "lorasel/**/*.safetensors",
         "lorasel/**/*.j2",
+        "lorasel/models/configs/**/*.json",
     ):
         for path in ROOT.glob(pattern):
             rel = path.relative_to(ROOT).as_posix()

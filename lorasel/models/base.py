@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from lorasel.errors import ModelLoadError
+from lorasel.errors import ModelLoadError, first_line
 from lorasel.models.devices import default_device, default_dtype
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+CONFIGS = Path(__file__).parent / "configs"
+# A single-file checkpoint holds weights only. For these model types (diffusers' names for them)
+# the package ships the diffusers configs (SD 1.5's and SDXL 1.0 base's), so such a file loads
+# offline; other types take theirs from the hub, as diffusers does, once.
+SHIPPED_CONFIGS = {"v1": CONFIGS / "sd15", "xl_base": CONFIGS / "sdxl"}
 
 
 def base_family(pipeline) -> str:
@@ -35,7 +42,9 @@ def load_base(spec: str = "toy", *, device=None, dtype=None):
 
         pipe = load_toy_pipeline(device=dev, dtype=torch_dtype)
     else:
-        pipe = _load_external(spec, torch_dtype).to(dev)
+        pipe = _load_external(spec, torch_dtype)
+        _require_every_weight(pipe, spec)
+        pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     # Passing this pipeline to evaluate() then caches renders under the same keys as the spec.
     pipe._lorasel_spec = spec
@@ -65,22 +74,77 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
                 raise ModelLoadError(
                     f"{spec} is not a .safetensors file", hint="pass a .safetensors checkpoint"
                 )
+            from diffusers.loaders.single_file_utils import infer_diffusers_model_type
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as handle:
-                is_xl = any(k.startswith("conditioner.embedders.1") for k in handle.keys())  # noqa: SIM118 (safe_open is not iterable)
+                tensors = _TensorsOnDemand(handle)
+                kind = infer_diffusers_model_type(tensors)
+                is_xl = any(k.startswith("conditioner.embedders.1") for k in tensors)
             cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
-            return cls.from_single_file(str(path), **common)
+            return cls.from_single_file(str(path), **common, **_shipped_configs(kind, is_xl))
         if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
             return DiffusionPipeline.from_pretrained(spec, use_safetensors=True, **common)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises many types; the message is what matters
         raise ModelLoadError(
-            f"could not load base model {spec!r}: {exc}",
+            f"could not load base model {spec!r}: {first_line(exc)}",
             hint="check the path or hub id; without network, pass a local diffusers folder",
         ) from exc
     raise ModelLoadError(
         f"base model {spec!r} not found",
         hint="use 'toy', a diffusers folder, a hub id (org/name) or a .safetensors file",
     )
+
+
+def _require_every_weight(pipe, spec: str) -> None:
+    """diffusers leaves a weight that a file lacks unloaded (on the meta device) rather than
+    failing; say so here instead of failing later on the first move or render."""
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        missing = [n for n, t in (*component.named_parameters(), *component.named_buffers()) if t.is_meta]
+        if missing:
+            raise ModelLoadError(
+                f"base model {spec!r} lacks {len(missing)} weights of its {name} (e.g. {missing[0]})",
+                hint="the file may be truncated, or not of a base model type it looks like",
+            )
+
+
+class _TensorsOnDemand(Mapping):
+    """An open safetensors file's tensors by name, each read when asked for: diffusers tells a
+    checkpoint's model type from a few keys and shapes, without reading gigabytes."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._keys = list(handle.keys())
+        self._names = set(self._keys)
+
+    def __getitem__(self, key):
+        if key not in self._names:
+            raise KeyError(key)
+        return self._handle.get_tensor(key)
+
+    def __contains__(self, key):
+        return key in self._names
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def _shipped_configs(kind: str, is_xl: bool) -> dict:
+    """``from_single_file`` arguments that load a model type with the shipped configs and the
+    tokenizers built from open_clip's vocabulary, without the hub; ``{}`` for other types."""
+    folder = SHIPPED_CONFIGS.get(kind)
+    if folder is None:
+        return {}
+    from lorasel.models.tokenizer import clip_tokenizer
+
+    extra = {"config": str(folder), "local_files_only": True, "tokenizer": clip_tokenizer()}
+    if is_xl:
+        extra["tokenizer_2"] = clip_tokenizer(pad_token="!")
+    return extra

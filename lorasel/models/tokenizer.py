@@ -26,12 +26,17 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def clip_tokenizer(model_max_length: int = 77):
-    """A ``transformers.CLIPTokenizer`` with CLIP's 49408-token vocabulary."""
+def clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
+    """A ``transformers.CLIPTokenizer`` with CLIP's 49408-token vocabulary.
+
+    ``pad_token``: SD1.x and SDXL's first tokenizer pad with ``<|endoftext|>``, SDXL's
+    second (OpenCLIP ViT-bigG's) with ``!``."""
     from transformers import CLIPTokenizer
 
     vocab, merges = _vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+    return CLIPTokenizer(
+        vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length, pad_token=pad_token
+    )
 
 
 VOCAB_SIZE = 49408
