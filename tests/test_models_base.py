@@ -299,3 +299,54 @@ def test_a_damaged_single_file_is_one_error(tmp_path):
     with pytest.raises(ModelLoadError, match="could not load base model") as info:
         load_base(str(path), device="cpu")
     assert "\n" not in str(info.value)
+
+
+def _full_size(family: str):
+    """A pipeline of the shipped configs at full size, random half-precision weights (made on
+    the meta device first: SDXL in float32 would take 14 GB)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = CONFIGS / family
+    with init_empty_weights():
+        parts = {
+            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
+            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+        }
+        if family == "sdxl":
+            config = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+            parts["text_encoder_2"] = CLIPTextModelWithProjection(config)
+    generator = torch.Generator().manual_seed(0)
+    for name, model in parts.items():
+        model = parts[name] = model.to(torch.float16).to_empty(device="cpu")
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.normal_(std=0.02, generator=generator)
+    return type("Pipeline", (), parts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "gigabytes"), [("sd15", 6), ("sdxl", 18)])
+def test_a_full_size_single_file_loads_offline(family, gigabytes, tmp_path, no_network):
+    """The shipped configs against a file of the real size and layout (random weights): every
+    tensor of SD 1.5 (1.07B parameters) or SDXL (3.47B) arrives where it belongs, with no hub."""
+    import psutil
+
+    if psutil.virtual_memory().available < gigabytes * 2**30:
+        pytest.skip(f"needs about {gigabytes} GB of free memory")
+    source = _full_size(family)
+    path = tmp_path / "model.safetensors"
+    tensors = (sd1_to_ldm if family == "sd15" else sdxl_to_ldm)(source)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    pipe = load_base(str(path), device="cpu", dtype=torch.float16)
+    assert type(pipe).__name__ == (
+        "StableDiffusionPipeline" if family == "sd15" else "StableDiffusionXLPipeline"
+    )
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if not hasattr(source, name):
+            continue
+        got, want = getattr(pipe, name).state_dict(), getattr(source, name).state_dict()
+        assert set(got) == set(want), name
+        assert all(torch.equal(got[k], want[k]) for k in want), name
