@@ -231,6 +231,44 @@ def test_a_single_file_checkpoint_loads_offline_with_the_shipped_configs(
     assert got.shape == want.shape and float(abs(got - want).max()) < 1e-5
 
 
+@pytest.mark.parametrize(
+    ("family", "markers", "scheduler", "expected"),
+    [
+        ("xl_base", ["v_pred", "ztsnr"], "EulerDiscreteScheduler", ("v_prediction", True, "trailing")),
+        ("xl_base", ["v_pred"], "EulerDiscreteScheduler", ("v_prediction", False, "leading")),
+        ("v1", ["v_pred", "ztsnr"], "DDIMScheduler", ("v_prediction", True, "trailing")),
+        ("v1", ["ztsnr"], "PNDMScheduler", ("epsilon", False, "leading")),
+    ],
+    ids=["sdxl-vpred-ztsnr", "sdxl-vpred", "sd1-vpred-ztsnr", "ztsnr-alone"],
+)
+def test_a_v_prediction_file_gets_a_v_prediction_scheduler(
+    family, markers, scheduler, expected, tmp_path, monkeypatch, no_network
+):
+    """The empty ``v_pred`` / ``ztsnr`` tensors that v-prediction checkpoints carry (ComfyUI's
+    convention) set the scheduler the pipeline renders and trains with; diffusers ignores them."""
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler
+
+    source, to_ldm = (tiny_sd1_pipeline(), sd1_to_ldm) if family == "v1" else (_tiny_sdxl(), sdxl_to_ldm)
+    # The schedulers the shipped configs give: PNDM for SD 1.5, Euler for SDXL.
+    shipped = PNDMScheduler if family == "v1" else EulerDiscreteScheduler
+    source.scheduler = shipped.from_config(source.scheduler.config, timestep_spacing="leading")
+    configs = tmp_path / "configs"
+    source.save_pretrained(configs)
+    monkeypatch.setitem(base_module.SHIPPED_CONFIGS, family, configs)
+    tensors = {k: v.contiguous() for k, v in to_ldm(source).items()}
+    save_file({**tensors, **{marker: torch.tensor([]) for marker in markers}}, tmp_path / "model.safetensors")
+
+    pipe = load_base(str(tmp_path / "model.safetensors"), device="cpu", dtype=torch.float32)
+
+    config = pipe.scheduler.config
+    assert type(pipe.scheduler).__name__ == scheduler
+    rescaled = config.get("rescale_betas_zero_snr", False)
+    assert (config.prediction_type, rescaled, config.get("timestep_spacing", "leading")) == expected
+    if rescaled:  # a zero terminal SNR: the last step is (all but) pure noise
+        assert float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
+    assert config.beta_start == 0.00085 and config.beta_schedule == "scaled_linear"
+
+
 def test_a_single_file_missing_weights_is_one_error(tmp_path, monkeypatch, no_network):
     """A file short of some tensors (here a layer of the second text encoder): diffusers
     would leave them unloaded, and the pipeline would fail at its first move or render."""

@@ -17,6 +17,9 @@ CONFIGS = Path(__file__).parent / "configs"
 # the package ships the diffusers configs (SD 1.5's and SDXL 1.0 base's), so such a file loads
 # offline; other types take theirs from the hub, as diffusers does, once.
 SHIPPED_CONFIGS = {"v1": CONFIGS / "sd15", "xl_base": CONFIGS / "sdxl"}
+# Empty tensors by which a single file says it predicts v (``v_pred``) on a zero-terminal-SNR
+# schedule (``ztsnr``), as ComfyUI reads them (NoobAI-XL v-pred and other v-prediction fine-tunes).
+PREDICTION_MARKERS = ("v_pred", "ztsnr")
 
 
 def base_family(pipeline) -> str:
@@ -81,8 +84,11 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
                 tensors = _TensorsOnDemand(handle)
                 kind = infer_diffusers_model_type(tensors)
                 is_xl = any(k.startswith("conditioner.embedders.1") for k in tensors)
+                markers = {k for k in PREDICTION_MARKERS if k in tensors}
             cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
-            return cls.from_single_file(str(path), **common, **_shipped_configs(kind, is_xl))
+            pipe = cls.from_single_file(str(path), **common, **_shipped_configs(kind, is_xl))
+            _follow_prediction_markers(pipe, markers)
+            return pipe
         if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
             return DiffusionPipeline.from_pretrained(spec, use_safetensors=True, **common)
     except ModelLoadError:
@@ -134,6 +140,26 @@ class _TensorsOnDemand(Mapping):
 
     def __len__(self):
         return len(self._keys)
+
+
+def _follow_prediction_markers(pipe, markers: set[str]) -> None:
+    """A v-prediction file's scheduler predicts v, and with ``ztsnr`` rescales its betas to a zero
+    terminal SNR and spaces steps from the last timestep ("trailing"), as that needs. A
+    scheduler without the rescaling (SD 1.5's PNDM) gives way to DDIM. The trainer and the
+    evaluator both take the scheduler from here, so both then train and render v."""
+    if "v_pred" not in markers:
+        return
+    import inspect
+
+    cls = type(pipe.scheduler)
+    overrides = {"prediction_type": "v_prediction"}
+    if "ztsnr" in markers:
+        overrides |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+        if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
+            from diffusers import DDIMScheduler
+
+            cls = DDIMScheduler
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
 
 
 def _shipped_configs(kind: str, is_xl: bool) -> dict:
