@@ -331,6 +331,15 @@ def test_which_single_files_get_the_shipped_configs(tmp_path, monkeypatch, key, 
         assert kwargs["tokenizer_2"].pad_token == "!" and kwargs["tokenizer"].pad_token == "<|endoftext|>"
 
 
+def test_a_lora_given_as_the_base_is_said_plainly(tmp_path):
+    from tests.lora_files import kohya_lora
+
+    path = tmp_path / "my_lora-000004.safetensors"
+    save_file(kohya_lora(tiny_sd1_pipeline()), path)
+    with pytest.raises(ModelLoadError, match=r"my_lora-000004\.safetensors is a LoRA, not a base model"):
+        load_base(str(path), device="cpu")
+
+
 def test_a_damaged_single_file_is_one_error(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")

@@ -82,6 +82,7 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
 
             with safe_open(str(path), framework="pt") as handle:
                 tensors = _TensorsOnDemand(handle)
+                _refuse_a_lora(spec, list(tensors))
                 kind = infer_diffusers_model_type(tensors)
                 is_xl = any(k.startswith("conditioner.embedders.1") for k in tensors)
                 markers = {k for k in PREDICTION_MARKERS if k in tensors}
@@ -102,6 +103,19 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
         f"base model {spec!r} not found",
         hint="use 'toy', a diffusers folder, a hub id (org/name) or a .safetensors file",
     )
+
+
+def _refuse_a_lora(spec: str, keys: list[str]) -> None:
+    """A LoRA given as the base (an easy slip: both are .safetensors files) is said plainly,
+    not as a base model missing its text encoder."""
+    from lorasel.checkpoints.keys import looks_like_lora
+
+    if not any(k.startswith("model.diffusion_model.") for k in keys) and looks_like_lora(keys):
+        raise ModelLoadError(
+            f"{spec} is a LoRA, not a base model",
+            hint="pass the model it was trained on as --base (a checkpoint, diffusers folder or hub id); "
+            "LoRAs go in PATH",
+        )
 
 
 def _require_every_weight(pipe, spec: str) -> None:
