@@ -45,48 +45,42 @@ OPEN_CLIP_LAYER = {
 }
 
 
-def _resnet(rest: str) -> str:
-    name, _, param = rest.partition(".")
-    return f"{RESNET[name]}.{param}"
+def ldm_unet_name(name: str, layers_per_block: int = 2, up_attention: tuple[bool, ...] = ()) -> str:
+    """A diffusers UNet layer path or parameter key -> the original (LDM/SGM) one, as kohya also
+    names SDXL's LoRA modules. ``up_attention``: whether each up level has attentions (where its
+    upsampler sits); needed only for upsamplers."""
+    per = layers_per_block + 1
+
+    def resnet(rest: str) -> str:
+        head, _, tail = rest.partition(".")
+        return RESNET.get(head, head) + ("." + tail if tail else "")
+
+    if top := next((k for k in UNET_TOP if name == k or name.startswith(k + ".")), None):
+        return UNET_TOP[top] + name[len(top) :]
+    if m := re.match(r"(down|up)_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)", name):
+        side, level, kind, layer, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
+        block = (1 + level * per if side == "down" else level * per) + layer
+        inner = f"1.{rest}" if kind == "attentions" else f"0.{resnet(rest)}"
+        return f"{'input' if side == 'down' else 'output'}_blocks.{block}.{inner}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", name):
+        return f"input_blocks.{1 + int(m[1]) * per + per - 1}.0.op{m[2]}"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv(.*)", name):
+        level = int(m[1])
+        return f"output_blocks.{level * per + per - 1}.{2 if up_attention[level] else 1}.conv{m[2]}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.+)", name):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.+)", name):
+        return f"middle_block.{2 * int(m[1])}.{resnet(m[2])}"
+    raise KeyError(f"no LDM name for UNet {name}")
 
 
 def unet_to_ldm(unet) -> dict:
-    per_level = unet.config.layers_per_block + 1
-    has_attention = [t.startswith("CrossAttn") for t in unet.config.up_block_types]
-    out = {}
-    for key, tensor in unet.state_dict().items():
-        top = next((k for k in UNET_TOP if key.startswith(k + ".")), None)
-        if top:
-            new = UNET_TOP[top] + key[len(top) :]
-        elif m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-            level, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
-            block = 1 + level * per_level + layer
-            new = (
-                f"input_blocks.{block}.0.{_resnet(rest)}"
-                if kind == "resnets"
-                else f"input_blocks.{block}.1.{rest}"
-            )
-        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-            new = f"input_blocks.{1 + int(m[1]) * per_level + per_level - 1}.0.op.{m[2]}"
-        elif m := re.match(r"mid_block\.resnets\.(\d+)\.(.+)", key):
-            new = f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"
-        elif m := re.match(r"mid_block\.attentions\.0\.(.+)", key):
-            new = f"middle_block.1.{m[1]}"
-        elif m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-            level, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
-            block = level * per_level + layer
-            new = (
-                f"output_blocks.{block}.0.{_resnet(rest)}"
-                if kind == "resnets"
-                else f"output_blocks.{block}.1.{rest}"
-            )
-        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-            level = int(m[1])
-            new = f"output_blocks.{level * per_level + per_level - 1}.{2 if has_attention[level] else 1}.conv.{m[2]}"
-        else:
-            raise KeyError(f"no LDM name for UNet key {key}")
-        out[f"model.diffusion_model.{new}"] = tensor
-    return out
+    config = unet.config
+    up_attention = tuple(t.startswith("CrossAttn") for t in config.up_block_types)
+    return {
+        f"model.diffusion_model.{ldm_unet_name(key, config.layers_per_block, up_attention)}": tensor
+        for key, tensor in unet.state_dict().items()
+    }
 
 
 def vae_to_ldm(vae) -> dict:

@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.ldm_files import ldm_unet_name
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
@@ -51,31 +53,7 @@ def _factors(
 
 def sdxl_sgm_name(name: str, layers_per_block: int = 2) -> str:
     """diffusers UNet layer path → the original SGM path kohya writes for SDXL."""
-    per = layers_per_block + 1
-    subs = {
-        "conv1": "in_layers.2",
-        "conv2": "out_layers.3",
-        "time_emb_proj": "emb_layers.1",
-        "conv_shortcut": "skip_connection",
-    }
-
-    def inner(rest: str) -> str:
-        head, _, tail = rest.partition(".")
-        return subs.get(head, head) + ("." + tail if tail else "")
-
-    if m := re.match(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.*)", name):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        idx = 1 + block * per + j
-        return f"input_blocks.{idx}.{1 if kind == 'attentions' else 0}.{inner(rest) if kind == 'resnets' else rest}"
-    if m := re.match(r"up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.*)", name):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        idx = block * per + j
-        return f"output_blocks.{idx}.{1 if kind == 'attentions' else 0}.{inner(rest) if kind == 'resnets' else rest}"
-    if m := re.match(r"mid_block\.attentions\.0\.(.*)", name):
-        return f"middle_block.1.{m[1]}"
-    if m := re.match(r"mid_block\.resnets\.(\d)\.(.*)", name):
-        return f"middle_block.{2 * int(m[1])}.{inner(m[2])}"
-    raise ValueError(name)
+    return ldm_unet_name(name, layers_per_block)
 
 
 def kohya_lora(
