@@ -231,6 +231,29 @@ def test_a_single_file_checkpoint_loads_offline_with_the_shipped_configs(
     assert got.shape == want.shape and float(abs(got - want).max()) < 1e-5
 
 
+def test_a_half_precision_file_loads_without_library_noise(tmp_path, monkeypatch, capfd):
+    """diffusers warns of "modules that should be kept in float32: []" on every cast of a half
+    precision file (what most checkpoints are); lorasel's load keeps its loggers to errors,
+    and puts their verbosity back."""
+    from diffusers.utils import logging as diffusers_logging
+
+    source = tiny_sd1_pipeline()
+    configs = tmp_path / "configs"
+    source.save_pretrained(configs)
+    monkeypatch.setitem(base_module.SHIPPED_CONFIGS, "v1", configs)
+    save_file(
+        {k: v.contiguous().half() for k, v in sd1_to_ldm(source).items()}, tmp_path / "model.safetensors"
+    )
+    verbosity = diffusers_logging.get_verbosity()
+    capfd.readouterr()
+
+    pipe = load_base(str(tmp_path / "model.safetensors"), device="cpu", dtype=torch.float32)
+
+    assert pipe.unet.dtype == torch.float32
+    assert "should be kept in float32" not in capfd.readouterr().err
+    assert diffusers_logging.get_verbosity() == verbosity
+
+
 @pytest.mark.parametrize(
     ("family", "markers", "scheduler", "expected"),
     [

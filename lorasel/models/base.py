@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,7 +46,8 @@ def load_base(spec: str = "toy", *, device=None, dtype=None):
 
         pipe = load_toy_pipeline(device=dev, dtype=torch_dtype)
     else:
-        pipe = _load_external(spec, torch_dtype)
+        with _library_warnings_quiet():
+            pipe = _load_external(spec, torch_dtype)
         _require_every_weight(pipe, spec)
         pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
@@ -103,6 +105,25 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
         f"base model {spec!r} not found",
         hint="use 'toy', a diffusers folder, a hub id (org/name) or a .safetensors file",
     )
+
+
+@contextmanager
+def _library_warnings_quiet():
+    """diffusers' and transformers' loggers at errors only while a base loads: their warnings
+    there are noise to a lorasel user (diffusers warns of "modules that should be kept in
+    float32: []" whenever it casts a half-precision file), and what matters, a file short of
+    weights, lorasel checks itself. Their progress bars stay: a big base takes a while."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
 
 
 def _refuse_a_lora(spec: str, keys: list[str]) -> None:
