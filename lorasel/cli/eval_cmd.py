@@ -12,7 +12,8 @@ from lorasel.cli.app import app
 
 METRIC_FORMAT = "{:.3f}"
 EVAL_OPTION_FIELDS = (
-    "strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers", "refine", "weights"
+    "strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers", "refine", "weights",
+    "clip_skip",
 )  # fmt: skip
 
 
@@ -56,6 +57,13 @@ def eval_command(
         float | None, typer.Option(help="Classifier-free guidance scale. [default: the base model's]")
     ] = None,
     size: Annotated[str | None, typer.Option(help="Image size WxH. [default: the base model's]")] = None,
+    clip_skip: Annotated[
+        int | None,
+        typer.Option(
+            help="SD 1.x/2.x: the CLIP layer from the end that conditions the images, counted as A1111 and "
+            "kohya count (2: kohya's --clip_skip 2). [default: the checkpoints' ss_clip_skip, else 1]"
+        ),
+    ] = None,
     scorer: Annotated[
         str | None,
         typer.Option(
@@ -123,6 +131,7 @@ def eval_command(
         guidance=guidance, size=parse_size(size) if size else None, scorer=scorer, reference=reference,
         trigger=trigger, class_word=class_word, workdir=workdir, batch_size=batch_size, threads=threads,
         workers=workers, refine=refine, weights=Weights.parse(weights) if weights is not None else None,
+        clip_skip=clip_skip,
     )  # fmt: skip
     if follow or follow_idle is not None:
         _follow(path, options, follow_idle)

@@ -3,6 +3,7 @@ before the first render (:func:`prepare`), and the base model's defaults."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
     pipeline = _load_base(base, device or procs.device, dtype)
     default_steps, default_guidance = _render_defaults(base)
     fingerprint, legacy_fingerprint = pipeline_fingerprints(pipeline)
+    clip_skip, clip_skip_source = resolve_clip_skip(options.clip_skip, infos, pipeline, reporter.warn)
     settings = make_settings(
         pipeline,
         base=base_spec(base),
@@ -130,6 +132,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         size=options.size,
         negative=prompt_set.negative,
         fingerprint=fingerprint,
+        clip_skip=clip_skip,
     )
     legacy = replace(settings, base_fingerprint=legacy_fingerprint)
     if legacy.key() != settings.key():  # renders cached before the fingerprint left bookkeeping out
@@ -148,6 +151,8 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         f"{len(infos)} checkpoints × {len(options.strengths)} strengths × {len(plan_prompts)} prompts × "
         f"{options.seeds} seeds; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
     )
+    if clip_skip > 1:
+        summary += f"; clip skip {clip_skip} ({clip_skip_source})"
     scorer_spec = scorer if isinstance(scorer, str) else getattr(score_model, "name", "")
     return Job(
         infos=infos, prompt_spec=prompt_set.spec, scorer_spec=scorer_spec, trigger=concept.trigger,
@@ -155,6 +160,44 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         reference_vectors=reference_vectors, pipeline=pipeline, settings=settings, options=options, plan=plan,
         prompts=list(plan_prompts), all_keys=all_keys, done=done, summary=summary,
     )  # fmt: skip
+
+
+def stated_clip_skip(metadata: dict[str, str]) -> int | None:
+    """The clip skip a checkpoint says it was trained with (kohya's ``ss_clip_skip``)."""
+    try:
+        value = int(str(metadata.get("ss_clip_skip", "")).strip())
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
+def resolve_clip_skip(given: int | None, infos, pipeline, warn) -> tuple[int, str]:
+    """The clip skip to render with, and where it came from: ``given``, else what the
+    checkpoints were trained with (the most common, with a warning when they differ), else 1.
+    SD 1.x/2.x only: SDXL conditions on its encoders' penultimate layers already, and kohya's
+    SDXL scripts ignore clip skip, so an SDXL checkpoint's ``ss_clip_skip`` is ignored too."""
+    sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+    layers = pipeline.text_encoder.config.num_hidden_layers
+    if given is not None:
+        if given > 1 and sdxl:
+            raise EvaluationError(
+                "--clip-skip applies to SD 1.x and 2.x bases; SDXL conditions on the penultimate layers already",
+                hint="leave --clip-skip out for an SDXL base",
+            )
+        if given > layers:
+            raise EvaluationError(
+                f"clip skip {given} is more than the text encoder's {layers} layers",
+                hint="1 is the last layer, 2 the one before (kohya's --clip_skip 2)",
+            )
+        return given, "option"
+    stated = Counter(n for info in infos if (n := stated_clip_skip(info.metadata)) and n <= layers)
+    if sdxl or not stated:
+        return 1, ""
+    value = max(stated, key=lambda n: (stated[n], -n))
+    if len(stated) > 1:
+        counts = ", ".join(f"{n} ({stated[n]})" for n in sorted(stated))
+        warn(f"the checkpoints were trained with different clip skips: {counts}; all are rendered at {value}")
+    return value, "metadata"
 
 
 def _load_scorer(spec: str | Any, device):

@@ -84,6 +84,7 @@ class EvalOptions:
     workers: int = 1
     refine: int = 0  # more seeds for the candidates that could be the best
     weights: Any = None  # the composite weights whose 95% set ``refine`` takes (None: the default)
+    clip_skip: int | None = None  # None: the checkpoints' own (kohya's ss_clip_skip), else 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", check_strengths(self.strengths))
@@ -94,6 +95,8 @@ class EvalOptions:
         if self.threads is not None:
             _positive_int("threads", self.threads, "e.g. --threads 1")
         _positive_int("workers", self.workers, "e.g. --workers 2 on 2 cores")
+        if self.clip_skip is not None:
+            _positive_int("clip skip", self.clip_skip, "1 is the last CLIP layer, 2 the one before (kohya's)")
         if self.weights is not None:
             from lorasel.rank.weights import Weights
 

@@ -35,10 +35,17 @@ class RenderSettings:
     negative: str
     dtype: str
     device_type: str
+    # CLIP layers counted from the end whose output conditions the UNet, as A1111 and kohya count
+    # them: 1 the last (SD's own), 2 the one before (kohya's --clip_skip 2, anime SD 1.x models).
+    clip_skip: int = 1
 
     def key(self) -> str:
-        """Stable hash of the settings: part of every render's cache key."""
-        return _sha256(json.dumps(asdict(self), sort_keys=True))[:32]
+        """Stable hash of the settings: part of every render's cache key. ``clip_skip`` 1 is
+        left out, so renders cached before the setting existed keep their keys."""
+        fields = asdict(self)
+        if fields["clip_skip"] == 1:
+            del fields["clip_skip"]
+        return _sha256(json.dumps(fields, sort_keys=True))[:32]
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def make_settings(
     size: tuple[int, int] | None,
     negative: str,
     fingerprint: str | None = None,
+    clip_skip: int = 1,
 ) -> RenderSettings:
     """The render settings for this pipeline; ``size`` defaults to the base's own, and
     ``fingerprint`` (:func:`pipeline_fingerprint`, when already computed) is computed if not given."""
@@ -118,6 +119,7 @@ def make_settings(
         negative=negative,
         dtype=str(pipeline.unet.dtype).removeprefix("torch."),
         device_type=pipeline.device.type,
+        clip_skip=int(clip_skip),
     )
 
 
@@ -186,8 +188,28 @@ class Renderer:
             if cfg:
                 out.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe)
             return out
-        pe, npe = self.pipe.encode_prompt(prompt, device, 1, cfg, negative_prompt=negative)
+        if self.settings.clip_skip > 1:
+            pe = self._clip_skipped(prompt)
+            npe = self._clip_skipped(negative or "") if cfg else None
+        else:
+            pe, npe = self.pipe.encode_prompt(prompt, device, 1, cfg, negative_prompt=negative)
         return {"prompt_embeds": pe, "negative_prompt_embeds": npe} if cfg else {"prompt_embeds": pe}
+
+    def _clip_skipped(self, text: str) -> torch.Tensor:
+        """The text encoder's hidden state ``clip_skip`` layers from the end, through its final
+        layer norm, as A1111 and kohya condition on it. (diffusers' own ``clip_skip`` reaches for
+        ``text_encoder.text_model``, which transformers 5 no longer has.)"""
+        tokenizer, encoder = self.pipe.tokenizer, self.pipe.text_encoder
+        ids = tokenizer(
+            text,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.pipe.device)
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-self.settings.clip_skip]
+        norm = getattr(encoder, "text_model", encoder).final_layer_norm
+        return norm(hidden).to(dtype=encoder.dtype)
 
     def text_embeddings(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Stacked embeddings for a batch, each prompt encoded once per text-encoder state."""
@@ -233,8 +255,9 @@ def parameters_text(settings: RenderSettings, prompt: str, seed: int, label: str
     if settings.negative:
         lines.append(f"Negative prompt: {settings.negative}")
     lora = "" if label == BASE else f", Lora: {label}:{strength:g}"
+    skip = f", Clip skip: {settings.clip_skip}" if settings.clip_skip > 1 else ""
     lines.append(
         f"Steps: {settings.steps}, CFG scale: {settings.guidance:g}, Seed: {seed}, "
-        f"Size: {settings.width}x{settings.height}, Base: {settings.base}{lora}"
+        f"Size: {settings.width}x{settings.height}{skip}, Base: {settings.base}{lora}"
     )
     return "\n".join(lines)

@@ -65,6 +65,7 @@ def evaluate(
     workers: int = 1,
     refine: int = 0,
     weights: Weights | None = None,
+    clip_skip: int | None = None,
 ) -> Results:
     """Evaluate every checkpoint under ``path`` at every strength; return the results.
 
@@ -84,6 +85,9 @@ def evaluate(
     all their seeds and the rest on theirs (:func:`lorasel.rank.bootstrap.paired_means`), in
     rounds until the set holds no candidate without them. ``weights``: the composite whose set
     that is (default: ``lorasel.rank.DEFAULT_WEIGHTS``; pass the ones you will rank with).
+    ``clip_skip``: the CLIP layer counted from the end that conditions an SD 1.x/2.x UNet (A1111's
+    and kohya's numbering: 1 the last, 2 the one before); default: what the checkpoints were
+    trained with (kohya's ``ss_clip_skip``), else 1.
     """
     options = EvalOptions(
         strengths=tuple(strengths),
@@ -96,6 +100,7 @@ def evaluate(
         workers=workers,
         refine=refine,
         weights=weights,
+        clip_skip=clip_skip,
     )
     run = RunDir.at(path, workdir)
     if not run.root.is_dir():
@@ -341,6 +346,7 @@ def _settings_record(
         "scheduler": settings.scheduler.split("{", 1)[0],
         "steps": settings.steps,
         "guidance": settings.guidance,
+        "clip_skip": settings.clip_skip,
         "size": f"{settings.width}x{settings.height}",
         "negative": settings.negative,
         "seeds": options.seeds,

@@ -34,6 +34,7 @@ CONTINUED_SETTINGS = {
     "refine": "refine",
     "steps": "steps",
     "guidance": "guidance",
+    "clip_skip": "clip_skip",
     "trigger": "trigger",
     "class_word": "class_word",
     "references": "reference",
@@ -86,7 +87,7 @@ def continued_options(settings: Mapping[str, Any], overrides: Mapping[str, Any])
         value = settings.get(key)
         if param in out or value is None:
             continue
-        if param in ("seeds", "steps", "refine") and not (
+        if param in ("seeds", "steps", "refine", "clip_skip") and not (
             isinstance(value, int) and not isinstance(value, bool)
         ):
             continue
