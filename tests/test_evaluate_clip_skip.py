@@ -17,6 +17,7 @@ from lorasel.errors import EvaluationError
 from lorasel.evaluate.job import resolve_clip_skip
 from lorasel.evaluate.plan import RenderSettings
 from lorasel.evaluate.render import Renderer, make_settings
+from tests.tiny_models import truncated_text_encoder
 
 SETTINGS = RenderSettings(
     base="toy", base_fingerprint="f" * 32, scheduler="DDIMScheduler{}", steps=20, guidance=7.0,
@@ -32,20 +33,6 @@ def test_clip_skip_1_keeps_every_cached_render_key():
     assert replace(SETTINGS, clip_skip=2).key() != SETTINGS.key()
 
 
-def _truncated_text_encoder(encoder, skip: int):
-    """The same text encoder with its last ``skip - 1`` layers removed: its ordinary output (the
-    final layer norm included) is what clip skip ``skip`` conditions on."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        **{**encoder.config.to_dict(), "num_hidden_layers": encoder.config.num_hidden_layers - skip + 1}
-    )
-    short = CLIPTextModel(config)
-    missing, _ = short.load_state_dict(encoder.state_dict(), strict=False)
-    assert not missing
-    return short.eval()
-
-
 @pytest.mark.parametrize("skip", [2, 3])
 def test_clip_skip_conditions_on_a_layer_before_the_last(skip):
     pipe = h.tiny_pipeline()
@@ -58,7 +45,7 @@ def test_clip_skip_conditions_on_a_layer_before_the_last(skip):
         ["a zkz star on grass", "blurry"], padding="max_length", return_tensors="pt"
     ).input_ids
     with torch.no_grad():
-        want = _truncated_text_encoder(pipe.text_encoder, skip)(ids).last_hidden_state
+        want = truncated_text_encoder(pipe.text_encoder, skip)(ids).last_hidden_state
     torch.testing.assert_close(got["prompt_embeds"], want[:1])
     torch.testing.assert_close(got["negative_prompt_embeds"], want[1:])
     plain = Renderer(pipe, replace(settings, clip_skip=1), [])._encode("a zkz star on grass")

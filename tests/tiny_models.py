@@ -105,3 +105,17 @@ def tiny_sdxl_pipeline(seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def truncated_text_encoder(encoder, skip: int):
+    """The same text encoder with its last ``skip - 1`` layers removed: its ordinary output (the
+    final layer norm included) is what clip skip ``skip`` conditions on."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        **{**encoder.config.to_dict(), "num_hidden_layers": encoder.config.num_hidden_layers - skip + 1}
+    )
+    short = CLIPTextModel(config)
+    missing, _ = short.load_state_dict(encoder.state_dict(), strict=False)
+    assert not missing
+    return short.eval()

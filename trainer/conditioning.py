@@ -10,24 +10,37 @@ from collections.abc import Sequence
 
 import torch
 
+from lorasel.errors import ConfigError
+from lorasel.models.text import clip_skip_states, token_ids
 from trainer.images import View
 
 
-def _token_ids(tokenizer, captions: Sequence[str], device) -> torch.Tensor:
-    return tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
+def check_clip_skip(clip_skip: int, pipeline, sdxl: bool) -> None:
+    """``training.clip_skip`` fits the base: SD 1.x/2.x only (SDXL conditions on its encoders'
+    penultimate layers already, and kohya's SDXL scripts ignore it), within the encoder's layers."""
+    if clip_skip == 1:
+        return
+    if sdxl:
+        raise ConfigError(
+            "training.clip_skip applies to SD 1.x and 2.x bases; SDXL conditions on the penultimate layers already",
+            hint="leave training.clip_skip at 1 for an SDXL base",
+        )
+    layers = pipeline.text_encoder.config.num_hidden_layers
+    if clip_skip > layers:
+        raise ConfigError(
+            f"training.clip_skip {clip_skip} is more than the text encoder's {layers} layers",
+            hint="1 is the last layer, 2 the one before (kohya's --clip_skip 2)",
+        )
 
 
 class TextConditioner:
     """Captions → ``encoder_hidden_states`` (and SDXL's pooled embedding)."""
 
-    def __init__(self, pipeline, *, sdxl: bool, cache: bool, device: torch.device) -> None:
+    def __init__(
+        self, pipeline, *, sdxl: bool, cache: bool, device: torch.device, clip_skip: int = 1
+    ) -> None:
         self.sdxl = sdxl
+        self.clip_skip = clip_skip  # SD 1.x/2.x: the CLIP layer from the end (kohya's --clip_skip)
         self.device = device
         self.cache_enabled = cache
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -36,12 +49,12 @@ class TextConditioner:
 
     def _encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.sdxl:
-            ids = _token_ids(self.tokenizers[0], captions, self.device)
-            return self.encoders[0](ids)[0], None
+            ids = token_ids(self.tokenizers[0], captions, self.device)
+            return clip_skip_states(self.encoders[0], ids, self.clip_skip), None
         # SDXL: penultimate hidden states of both encoders, concatenated; pooled from the second.
         states, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
-            out = encoder(_token_ids(tokenizer, captions, self.device), output_hidden_states=True)
+            out = encoder(token_ids(tokenizer, captions, self.device), output_hidden_states=True)
             states.append(out.hidden_states[-2])
             pooled = out[0]
         return torch.cat(states, dim=-1), pooled

@@ -235,6 +235,11 @@ class TrainingConfig:
     noise_offset: float = _help(
         "Noise offset (e.g. 0.05) for darker darks / brighter brights; 0 = off.", default=0.0
     )
+    clip_skip: int = _help(
+        "SD 1.x/2.x: condition on the CLIP layer this many from the end, as kohya's --clip_skip "
+        "(2 for most anime models); 1 = the last. lorasel eval renders at the same.",
+        default=1,
+    )
     seed: int = _help("Seed: the same seed gives the same run (bit-exact on CPU).", default=42)
     num_workers: int = _help("DataLoader worker processes for image loading.", default=0)
     cpu_threads: int = _help(
@@ -244,7 +249,7 @@ class TrainingConfig:
     )
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "gradient_accumulation_steps"):
+        for key in ("epochs", "batch_size", "gradient_accumulation_steps", "clip_skip"):
             value = getattr(self, key)
             _check(value >= 1, f"training.{key}", f"must be >= 1 (got {value})", "use a positive integer")
         for key in ("max_steps", "lr_warmup_steps", "num_workers", "cpu_threads"):

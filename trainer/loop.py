@@ -29,7 +29,7 @@ from lorasel.io import atomic_write_text
 from lorasel.models import base_family, load_base
 from lorasel.rundir import RunDir
 from trainer import prepare
-from trainer.conditioning import TextConditioner, sdxl_time_ids
+from trainer.conditioning import TextConditioner, check_clip_skip, sdxl_time_ids
 from trainer.config import TrainConfig
 from trainer.diffusion import (
     DTYPES,
@@ -112,6 +112,7 @@ def train(
     pipe = pipeline
     family = base_family(pipe)
     sdxl = family == "sdxl"
+    check_clip_skip(train_cfg.clip_skip, pipe, sdxl)
     network, vae_dtype = prepare_models(pipe, config, device)
     groups = param_groups(network, train_cfg)
     optimizer = make_optimizer(train_cfg, groups)
@@ -170,7 +171,11 @@ def train(
         )
     freeze_text = not config.network.train_text_encoder
     text = TextConditioner(
-        pipe, sdxl=sdxl, cache=freeze_text and train_cfg.cache_text_embeddings, device=device
+        pipe,
+        sdxl=sdxl,
+        cache=freeze_text and train_cfg.cache_text_embeddings,
+        device=device,
+        clip_skip=train_cfg.clip_skip,
     )
     # Trained text encoders run through their accelerate wrappers (DDP all-reduces their gradients).
     text.encoders = [

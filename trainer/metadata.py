@@ -110,6 +110,7 @@ def run_metadata(config: TrainConfig, dataset: KohyaDataset, plan: StepPlan, inf
         "ss_min_snr_gamma": str(train.min_snr_gamma) if train.min_snr_gamma else "None",
         "ss_noise_offset": str(train.noise_offset) if train.noise_offset else "None",
         "ss_max_grad_norm": str(train.max_grad_norm),
+        "ss_clip_skip": str(train.clip_skip) if train.clip_skip > 1 else "None",
         "ss_resolution": f"({res}, {res})",
         "ss_enable_bucket": str(data.buckets),
         "ss_min_bucket_reso": str(data.min_bucket_resolution) if data.buckets else "None",

@@ -196,20 +196,13 @@ class Renderer:
         return {"prompt_embeds": pe, "negative_prompt_embeds": npe} if cfg else {"prompt_embeds": pe}
 
     def _clip_skipped(self, text: str) -> torch.Tensor:
-        """The text encoder's hidden state ``clip_skip`` layers from the end, through its final
-        layer norm, as A1111 and kohya condition on it. (diffusers' own ``clip_skip`` reaches for
-        ``text_encoder.text_model``, which transformers 5 no longer has.)"""
-        tokenizer, encoder = self.pipe.tokenizer, self.pipe.text_encoder
-        ids = tokenizer(
-            text,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.pipe.device)
-        hidden = encoder(ids, output_hidden_states=True).hidden_states[-self.settings.clip_skip]
-        norm = getattr(encoder, "text_model", encoder).final_layer_norm
-        return norm(hidden).to(dtype=encoder.dtype)
+        """``text`` conditioned through the CLIP layer ``clip_skip`` from the end
+        (:func:`lorasel.models.text.clip_skip_states`)."""
+        from lorasel.models.text import clip_skip_states, token_ids
+
+        encoder = self.pipe.text_encoder
+        ids = token_ids(self.pipe.tokenizer, [text], self.pipe.device)
+        return clip_skip_states(encoder, ids, self.settings.clip_skip).to(dtype=encoder.dtype)
 
     def text_embeddings(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Stacked embeddings for a batch, each prompt encoded once per text-encoder state."""
