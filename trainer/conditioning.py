@@ -11,26 +11,14 @@ from collections.abc import Sequence
 import torch
 
 from lorasel.errors import ConfigError
-from lorasel.models.text import clip_skip_states, token_ids
+from lorasel.models.text import clip_skip_fault, clip_skip_states, token_ids
 from trainer.images import View
 
 
-def check_clip_skip(clip_skip: int, pipeline, sdxl: bool) -> None:
-    """``training.clip_skip`` fits the base: SD 1.x/2.x only (SDXL conditions on its encoders'
-    penultimate layers already, and kohya's SDXL scripts ignore it), within the encoder's layers."""
-    if clip_skip == 1:
-        return
-    if sdxl:
-        raise ConfigError(
-            "training.clip_skip applies to SD 1.x and 2.x bases; SDXL conditions on the penultimate layers already",
-            hint="leave training.clip_skip at 1 for an SDXL base",
-        )
-    layers = pipeline.text_encoder.config.num_hidden_layers
-    if clip_skip > layers:
-        raise ConfigError(
-            f"training.clip_skip {clip_skip} is more than the text encoder's {layers} layers",
-            hint="1 is the last layer, 2 the one before (kohya's --clip_skip 2)",
-        )
+def check_clip_skip(clip_skip: int, pipeline) -> None:
+    """``training.clip_skip`` fits the base (:func:`lorasel.models.text.clip_skip_fault`)."""
+    if fault := clip_skip_fault(clip_skip, pipeline):
+        raise ConfigError(f"training.clip_skip {fault[0]}", hint=fault[1])
 
 
 class TextConditioner:

@@ -112,7 +112,7 @@ def train(
     pipe = pipeline
     family = base_family(pipe)
     sdxl = family == "sdxl"
-    check_clip_skip(train_cfg.clip_skip, pipe, sdxl)
+    check_clip_skip(train_cfg.clip_skip, pipe)
     network, vae_dtype = prepare_models(pipe, config, device)
     groups = param_groups(network, train_cfg)
     optimizer = make_optimizer(train_cfg, groups)

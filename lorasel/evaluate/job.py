@@ -176,19 +176,13 @@ def resolve_clip_skip(given: int | None, infos, pipeline, warn) -> tuple[int, st
     checkpoints were trained with (the most common, with a warning when they differ), else 1.
     SD 1.x/2.x only: SDXL conditions on its encoders' penultimate layers already, and kohya's
     SDXL scripts ignore clip skip, so an SDXL checkpoint's ``ss_clip_skip`` is ignored too."""
+    from lorasel.models.text import clip_skip_fault
+
     sdxl = getattr(pipeline, "text_encoder_2", None) is not None
     layers = pipeline.text_encoder.config.num_hidden_layers
     if given is not None:
-        if given > 1 and sdxl:
-            raise EvaluationError(
-                "--clip-skip applies to SD 1.x and 2.x bases; SDXL conditions on the penultimate layers already",
-                hint="leave --clip-skip out for an SDXL base",
-            )
-        if given > layers:
-            raise EvaluationError(
-                f"clip skip {given} is more than the text encoder's {layers} layers",
-                hint="1 is the last layer, 2 the one before (kohya's --clip_skip 2)",
-            )
+        if fault := clip_skip_fault(given, pipeline):
+            raise EvaluationError(f"--clip-skip {fault[0]}", hint=fault[1])
         return given, "option"
     stated = Counter(n for info in infos if (n := stated_clip_skip(info.metadata)) and n <= layers)
     if sdxl or not stated:

@@ -28,3 +28,23 @@ def clip_skip_states(encoder, ids: torch.Tensor, clip_skip: int) -> torch.Tensor
         return encoder(ids)[0]
     hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
     return getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+
+
+def clip_skip_fault(clip_skip: int, pipeline) -> tuple[str, str] | None:
+    """Why ``clip_skip`` does not fit this base, as (what, hint), or ``None`` when it does.
+    SD 1.x/2.x only: SDXL conditions on its encoders' penultimate layers already (and kohya's
+    SDXL scripts ignore clip skip); and no further back than the text encoder has layers."""
+    if clip_skip == 1:
+        return None
+    if getattr(pipeline, "text_encoder_2", None) is not None:
+        return (
+            "applies to SD 1.x and 2.x bases; SDXL conditions on the penultimate layers already",
+            "leave it at 1 for an SDXL base",
+        )
+    layers = pipeline.text_encoder.config.num_hidden_layers
+    if clip_skip > layers:
+        return (
+            f"{clip_skip} is more than the text encoder's {layers} layers",
+            "1 is the last layer, 2 the one before (kohya's --clip_skip 2)",
+        )
+    return None
