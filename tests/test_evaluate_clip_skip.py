@@ -58,14 +58,22 @@ def _pipe(layers: int = 12, sdxl: bool = False):
 
 
 def _infos(*values):
-    return [SimpleNamespace(metadata={} if v is None else {"ss_clip_skip": v}) for v in values]
+    """Checkpoints stating these clip skips: a string as kohya's ``ss_clip_skip``, a dict as it is."""
+    return [SimpleNamespace(metadata=v if isinstance(v, dict) else {"ss_clip_skip": v}) for v in values]
 
 
 @pytest.mark.parametrize(
     ("given", "stated", "sdxl", "expected", "warned"),
     [
         (None, ["2", "2"], False, (2, "metadata"), False),
-        (None, ["None", None], False, (1, ""), False),  # kohya writes "None" when not set
+        (None, ["None", {}], False, (1, ""), False),  # kohya writes "None" when not set
+        (
+            None,
+            [{"modelspec.encoder_layer": "2"}, {"ss_clip_skip": "None", "modelspec.encoder_layer": "2"}],
+            False,
+            (2, "metadata"),
+            False,
+        ),  # Stability's key for it
         (None, ["2", "2", "1"], False, (2, "metadata"), True),
         (None, ["1", "2"], False, (1, "metadata"), True),  # a tie: the smaller, SD's own
         (None, ["2", "99", "x"], False, (2, "metadata"), False),  # impossible values are ignored

@@ -261,14 +261,17 @@ def test_a_half_precision_file_loads_without_library_noise(tmp_path, monkeypatch
         ("xl_base", ["v_pred"], "EulerDiscreteScheduler", ("v_prediction", False, "leading")),
         ("v1", ["v_pred", "ztsnr"], "DDIMScheduler", ("v_prediction", True, "trailing")),
         ("v1", ["ztsnr"], "PNDMScheduler", ("epsilon", False, "leading")),
+        # kohya's fine-tunes with --v_parameterization say so in their metadata only
+        ("v1", {"modelspec.prediction_type": "v"}, "PNDMScheduler", ("v_prediction", False, "leading")),
     ],
-    ids=["sdxl-vpred-ztsnr", "sdxl-vpred", "sd1-vpred-ztsnr", "ztsnr-alone"],
+    ids=["sdxl-vpred-ztsnr", "sdxl-vpred", "sd1-vpred-ztsnr", "ztsnr-alone", "sd1-modelspec-v"],
 )
 def test_a_v_prediction_file_gets_a_v_prediction_scheduler(
     family, markers, scheduler, expected, tmp_path, monkeypatch, no_network
 ):
     """The empty ``v_pred`` / ``ztsnr`` tensors that v-prediction checkpoints carry (ComfyUI's
-    convention) set the scheduler the pipeline renders and trains with; diffusers ignores them."""
+    convention), or Stability's ``modelspec.prediction_type`` (a dict of metadata here), set
+    the scheduler the pipeline renders and trains with; diffusers reads neither."""
     from diffusers import EulerDiscreteScheduler, PNDMScheduler
 
     source, to_ldm = (tiny_sd1_pipeline(), sd1_to_ldm) if family == "v1" else (_tiny_sdxl(), sdxl_to_ldm)
@@ -279,7 +282,13 @@ def test_a_v_prediction_file_gets_a_v_prediction_scheduler(
     source.save_pretrained(configs)
     monkeypatch.setitem(base_module.SHIPPED_CONFIGS, family, configs)
     tensors = {k: v.contiguous() for k, v in to_ldm(source).items()}
-    save_file({**tensors, **{marker: torch.tensor([]) for marker in markers}}, tmp_path / "model.safetensors")
+    metadata = markers if isinstance(markers, dict) else None
+    markers = [] if metadata else markers
+    save_file(
+        {**tensors, **{marker: torch.tensor([]) for marker in markers}},
+        tmp_path / "model.safetensors",
+        metadata=metadata,
+    )
 
     pipe = load_base(str(tmp_path / "model.safetensors"), device="cpu", dtype=torch.float32)
 

@@ -34,7 +34,7 @@ def test_a_run_with_clip_skip_2_says_so_and_the_evaluator_reads_it(tmp_path):
     result = train(config, output=tmp_path / "run", pipeline=tiny_sd1_pipeline())
     with safe_open(str(result.checkpoints[-1]), framework="pt") as handle:
         metadata = handle.metadata()
-    assert metadata["ss_clip_skip"] == "2"
+    assert metadata["ss_clip_skip"] == metadata["modelspec.encoder_layer"] == "2"  # as kohya writes it
     assert stated_clip_skip(metadata) == 2
 
 

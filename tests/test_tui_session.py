@@ -103,7 +103,14 @@ def test_continued_options_keep_stored_settings_unless_overridden():
     out = continued_options(settings, {"base": "/models/sd15", "scorer": None})
     assert out == {"base": "/models/sd15", "scorer": "toy", "prompts": "toy", "seeds": 3, "guidance": 5.0,
                    "reference": "/data/zkz", "size": (512, 768), "strengths": (0.5, 1.0)}  # fmt: skip
-    assert continued_options({"strengths": ["x"], "size": "big", "seeds": True}, {}) == {}
+    assert (
+        continued_options({"strengths": ["x"], "size": "big", "seeds": True, "prediction": "sample"}, {})
+        == {}
+    )
+    assert continued_options({"prediction": "v-ztsnr", "clip_skip": 2}, {}) == {
+        "prediction": "v-ztsnr",
+        "clip_skip": 2,
+    }
     assert continued_options({"size": [64, 64]}, {})["size"] == (64, 64)
 
 

@@ -48,9 +48,19 @@ class ModelConfig:
     base: str = _help(
         'Base model: "toy", a diffusers folder, a hub id (org/name) or a .safetensors file.', default="toy"
     )
+    prediction: str = _help(
+        'What the base\'s UNet predicts: "epsilon", "v", or "v-ztsnr" (v on a zero-terminal-SNR schedule, '
+        "as NoobAI-XL v-pred; kohya's --v_parameterization and --zero_terminal_snr). Empty: the base's own "
+        "(a single file's v_pred/ztsnr markers or metadata, a folder's scheduler config).",
+        default="",
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.base.strip()), "model.base", "must not be empty", 'use "toy" or a path')
+        if self.prediction:
+            from lorasel.checkpoints.metadata import PREDICTIONS
+
+            _one_of(self.prediction, "model.prediction", PREDICTIONS)
 
 
 @dataclass(frozen=True)

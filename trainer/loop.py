@@ -27,6 +27,7 @@ from lorasel.checkpoints.write import save_checkpoint
 from lorasel.errors import ConfigError, LoraselError
 from lorasel.io import atomic_write_text
 from lorasel.models import base_family, load_base
+from lorasel.models.base import scheduler_prediction, with_prediction
 from lorasel.rundir import RunDir
 from trainer import prepare
 from trainer.conditioning import TextConditioner, check_clip_skip, sdxl_time_ids
@@ -117,7 +118,12 @@ def train(
     groups = param_groups(network, train_cfg)
     optimizer = make_optimizer(train_cfg, groups)
     lr_scheduler = make_scheduler(train_cfg, optimizer, plan.total_steps)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    scheduler = (
+        with_prediction(pipe.scheduler, config.model.prediction)
+        if config.model.prediction
+        else pipe.scheduler
+    )
+    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
 
     # --- 3. Resume: adapter weights, optimizer, scheduler and the position in training.
     step, epoch, group_start = 0, 1, 0
@@ -127,7 +133,7 @@ def train(
         family=family,
         trigger=config.dataset.trigger or datasets.train.default_trigger(),
         base_name=config.model.base,
-        prediction_type=noise_scheduler.config.prediction_type,
+        prediction=scheduler_prediction(noise_scheduler),
     )
     checkpoints: list[str] = []
     if state is not None:

@@ -68,7 +68,7 @@ class RunInfo:
     family: str  # base_family of the pipeline
     trigger: str
     base_name: str
-    prediction_type: str = "epsilon"
+    prediction: str = "epsilon"  # epsilon | v | v-ztsnr (lorasel.models.base.scheduler_prediction)
 
 
 def run_metadata(config: TrainConfig, dataset: KohyaDataset, plan: StepPlan, info: RunInfo) -> dict[str, str]:
@@ -111,6 +111,7 @@ def run_metadata(config: TrainConfig, dataset: KohyaDataset, plan: StepPlan, inf
         "ss_noise_offset": str(train.noise_offset) if train.noise_offset else "None",
         "ss_max_grad_norm": str(train.max_grad_norm),
         "ss_clip_skip": str(train.clip_skip) if train.clip_skip > 1 else "None",
+        "ss_zero_terminal_snr": str(info.prediction == "v-ztsnr"),
         "ss_resolution": f"({res}, {res})",
         "ss_enable_bucket": str(data.buckets),
         "ss_min_bucket_reso": str(data.min_bucket_resolution) if data.buckets else "None",
@@ -132,8 +133,11 @@ def run_metadata(config: TrainConfig, dataset: KohyaDataset, plan: StepPlan, inf
         "modelspec.title": config.save.name,
         "modelspec.resolution": f"{res}x{res}",
         "modelspec.trigger_phrase": info.trigger,
-        "modelspec.prediction_type": info.prediction_type,
+        # ModelSpec's words, as kohya writes them: "v" or "epsilon".
+        "modelspec.prediction_type": "v" if info.prediction.startswith("v") else info.prediction,
     }
+    if train.clip_skip > 1:
+        meta["modelspec.encoder_layer"] = str(train.clip_skip)  # kohya writes clip skip here too
     return meta
 
 

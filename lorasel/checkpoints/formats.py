@@ -24,6 +24,7 @@ import torch
 
 from lorasel.checkpoints.deltas import factor_delta
 from lorasel.checkpoints.keys import classify, modernise_diffusers_keys, natural_key, original_stem
+from lorasel.checkpoints.metadata import PREDICTION_MARKERS
 from lorasel.checkpoints.model import LoraModule
 from lorasel.errors import CheckpointError
 
@@ -229,6 +230,8 @@ def parse_modules(
     styles: dict[str, tuple[str, str | None, str, bool]] = {}
     unknown: list[str] = []
     for new_key, original in modernise_diffusers_keys(keys).items():
+        if original in PREDICTION_MARKERS and tensors[original].numel() == 0:
+            continue  # a statement of what the base predicts (stated_prediction), not a weight
         hit = classify(new_key)
         if hit is None:
             unknown.append(original)

@@ -189,3 +189,50 @@ def family_from_modules(modules: Iterable[LoraModule]) -> str | None:
 def base_family(modules: Iterable[LoraModule], metadata: Mapping[str, str]) -> str:
     """Keys and shapes first (they cannot lie), then metadata, else ``unknown``."""
     return family_from_modules(modules) or family_from_metadata(metadata) or "unknown"
+
+
+# ---------------------------------------------------------------- prediction type
+
+#: Empty tensors by which a file says it predicts v (``v_pred``) on a zero-terminal-SNR schedule
+#: (``ztsnr``), as ComfyUI and Forge read them: in base models (NoobAI-XL v-pred) and in the LoRAs
+#: some trainers save for them.
+PREDICTION_MARKERS = ("v_pred", "ztsnr")
+#: What a model predicts, in lorasel's words: ε, v, or v on a zero-terminal-SNR schedule.
+PREDICTIONS = ("epsilon", "v", "v-ztsnr")
+#: The prediction types as summaries and warnings name them.
+PREDICTION_WORDS = {
+    "epsilon": "ε-prediction",
+    "v": "v-prediction",
+    "v-ztsnr": "v-prediction on a zero-terminal-SNR schedule",
+}
+_SAYS_V = frozenset({"v", "v_prediction", "v-prediction", "vpred", "v_pred", "v-pred", "velocity"})
+_SAYS_EPSILON = frozenset({"epsilon", "eps", "noise"})
+
+
+def _flag(value: object) -> bool | None:
+    """A boolean as trainers write one in metadata ("True", "true", "1", ...), else None."""
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    return None
+
+
+def stated_prediction(metadata: Mapping[str, str], keys: Iterable[str] = ()) -> str | None:
+    """What a file says its model predicts (one of :data:`PREDICTIONS`), else None.
+
+    Read from Stability's ``modelspec.prediction_type`` (``v`` / ``epsilon``; kohya writes it
+    for every checkpoint), ``ss_v_parameterization`` (other trainers), kohya's
+    ``ss_zero_terminal_snr`` and the :data:`PREDICTION_MARKERS` among ``keys``. A statement of v
+    wins over one of ε: some trainers write ``epsilon`` whatever they trained, none writes v
+    by accident."""
+    keys = set(keys)
+    kind = str(metadata.get("modelspec.prediction_type") or "").strip().lower()
+    v_flag = _flag(metadata.get("ss_v_parameterization"))
+    if kind in _SAYS_V or v_flag or "v_pred" in keys:
+        zsnr = "ztsnr" in keys or _flag(metadata.get("ss_zero_terminal_snr"))
+        return "v-ztsnr" if zsnr else "v"
+    if kind in _SAYS_EPSILON or v_flag is False:
+        return "epsilon"
+    return None

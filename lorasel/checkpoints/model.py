@@ -74,6 +74,7 @@ class LoraCheckpoint:
     trigger: str | None
     class_word: str | None
     sha256: str
+    prediction: str | None = None  # what the file says its base predicts (stated_prediction)
 
     @property
     def algorithms(self) -> tuple[str, ...]:

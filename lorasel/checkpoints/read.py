@@ -10,7 +10,7 @@ from pathlib import Path
 from lorasel.checkpoints.discover import progress
 from lorasel.checkpoints.files import check_path, file_hash, parse_header, read_bytes_hashed
 from lorasel.checkpoints.formats import parse_modules
-from lorasel.checkpoints.metadata import base_family, trigger_and_class
+from lorasel.checkpoints.metadata import base_family, stated_prediction, trigger_and_class
 from lorasel.checkpoints.model import LoraCheckpoint
 from lorasel.errors import CheckpointError
 
@@ -80,4 +80,5 @@ def read_checkpoint(path: str | os.PathLike) -> LoraCheckpoint:
         trigger=trigger,
         class_word=class_word,
         sha256=file_hash(p),
+        prediction=stated_prediction(header.metadata, tensors),
     )

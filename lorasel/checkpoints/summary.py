@@ -14,6 +14,7 @@ from collections import Counter
 import torch
 
 from lorasel.checkpoints.deltas import lokr_delta, module_delta
+from lorasel.checkpoints.metadata import PREDICTION_WORDS
 from lorasel.checkpoints.model import LoraCheckpoint, LoraModule
 
 FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "an unknown base"}
@@ -93,4 +94,6 @@ def summary_line(checkpoint: LoraCheckpoint) -> str:
         parts.append("no trigger in metadata")
     if checkpoint.touches_text_encoder:
         parts.append("trains the text encoder")
+    if checkpoint.prediction in ("v", "v-ztsnr"):
+        parts.append(f"trained for {PREDICTION_WORDS[checkpoint.prediction]}")
     return " · ".join(parts)

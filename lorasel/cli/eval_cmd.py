@@ -13,7 +13,7 @@ from lorasel.cli.app import app
 METRIC_FORMAT = "{:.3f}"
 EVAL_OPTION_FIELDS = (
     "strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers", "refine", "weights",
-    "clip_skip",
+    "clip_skip", "prediction",
 )  # fmt: skip
 
 
@@ -62,6 +62,14 @@ def eval_command(
         typer.Option(
             help="SD 1.x/2.x: the CLIP layer from the end that conditions the images, counted as A1111 and "
             "kohya count (2: kohya's --clip_skip 2). [default: the checkpoints' ss_clip_skip, else 1]"
+        ),
+    ] = None,
+    prediction: Annotated[
+        str | None,
+        typer.Option(
+            help="What the base's UNet predicts: epsilon, v, or v-ztsnr (v on a zero-terminal-SNR schedule, "
+            "as NoobAI-XL v-pred). [default: the base's (a file's v_pred/ztsnr markers or metadata), or v "
+            "where the checkpoints say they were trained for it]"
         ),
     ] = None,
     scorer: Annotated[
@@ -131,7 +139,7 @@ def eval_command(
         guidance=guidance, size=parse_size(size) if size else None, scorer=scorer, reference=reference,
         trigger=trigger, class_word=class_word, workdir=workdir, batch_size=batch_size, threads=threads,
         workers=workers, refine=refine, weights=Weights.parse(weights) if weights is not None else None,
-        clip_skip=clip_skip,
+        clip_skip=clip_skip, prediction=prediction,
     )  # fmt: skip
     if follow or follow_idle is not None:
         _follow(path, options, follow_idle)

@@ -39,6 +39,7 @@ class CheckpointInfo:
     algo: str
     metadata: dict[str, str] = field(repr=False)
     touches_text_encoder: bool = False
+    prediction: str | None = None  # what the file says its base predicts (stated_prediction)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -105,6 +106,7 @@ def find_checkpoints(run: RunDir, store: Store, warn: Callable[[str], None]) -> 
                 algo=_algo(checkpoint),
                 metadata={str(k): str(v) for k, v in (getattr(checkpoint, "metadata", None) or {}).items()},
                 touches_text_encoder=bool(getattr(checkpoint, "touches_text_encoder", False)),
+                prediction=getattr(checkpoint, "prediction", None),
             )
         )
     if not infos:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lorasel.checkpoints.metadata import PREDICTION_WORDS
 from lorasel.errors import EvaluationError
 from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
 from lorasel.evaluate.concept import dataset_path, reference_images, resolve_concept
@@ -124,6 +125,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
     default_steps, default_guidance = _render_defaults(base)
     fingerprint, legacy_fingerprint = pipeline_fingerprints(pipeline)
     clip_skip, clip_skip_source = resolve_clip_skip(options.clip_skip, infos, pipeline, reporter.warn)
+    prediction, prediction_source = resolve_prediction(options.prediction, infos, pipeline, reporter.warn)
     settings = make_settings(
         pipeline,
         base=base_spec(base),
@@ -133,6 +135,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         negative=prompt_set.negative,
         fingerprint=fingerprint,
         clip_skip=clip_skip,
+        prediction=prediction,
     )
     legacy = replace(settings, base_fingerprint=legacy_fingerprint)
     if legacy.key() != settings.key():  # renders cached before the fingerprint left bookkeeping out
@@ -153,6 +156,8 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
     )
     if clip_skip > 1:
         summary += f"; clip skip {clip_skip} ({clip_skip_source})"
+    if prediction != "epsilon":
+        summary += f"; {PREDICTION_WORDS.get(prediction, prediction + '-prediction')} ({prediction_source})"
     scorer_spec = scorer if isinstance(scorer, str) else getattr(score_model, "name", "")
     return Job(
         infos=infos, prompt_spec=prompt_set.spec, scorer_spec=scorer_spec, trigger=concept.trigger,
@@ -163,12 +168,16 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
 
 
 def stated_clip_skip(metadata: dict[str, str]) -> int | None:
-    """The clip skip a checkpoint says it was trained with (kohya's ``ss_clip_skip``)."""
-    try:
-        value = int(str(metadata.get("ss_clip_skip", "")).strip())
-    except ValueError:
-        return None
-    return value if value >= 1 else None
+    """The clip skip a checkpoint says it was trained with: kohya's ``ss_clip_skip``, else
+    Stability's ``modelspec.encoder_layer`` (kohya writes both)."""
+    for key in ("ss_clip_skip", "modelspec.encoder_layer"):
+        try:
+            value = int(str(metadata.get(key, "")).strip())
+        except ValueError:
+            continue
+        if value >= 1:
+            return value
+    return None
 
 
 def resolve_clip_skip(given: int | None, infos, pipeline, warn) -> tuple[int, str]:
@@ -192,6 +201,46 @@ def resolve_clip_skip(given: int | None, infos, pipeline, warn) -> tuple[int, st
         counts = ", ".join(f"{n} ({stated[n]})" for n in sorted(stated))
         warn(f"the checkpoints were trained with different clip skips: {counts}; all are rendered at {value}")
     return value, "metadata"
+
+
+_PREDICTION_ORDER = {"epsilon": 0, "v": 1, "v-ztsnr": 2}
+
+
+def resolve_prediction(given: str | None, infos, pipeline, warn) -> tuple[str, str]:
+    """What the UNet predicts in the renders (``epsilon``, ``v``, ``v-ztsnr``) and where that
+    came from: ``given`` ("option"); else the checkpoints' statement (the most common; kohya's
+    ``modelspec.prediction_type`` and ``ss_zero_terminal_snr``, the ``v_pred`` / ``ztsnr``
+    markers) where it says more than the base does, "metadata"; else the base's scheduler, "base".
+
+    Only a statement of v overrides the base, with a warning: a LoRA trained with v-prediction
+    was trained on a v-prediction base, and v-prediction merges often lose the markers that
+    would say so; some trainers write "epsilon" whatever they trained, so that one only warns."""
+    from lorasel.models.base import scheduler_prediction
+
+    base = scheduler_prediction(pipeline.scheduler)
+    if given is not None:
+        return given, "option"
+    stated = Counter(p for info in infos if (p := getattr(info, "prediction", None)) in _PREDICTION_ORDER)
+    if not stated or base not in _PREDICTION_ORDER:
+        return base, "base"
+    value = max(stated, key=lambda p: (stated[p], _PREDICTION_ORDER[p]))
+    if "epsilon" in stated and len(stated) > 1:
+        counts = ", ".join(f"{p} ({stated[p]})" for p in sorted(stated, key=_PREDICTION_ORDER.get))
+        warn(f"the checkpoints say they were trained for different prediction types: {counts}")
+    if _PREDICTION_ORDER[value] > _PREDICTION_ORDER[base]:
+        warn(
+            f"the checkpoints say they were trained for {PREDICTION_WORDS[value]}, and the base predicts "
+            f"{PREDICTION_WORDS[base]}: rendering with {PREDICTION_WORDS[value]} "
+            f"(--prediction {base} renders as the base says)"
+        )
+        return value, "metadata"
+    if value == "epsilon" and base != "epsilon":
+        warn(
+            f"the checkpoints say they were trained for {PREDICTION_WORDS[value]}, but the base predicts "
+            f"{PREDICTION_WORDS[base]}: rendering as the base predicts (--prediction epsilon renders as "
+            "the checkpoints say)"
+        )
+    return base, "base"
 
 
 def _load_scorer(spec: str | Any, device):

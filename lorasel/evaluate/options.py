@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lorasel.checkpoints.metadata import PREDICTIONS
 from lorasel.errors import EvaluationError
 from lorasel.evaluate.plan import canonical_strength
 
@@ -85,6 +86,7 @@ class EvalOptions:
     refine: int = 0  # more seeds for the candidates that could be the best
     weights: Any = None  # the composite weights whose 95% set ``refine`` takes (None: the default)
     clip_skip: int | None = None  # None: the checkpoints' own (kohya's ss_clip_skip), else 1
+    prediction: str | None = None  # epsilon | v | v-ztsnr; None: the base's, or the checkpoints' v
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", check_strengths(self.strengths))
@@ -97,6 +99,11 @@ class EvalOptions:
         _positive_int("workers", self.workers, "e.g. --workers 2 on 2 cores")
         if self.clip_skip is not None:
             _positive_int("clip skip", self.clip_skip, "1 is the last CLIP layer, 2 the one before (kohya's)")
+        if self.prediction is not None and self.prediction not in PREDICTIONS:
+            raise EvaluationError(
+                f"prediction must be one of {', '.join(PREDICTIONS)}, not {str(self.prediction)[:40]!r}",
+                hint="v-ztsnr: v-prediction on a zero-terminal-SNR schedule (NoobAI-XL v-pred)",
+            )
         if self.weights is not None:
             from lorasel.rank.weights import Weights
 

@@ -80,6 +80,24 @@ def config_text(config, *, legacy: bool = False) -> str:
     return json.dumps(public, sort_keys=True, default=str)
 
 
+def scheduler_text(scheduler) -> str:
+    """A scheduler as the render settings name it: its class and its config."""
+    return type(scheduler).__name__ + config_text(scheduler.config)
+
+
+def scheduler_from_text(text: str):
+    """The scheduler :func:`scheduler_text` named."""
+    import diffusers
+
+    name, brace, config = text.partition("{")
+    cls = getattr(diffusers, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, diffusers.SchedulerMixin):
+        raise EvaluationError(
+            f"unknown scheduler {name!r} in the render settings", hint="rerun the evaluation"
+        )
+    return cls.from_config(json.loads(brace + config))
+
+
 def default_size(pipeline) -> tuple[int, int]:
     """(width, height) the base was made for."""
     sample = pipeline.unet.config.sample_size
@@ -97,9 +115,12 @@ def make_settings(
     negative: str,
     fingerprint: str | None = None,
     clip_skip: int = 1,
+    prediction: str | None = None,
 ) -> RenderSettings:
     """The render settings for this pipeline; ``size`` defaults to the base's own, and
-    ``fingerprint`` (:func:`pipeline_fingerprint`, when already computed) is computed if not given."""
+    ``fingerprint`` (:func:`pipeline_fingerprint`, when already computed) is computed if not given.
+    ``prediction`` (``epsilon``, ``v``, ``v-ztsnr``): the scheduler's, when not the base's own
+    (:func:`lorasel.models.base.with_prediction`); the :class:`Renderer` then renders with it."""
     width, height = size or default_size(pipeline)
     multiple = max(8, int(getattr(pipeline, "vae_scale_factor", 8)))
     if width % multiple or height % multiple:
@@ -108,10 +129,14 @@ def make_settings(
             hint=f"use a width and height divisible by {multiple}, e.g. {default_size(pipeline)[0]}",
         )
     scheduler = pipeline.scheduler
+    if prediction is not None:
+        from lorasel.models.base import with_prediction
+
+        scheduler = with_prediction(scheduler, prediction)
     return RenderSettings(
         base=base,
         base_fingerprint=fingerprint or pipeline_fingerprint(pipeline),
-        scheduler=type(scheduler).__name__ + config_text(scheduler.config),
+        scheduler=scheduler_text(scheduler),
         steps=int(steps),
         guidance=float(guidance),
         width=int(width),
@@ -135,6 +160,12 @@ class Renderer:
         self._group_text: dict[str, dict[str, torch.Tensor]] = {}
         self._loaded: tuple[str, object] | None = None  # (checkpoint id, read checkpoint)
         self._sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+        # The settings name the scheduler (a base's own, or one told another prediction type):
+        # the pipeline renders with it until close(), in every process that renders.
+        self._base_scheduler = None
+        if scheduler_text(pipeline.scheduler) != settings.scheduler:
+            self._base_scheduler = pipeline.scheduler
+            pipeline.scheduler = scheduler_from_text(settings.scheduler)
 
     # -- checkpoints -----------------------------------------------------------------------
     def switch(self, checkpoint: str, strength: float) -> None:
@@ -162,7 +193,9 @@ class Renderer:
         self._current = (checkpoint, strength)
 
     def close(self) -> None:
-        """Leave the pipeline as the pristine base model."""
+        """Leave the pipeline as the pristine base model, with its own scheduler."""
+        if self._base_scheduler is not None:
+            self.pipe.scheduler, self._base_scheduler = self._base_scheduler, None
         if self._current != (BASE, 0.0):
             checkpoint_api().restore(self.pipe)
             self._current = (BASE, 0.0)

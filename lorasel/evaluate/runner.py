@@ -11,6 +11,7 @@ into the same store; the main process then scores and writes the results. The pl
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -37,6 +38,7 @@ from lorasel.evaluate.scoring import score_plan
 from lorasel.evaluate.store import Store
 from lorasel.evaluate.workers import RenderWorkers, WorkerPlan, WorkerStart, units_of
 from lorasel.evaluate.writer import BatchWriter
+from lorasel.models.base import config_prediction
 from lorasel.rank.weights import Weights
 from lorasel.results import Results
 from lorasel.rundir import RunDir
@@ -66,6 +68,7 @@ def evaluate(
     refine: int = 0,
     weights: Weights | None = None,
     clip_skip: int | None = None,
+    prediction: str | None = None,
 ) -> Results:
     """Evaluate every checkpoint under ``path`` at every strength; return the results.
 
@@ -87,7 +90,9 @@ def evaluate(
     that is (default: ``lorasel.rank.DEFAULT_WEIGHTS``; pass the ones you will rank with).
     ``clip_skip``: the CLIP layer counted from the end that conditions an SD 1.x/2.x UNet (A1111's
     and kohya's numbering: 1 the last, 2 the one before); default: what the checkpoints were
-    trained with (kohya's ``ss_clip_skip``), else 1.
+    trained with (kohya's ``ss_clip_skip``), else 1. ``prediction``: what the UNet predicts,
+    ``epsilon``, ``v`` or ``v-ztsnr`` (v on a zero-terminal-SNR schedule); default: the base's,
+    unless the checkpoints say they were trained for v (:func:`lorasel.evaluate.job.resolve_prediction`).
     """
     options = EvalOptions(
         strengths=tuple(strengths),
@@ -101,6 +106,7 @@ def evaluate(
         refine=refine,
         weights=weights,
         clip_skip=clip_skip,
+        prediction=prediction,
     )
     run = RunDir.at(path, workdir)
     if not run.root.is_dir():
@@ -347,6 +353,7 @@ def _settings_record(
         "steps": settings.steps,
         "guidance": settings.guidance,
         "clip_skip": settings.clip_skip,
+        "prediction": config_prediction(json.loads("{" + settings.scheduler.partition("{")[2])),
         "size": f"{settings.width}x{settings.height}",
         "negative": settings.negative,
         "seeds": options.seeds,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lorasel.checkpoints.metadata import stated_prediction
 from lorasel.errors import ModelLoadError, first_line
 from lorasel.models.devices import default_device, default_dtype
 
@@ -18,9 +19,6 @@ CONFIGS = Path(__file__).parent / "configs"
 # the package ships the diffusers configs (SD 1.5's and SDXL 1.0 base's), so such a file loads
 # offline; other types take theirs from the hub, as diffusers does, once.
 SHIPPED_CONFIGS = {"v1": CONFIGS / "sd15", "xl_base": CONFIGS / "sdxl"}
-# Empty tensors by which a single file says it predicts v (``v_pred``) on a zero-terminal-SNR
-# schedule (``ztsnr``), as ComfyUI reads them (NoobAI-XL v-pred and other v-prediction fine-tunes).
-PREDICTION_MARKERS = ("v_pred", "ztsnr")
 
 
 def base_family(pipeline) -> str:
@@ -87,10 +85,11 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
                 _refuse_a_lora(spec, list(tensors))
                 kind = infer_diffusers_model_type(tensors)
                 is_xl = any(k.startswith("conditioner.embedders.1") for k in tensors)
-                markers = {k for k in PREDICTION_MARKERS if k in tensors}
+                stated = stated_prediction(handle.metadata() or {}, tensors)
             cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
             pipe = cls.from_single_file(str(path), **common, **_shipped_configs(kind, is_xl))
-            _follow_prediction_markers(pipe, markers)
+            if stated is not None:  # diffusers reads neither the markers nor the metadata
+                pipe.scheduler = with_prediction(pipe.scheduler, stated)
             return pipe
         if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
             return DiffusionPipeline.from_pretrained(spec, use_safetensors=True, **common)
@@ -177,24 +176,45 @@ class _TensorsOnDemand(Mapping):
         return len(self._keys)
 
 
-def _follow_prediction_markers(pipe, markers: set[str]) -> None:
-    """A v-prediction file's scheduler predicts v, and with ``ztsnr`` rescales its betas to a zero
-    terminal SNR and spaces steps from the last timestep ("trailing"), as that needs. A
-    scheduler without the rescaling (SD 1.5's PNDM) gives way to DDIM. The trainer and the
-    evaluator both take the scheduler from here, so both then train and render v."""
-    if "v_pred" not in markers:
-        return
+def scheduler_prediction(scheduler) -> str:
+    """What a scheduler has the UNet predict, in :data:`~lorasel.checkpoints.metadata.PREDICTIONS`'
+    words (``epsilon``, ``v``, ``v-ztsnr``); another diffusers type (``sample``) as it is."""
+    return config_prediction(scheduler.config)
+
+
+def config_prediction(config: Mapping) -> str:
+    """:func:`scheduler_prediction` of a scheduler's config."""
+    kind = config.get("prediction_type", "epsilon")
+    if kind != "v_prediction":
+        return str(kind)
+    return "v-ztsnr" if config.get("rescale_betas_zero_snr") else "v"
+
+
+def with_prediction(scheduler, prediction: str):
+    """A scheduler like ``scheduler`` for a model predicting ``prediction`` (``epsilon``, ``v`` or
+    ``v-ztsnr``); ``scheduler`` itself when it already is one. v on a zero-terminal-SNR schedule
+    rescales the betas and spaces steps from the last timestep ("trailing"), as that needs; a
+    scheduler without the rescaling (SD 1.5's PNDM) gives way to DDIM."""
     import inspect
 
-    cls = type(pipe.scheduler)
-    overrides = {"prediction_type": "v_prediction"}
-    if "ztsnr" in markers:
-        overrides |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    if scheduler_prediction(scheduler) == prediction:
+        return scheduler
+    cls = type(scheduler)
+    ztsnr = prediction == "v-ztsnr"
+    overrides = {"prediction_type": "epsilon" if prediction == "epsilon" else "v_prediction"}
+    if ztsnr or scheduler.config.get("rescale_betas_zero_snr"):
+        overrides["rescale_betas_zero_snr"] = ztsnr
+    if ztsnr:
+        overrides["timestep_spacing"] = "trailing"
         if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
             from diffusers import DDIMScheduler
 
             cls = DDIMScheduler
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+    # Every value as the scheduler has it: diffusers' from_config would reset the keys its
+    # ``_use_default_values`` lists to the class defaults, though a pipeline may have changed
+    # them since (StableDiffusionPipeline sets a DDIM scheduler's steps_offset to 1).
+    config = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+    return cls.from_config(config, **overrides)
 
 
 def _shipped_configs(kind: str, is_xl: bool) -> dict:

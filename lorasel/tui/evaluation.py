@@ -35,6 +35,7 @@ CONTINUED_SETTINGS = {
     "steps": "steps",
     "guidance": "guidance",
     "clip_skip": "clip_skip",
+    "prediction": "prediction",
     "trigger": "trigger",
     "class_word": "class_word",
     "references": "reference",
@@ -82,6 +83,8 @@ def continued_options(settings: Mapping[str, Any], overrides: Mapping[str, Any])
     fill the rest, so "continue" renders with the same base, scorer, prompts and seeds. Values
     of the wrong type (the settings are read back from a database) are left to the defaults.
     """
+    from lorasel.checkpoints.metadata import PREDICTIONS
+
     out: dict[str, Any] = {}
     for key, param in CONTINUED_SETTINGS.items():
         value = settings.get(key)
@@ -92,6 +95,8 @@ def continued_options(settings: Mapping[str, Any], overrides: Mapping[str, Any])
         ):
             continue
         if param == "guidance" and not isinstance(value, (int, float)):
+            continue
+        if param == "prediction" and value not in PREDICTIONS:
             continue
         if param in ("base", "scorer", "prompts", "trigger", "class_word", "reference") and not isinstance(
             value, str
