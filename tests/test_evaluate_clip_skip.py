@@ -31,6 +31,7 @@ def test_clip_skip_1_keeps_every_cached_render_key():
     assert SETTINGS.clip_skip == 1
     assert SETTINGS.key() == "3a4c40055f62fe11fb61a6fde00e8595"
     assert replace(SETTINGS, clip_skip=2).key() != SETTINGS.key()
+    assert SETTINGS.cfg_rescale == 0 and replace(SETTINGS, cfg_rescale=0.7).key() != SETTINGS.key()
 
 
 @pytest.mark.parametrize("skip", [2, 3])

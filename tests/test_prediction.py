@@ -180,40 +180,63 @@ def run(tmp_path, monkeypatch):
     return root
 
 
+def _base_render(run, results) -> tuple[np.ndarray, dict]:
+    """The first in-domain base render's pixels, and the diffusers call arguments that make it."""
+    from PIL import Image
+
+    row = results.renders[(results.renders.checkpoint == BASE) & (results.renders.kind == "in_domain")].iloc[
+        0
+    ]
+    call = {"prompt": row.prompt, "num_inference_steps": 2, "guidance_scale": 5.0, "height": 16, "width": 16}
+    image = Image.open(run / "lorasel" / row.image)
+    return np.asarray(image, dtype=np.int16), {
+        **call,
+        "seed": int(row.seed),
+        "text": image.text["parameters"],
+    }
+
+
+def _diffusers_render(scheduler, seed: int, **call) -> np.ndarray:
+    """diffusers' own pipeline call on the tiny base with ``scheduler``: the reference."""
+    pipe = h.tiny_pipeline()
+    reference = pipe.__class__(**{**pipe.components, "scheduler": scheduler})
+    image = reference(**call, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    return np.round(image * 255).astype(np.int16)
+
+
 def test_eval_renders_v_checkpoints_with_v_prediction_like_diffusers(run):
     """A kohya LoRA trained with --v_parameterization, on a base that does not say it predicts v:
     rendered with v-prediction (a warning says so), as diffusers renders with a v-prediction
-    scheduler; ``--prediction epsilon`` renders as the base says, under other keys."""
+    scheduler; ``--cfg-rescale 0.7`` as diffusers' ``guidance_rescale=0.7``; ``--prediction
+    epsilon`` renders as the base says, under other keys."""
     from diffusers import DDIMScheduler
-    from PIL import Image
 
     from lorasel.evaluate import load_results
 
     pipe = h.tiny_pipeline()
     own = pipe.scheduler
+    v_scheduler = DDIMScheduler.from_config(own.config, prediction_type="v_prediction")
     args = ["eval", str(run), "--prompts", str(run.parent / "prompts.toml"), *FAST]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "v-prediction (metadata)" in result.stderr
     assert "the checkpoints say they were trained for v-prediction" in result.stderr
     results = load_results(run)
-    assert results.settings["prediction"] == "v"
+    assert (results.settings["prediction"], results.settings["cfg_rescale"]) == ("v", 0.0)
     assert pipe.scheduler is own  # the base is given its own scheduler back
-    row = results.renders[(results.renders.checkpoint == BASE) & (results.renders.kind == "in_domain")].iloc[
-        0
-    ]
-    reference = pipe.__class__(
-        **{
-            **pipe.components,
-            "scheduler": DDIMScheduler.from_config(own.config, prediction_type="v_prediction"),
-        }
-    )
-    image = reference(
-        prompt=row.prompt, num_inference_steps=2, guidance_scale=5.0, height=16, width=16,
-        generator=torch.Generator().manual_seed(int(row.seed)), output_type="np",
-    ).images[0]  # fmt: skip
-    ours = np.asarray(Image.open(run / "lorasel" / row.image), dtype=np.int16)
-    assert np.abs(ours - np.round(image * 255).astype(np.int16)).max() <= 1
+    ours, call = _base_render(run, results)
+    plain = _diffusers_render(v_scheduler, call.pop("seed"), **{k: v for k, v in call.items() if k != "text"})
+    assert np.abs(ours - plain).max() <= 1 and "CFG rescale" not in call["text"]
+
+    rescaled = runner.invoke(app, [*args, "--cfg-rescale", "0.7"])
+    assert rescaled.exit_code == 0, rescaled.output
+    assert "CFG rescale 0.7" in rescaled.stderr
+    results = load_results(run)
+    assert results.settings["cfg_rescale"] == 0.7
+    ours, call = _base_render(run, results)
+    assert "CFG scale: 5, CFG rescale: 0.7, Seed: " in call.pop("text")
+    want = _diffusers_render(v_scheduler, call.pop("seed"), **call, guidance_rescale=0.7)
+    assert np.abs(ours - want).max() <= 1 and np.abs(ours - plain).max() > 1
 
     again = runner.invoke(app, [*args, "--prediction", "epsilon"])
     assert again.exit_code == 0, again.output
@@ -221,13 +244,20 @@ def test_eval_renders_v_checkpoints_with_v_prediction_like_diffusers(run):
     assert load_results(run).settings["prediction"] == "epsilon"
 
 
-def test_a_bad_prediction_is_one_line(run):
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--prediction", "vpred"], "error: prediction must be one of epsilon, v, v-ztsnr, not 'vpred'"),
+        (["--cfg-rescale", "1.5"], "error: cfg rescale must be a number from 0 to 1, not '1.5'"),
+        (["--cfg-rescale", "nan"], "error: cfg rescale must be a number from 0 to 1, not 'nan'"),
+    ],
+)
+def test_a_bad_prediction_or_cfg_rescale_is_one_line(run, option, message):
     result = runner.invoke(
-        app, ["eval", str(run), "--prompts", str(run.parent / "prompts.toml"), *FAST, "--prediction", "vpred"]
+        app, ["eval", str(run), "--prompts", str(run.parent / "prompts.toml"), *FAST, *option]
     )
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: prediction must be one of epsilon, v, v-ztsnr, not 'vpred'")
-    assert "(hint: " in result.stderr
+    assert result.stderr.startswith(message) and "(hint: " in result.stderr
     assert not (run / "lorasel").exists() or not list((run / "lorasel").rglob("*.png"))
 
 

@@ -13,7 +13,7 @@ from lorasel.cli.app import app
 METRIC_FORMAT = "{:.3f}"
 EVAL_OPTION_FIELDS = (
     "strengths", "seeds", "steps", "guidance", "size", "batch_size", "threads", "workers", "refine", "weights",
-    "clip_skip", "prediction",
+    "clip_skip", "prediction", "cfg_rescale",
 )  # fmt: skip
 
 
@@ -56,6 +56,13 @@ def eval_command(
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free guidance scale. [default: the base model's]")
     ] = None,
+    cfg_rescale: Annotated[
+        float,
+        typer.Option(
+            help="Rescale classifier-free guidance by this much (0 to 1; diffusers' guidance_rescale, "
+            "A1111's CFG Rescale): 0.7 for zero-terminal-SNR (v-ztsnr) models, against washed-out images."
+        ),
+    ] = 0.0,
     size: Annotated[str | None, typer.Option(help="Image size WxH. [default: the base model's]")] = None,
     clip_skip: Annotated[
         int | None,
@@ -139,7 +146,7 @@ def eval_command(
         guidance=guidance, size=parse_size(size) if size else None, scorer=scorer, reference=reference,
         trigger=trigger, class_word=class_word, workdir=workdir, batch_size=batch_size, threads=threads,
         workers=workers, refine=refine, weights=Weights.parse(weights) if weights is not None else None,
-        clip_skip=clip_skip, prediction=prediction,
+        clip_skip=clip_skip, prediction=prediction, cfg_rescale=cfg_rescale,
     )  # fmt: skip
     if follow or follow_idle is not None:
         _follow(path, options, follow_idle)

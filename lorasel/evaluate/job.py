@@ -136,6 +136,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         fingerprint=fingerprint,
         clip_skip=clip_skip,
         prediction=prediction,
+        cfg_rescale=options.cfg_rescale,
     )
     legacy = replace(settings, base_fingerprint=legacy_fingerprint)
     if legacy.key() != settings.key():  # renders cached before the fingerprint left bookkeeping out
@@ -156,6 +157,8 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
     )
     if clip_skip > 1:
         summary += f"; clip skip {clip_skip} ({clip_skip_source})"
+    if options.cfg_rescale:
+        summary += f"; CFG rescale {options.cfg_rescale:g}"
     if prediction != "epsilon":
         summary += f"; {PREDICTION_WORDS.get(prediction, prediction + '-prediction')} ({prediction_source})"
     scorer_spec = scorer if isinstance(scorer, str) else getattr(score_model, "name", "")

@@ -87,6 +87,7 @@ class EvalOptions:
     weights: Any = None  # the composite weights whose 95% set ``refine`` takes (None: the default)
     clip_skip: int | None = None  # None: the checkpoints' own (kohya's ss_clip_skip), else 1
     prediction: str | None = None  # epsilon | v | v-ztsnr; None: the base's, or the checkpoints' v
+    cfg_rescale: float = 0.0  # φ, diffusers' guidance_rescale (0.7 for zero-terminal-SNR models)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", check_strengths(self.strengths))
@@ -99,6 +100,12 @@ class EvalOptions:
         _positive_int("workers", self.workers, "e.g. --workers 2 on 2 cores")
         if self.clip_skip is not None:
             _positive_int("clip skip", self.clip_skip, "1 is the last CLIP layer, 2 the one before (kohya's)")
+        rescale = self.cfg_rescale
+        if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
+            raise EvaluationError(
+                f"cfg rescale must be a number from 0 to 1, not {str(rescale)[:40]!r}",
+                hint="0 is off; 0.7 is what zero-terminal-SNR models are usually rendered with",
+            )
         if self.prediction is not None and self.prediction not in PREDICTIONS:
             raise EvaluationError(
                 f"prediction must be one of {', '.join(PREDICTIONS)}, not {str(self.prediction)[:40]!r}",

@@ -38,13 +38,19 @@ class RenderSettings:
     # CLIP layers counted from the end whose output conditions the UNet, as A1111 and kohya count
     # them: 1 the last (SD's own), 2 the one before (kohya's --clip_skip 2, anime SD 1.x models).
     clip_skip: int = 1
+    # Classifier-free guidance rescaled towards the conditional prediction's spread (φ of "Common
+    # Diffusion Noise Schedules and Sample Steps are Flawed"; diffusers' guidance_rescale): 0 off.
+    cfg_rescale: float = 0.0
 
     def key(self) -> str:
-        """Stable hash of the settings: part of every render's cache key. ``clip_skip`` 1 is
-        left out, so renders cached before the setting existed keep their keys."""
+        """Stable hash of the settings: part of every render's cache key. ``clip_skip`` 1 and
+        ``cfg_rescale`` 0 are left out, so renders cached before those settings existed keep
+        their keys."""
         fields = asdict(self)
         if fields["clip_skip"] == 1:
             del fields["clip_skip"]
+        if fields["cfg_rescale"] == 0:
+            del fields["cfg_rescale"]
         return _sha256(json.dumps(fields, sort_keys=True))[:32]
 
 

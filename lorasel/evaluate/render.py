@@ -116,6 +116,7 @@ def make_settings(
     fingerprint: str | None = None,
     clip_skip: int = 1,
     prediction: str | None = None,
+    cfg_rescale: float = 0.0,
 ) -> RenderSettings:
     """The render settings for this pipeline; ``size`` defaults to the base's own, and
     ``fingerprint`` (:func:`pipeline_fingerprint`, when already computed) is computed if not given.
@@ -145,6 +146,7 @@ def make_settings(
         dtype=str(pipeline.unet.dtype).removeprefix("torch."),
         device_type=pipeline.device.type,
         clip_skip=int(clip_skip),
+        cfg_rescale=float(cfg_rescale),
     )
 
 
@@ -257,6 +259,7 @@ class Renderer:
             **embeds,
             num_inference_steps=s.steps,
             guidance_scale=s.guidance,
+            guidance_rescale=s.cfg_rescale,
             height=s.height,
             width=s.width,
             generator=generators,
@@ -282,8 +285,9 @@ def parameters_text(settings: RenderSettings, prompt: str, seed: int, label: str
         lines.append(f"Negative prompt: {settings.negative}")
     lora = "" if label == BASE else f", Lora: {label}:{strength:g}"
     skip = f", Clip skip: {settings.clip_skip}" if settings.clip_skip > 1 else ""
+    rescale = f", CFG rescale: {settings.cfg_rescale:g}" if settings.cfg_rescale else ""
     lines.append(
-        f"Steps: {settings.steps}, CFG scale: {settings.guidance:g}, Seed: {seed}, "
+        f"Steps: {settings.steps}, CFG scale: {settings.guidance:g}{rescale}, Seed: {seed}, "
         f"Size: {settings.width}x{settings.height}{skip}, Base: {settings.base}{lora}"
     )
     return "\n".join(lines)

@@ -69,6 +69,7 @@ def evaluate(
     weights: Weights | None = None,
     clip_skip: int | None = None,
     prediction: str | None = None,
+    cfg_rescale: float = 0.0,
 ) -> Results:
     """Evaluate every checkpoint under ``path`` at every strength; return the results.
 
@@ -93,6 +94,7 @@ def evaluate(
     trained with (kohya's ``ss_clip_skip``), else 1. ``prediction``: what the UNet predicts,
     ``epsilon``, ``v`` or ``v-ztsnr`` (v on a zero-terminal-SNR schedule); default: the base's,
     unless the checkpoints say they were trained for v (:func:`lorasel.evaluate.job.resolve_prediction`).
+    ``cfg_rescale``: φ of guidance rescaling (diffusers' ``guidance_rescale``), 0 off.
     """
     options = EvalOptions(
         strengths=tuple(strengths),
@@ -107,6 +109,7 @@ def evaluate(
         weights=weights,
         clip_skip=clip_skip,
         prediction=prediction,
+        cfg_rescale=cfg_rescale,
     )
     run = RunDir.at(path, workdir)
     if not run.root.is_dir():
@@ -352,6 +355,7 @@ def _settings_record(
         "scheduler": settings.scheduler.split("{", 1)[0],
         "steps": settings.steps,
         "guidance": settings.guidance,
+        "cfg_rescale": settings.cfg_rescale,
         "clip_skip": settings.clip_skip,
         "prediction": config_prediction(json.loads("{" + settings.scheduler.partition("{")[2])),
         "size": f"{settings.width}x{settings.height}",

@@ -34,6 +34,7 @@ CONTINUED_SETTINGS = {
     "refine": "refine",
     "steps": "steps",
     "guidance": "guidance",
+    "cfg_rescale": "cfg_rescale",
     "clip_skip": "clip_skip",
     "prediction": "prediction",
     "trigger": "trigger",
@@ -94,7 +95,7 @@ def continued_options(settings: Mapping[str, Any], overrides: Mapping[str, Any])
             isinstance(value, int) and not isinstance(value, bool)
         ):
             continue
-        if param == "guidance" and not isinstance(value, (int, float)):
+        if param in ("guidance", "cfg_rescale") and not isinstance(value, (int, float)):
             continue
         if param == "prediction" and value not in PREDICTIONS:
             continue
