@@ -52,6 +52,7 @@ def test_demo_rerun_reuses_checkpoints_and_renders(demo_run):
     assert "98 of 98 renders already done" in again.output
 
 
+@pytest.mark.slow  # 98 more renders (35 s); reuse by more seeds: test_evaluate_run
 def test_demo_with_more_seeds_renders_only_the_new_ones(demo_run, tmp_path):
     workdir, args, first = demo_run
     assert first.exit_code == 0, first.output

@@ -152,6 +152,7 @@ def test_scorer_reads_generated_images_as_the_oracle_does(toy_scorer, toy_pipe):
     assert agreement["background"] >= 0.8, agreement
 
 
+@pytest.mark.slow  # 35 s: the pool's VAE round trip and the closing report (a maintainer's tool)
 def test_scorer_stage_trains_and_exports(tmp_path, toy_pipe):
     import json
 
