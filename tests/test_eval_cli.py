@@ -247,6 +247,46 @@ def test_no_trigger_anywhere(tmp_path):
     assert "needs a trigger word" in result.stderr and "--trigger" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("family", "tensors", "named"),
+    [
+        # kohya's SDXL names (SGM layout), trained on a file named in ss_sd_model_name
+        (
+            "SDXL",
+            {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (640, 640)},
+            "noobaiXL.safetensors",
+        ),
+        # SD 1.x: cross-attention from CLIP-L's 768 wide states
+        (
+            "SD 1.x",
+            {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (320, 768)},
+            None,
+        ),
+    ],
+)
+def test_real_loras_without_a_base_are_one_line_before_anything_else(tmp_path, family, tensors, named):
+    """A kohya output folder evaluated without --base: the toy world is the base by default, and
+    it cannot render SD 1.x or SDXL LoRAs. Said first, not after the trigger, class and reference
+    errors and the base renders that would come before "none fits"."""
+    from lorasel.checkpoints.write import save_checkpoint
+
+    metadata = {"ss_sd_model_name": f"/content/models/{named}"} if named else {}
+    for epoch in (1, 2):
+        weights = {}
+        for stem, (out, inp) in tensors.items():
+            weights[f"{stem}.lora_down.weight"] = torch.randn(4, inp)
+            weights[f"{stem}.lora_up.weight"] = torch.randn(out, 4)
+        save_checkpoint(
+            tmp_path / "loras" / f"x-{epoch:06d}.safetensors", weights, {**metadata, "ss_epoch": str(epoch)}
+        )
+    result = runner.invoke(app, ["eval", str(tmp_path / "loras"), *FAST])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: the checkpoints in {tmp_path / 'loras'} are {family} LoRAs")
+    assert "(hint: pass --base" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (f"their metadata names {named})" in result.stderr) == bool(named)
+    assert not (tmp_path / "loras" / "lorasel" / "renders").exists()
+
+
 def test_corrupt_database(run):
     (run / "lorasel").mkdir()
     (run / "lorasel" / "results.sqlite").write_bytes(b"garbage" * 50)

@@ -40,6 +40,7 @@ class CheckpointInfo:
     metadata: dict[str, str] = field(repr=False)
     touches_text_encoder: bool = False
     prediction: str | None = None  # what the file says its base predicts (stated_prediction)
+    family: str | None = None  # sd1 | sd2 | sdxl where its keys and shapes say (family_from_modules)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,8 @@ def content_hash(path: Path, store: Store) -> str:
 def find_checkpoints(run: RunDir, store: Store, warn: Callable[[str], None]) -> list[CheckpointInfo]:
     """Discover, read and hash every checkpoint under the run; unreadable ones are skipped
     with a warning. ``EvaluationError`` when none is left."""
+    from lorasel.checkpoints.metadata import family_from_modules
+
     api = checkpoint_api()
     entries = api.discover(run.checkpoints)
     infos: list[CheckpointInfo] = []
@@ -107,6 +110,7 @@ def find_checkpoints(run: RunDir, store: Store, warn: Callable[[str], None]) -> 
                 metadata={str(k): str(v) for k, v in (getattr(checkpoint, "metadata", None) or {}).items()},
                 touches_text_encoder=bool(getattr(checkpoint, "touches_text_encoder", False)),
                 prediction=getattr(checkpoint, "prediction", None),
+                family=family_from_modules(getattr(checkpoint, "modules", ())),
             )
         )
     if not infos:

@@ -94,10 +94,14 @@ class Job:
 
 
 def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgress, options: EvalOptions, *,
-             base, prompts, scorer, reference, trigger, class_word, device, dtype) -> Job:  # fmt: skip
+             base, prompts, scorer, reference, trigger, class_word, device, dtype,
+             toy_by_default=False) -> Job:  # fmt: skip
     """Check every input, load the models, and plan: everything that can fail fails here,
-    before the first render. The runner works out which batches are pending."""
+    before the first render. The runner works out which batches are pending. ``toy_by_default``:
+    no base was given nor named by the run, so ``base`` is the toy world by default."""
     infos = find_checkpoints(run, store, reporter.warn)
+    if toy_by_default:
+        refuse_real_loras_on_the_toy(infos, run)
     dataset = dataset_path(run)
     sources = {
         "trigger": trigger,
@@ -168,6 +172,37 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         reference_vectors=reference_vectors, pipeline=pipeline, settings=settings, options=options, plan=plan,
         prompts=list(plan_prompts), all_keys=all_keys, done=done, summary=summary,
     )  # fmt: skip
+
+
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
+def refuse_real_loras_on_the_toy(infos, run: RunDir) -> None:
+    """``EvaluationError`` when every checkpoint's keys and shapes say it is for SD 1.x, 2.x or
+    SDXL: the toy world, the base when none is given, cannot render them. Said before the
+    prompts, references and renders that would otherwise fail one by one first."""
+    families = Counter(info.family for info in infos if info.family in FAMILY_NAMES)
+    if not infos or families.total() < len(infos):
+        return
+    from lorasel.checkpoints.metadata import clean_text
+
+    family = families.most_common(1)[0][0]
+    named = Counter(
+        name
+        for info in infos
+        if (
+            name := clean_text(str(info.metadata.get("ss_sd_model_name") or ""), 120)
+            .replace("\\", "/")
+            .split("/")[-1]
+        )
+    )
+    trained_on = f" (their metadata names {named.most_common(1)[0][0]})" if named else ""
+    raise EvaluationError(
+        f"the checkpoints in {run.checkpoints} are {FAMILY_NAMES[family]} LoRAs, and with no --base (nor a "
+        "lorasel run.toml naming one) the base is the toy world, which cannot render them",
+        hint="pass --base with the model they were trained on, a .safetensors file, a diffusers folder or a "
+        f"hub id{trained_on}",
+    )
 
 
 def stated_clip_skip(metadata: dict[str, str]) -> int | None:

@@ -116,6 +116,7 @@ def evaluate(
         raise EvaluationError(
             f"{run.root} is not a folder", hint="pass a run directory or a folder of checkpoints"
         )
+    toy_by_default = base is None and base_of_run(run) is None
     if base is None:
         base = base_of_run(run) or "toy"
     if scorer is None:
@@ -128,7 +129,7 @@ def evaluate(
     try:
         return _evaluate(run, options, base=base, prompts=prompts, scorer=scorer, reference=reference,
                          trigger=trigger, class_word=class_word, progress=progress, device=device, dtype=dtype,
-                         threads=cpu_threads)  # fmt: skip
+                         threads=cpu_threads, toy_by_default=toy_by_default)  # fmt: skip
     finally:
         torch.set_num_threads(before)
 
@@ -173,21 +174,21 @@ def _check_workers(workers: int, base: object, device) -> None:
 
 
 def _evaluate(run: RunDir, options: EvalOptions, *, base, prompts, scorer, reference, trigger, class_word,
-              progress, device, dtype, threads) -> Results:  # fmt: skip
+              progress, device, dtype, threads, toy_by_default=False) -> Results:  # fmt: skip
     helpers = None
     if options.workers > 1:  # they load the base while this process plans
         helpers = RenderWorkers(options.workers - 1, WorkerStart(base, device, dtype, threads))
     try:
         return _evaluate_with(run, options, helpers, base=base, prompts=prompts, scorer=scorer,
                               reference=reference, trigger=trigger, class_word=class_word, progress=progress,
-                              device=device, dtype=dtype)  # fmt: skip
+                              device=device, dtype=dtype, toy_by_default=toy_by_default)  # fmt: skip
     finally:
         if helpers is not None:
             helpers.close()
 
 
 def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | None, *, base, prompts, scorer,
-                   reference, trigger, class_word, progress, device, dtype) -> Results:  # fmt: skip
+                   reference, trigger, class_word, progress, device, dtype, toy_by_default=False) -> Results:  # fmt: skip
     procs = current_processes()
     reporter = RenderProgress(progress, total=0, cached=0)
     with Store.open(run.results_db) as store:
@@ -195,6 +196,7 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
             lambda: prepare(
                 run, store, procs, reporter, options, base=base, prompts=prompts, scorer=scorer,
                 reference=reference, trigger=trigger, class_word=class_word, device=device, dtype=dtype,
+                toy_by_default=toy_by_default,
             )
         )  # fmt: skip
         job = replace(job, pending=_pending(job.plan, job.done))
