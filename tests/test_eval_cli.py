@@ -287,6 +287,31 @@ def test_real_loras_without_a_base_are_one_line_before_anything_else(tmp_path, f
     assert not (tmp_path / "loras" / "lorasel" / "renders").exists()
 
 
+def test_loras_for_another_family_than_the_base_are_one_line_before_any_render(tmp_path, monkeypatch):
+    """SD 1.x LoRAs (CLIP-L's 768-wide cross-attention) with an SDXL base: one line after the
+    base loads, before its renders and a "does not fit" per checkpoint."""
+    from lorasel.checkpoints.write import save_checkpoint
+    from tests.lora_files import shared_pipeline
+
+    monkeypatch.setattr(models, "load_base", lambda spec, **kw: shared_pipeline("sdxl"))
+    monkeypatch.setattr(models, "load_scorer", lambda spec, **kw: h.tiny_scorer())
+    stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    weights = {f"{stem}.lora_down.weight": torch.randn(4, 768), f"{stem}.lora_up.weight": torch.randn(320, 4)}
+    root = h.make_run(tmp_path / "run", n_checkpoints=0, references=1)
+    save_checkpoint(
+        root / "checkpoints" / "x.safetensors", weights, {"ss_sd_model_name": "v1-5-pruned.safetensors"}
+    )
+    (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
+    result = runner.invoke(app, ["eval", str(root), "--base", "my-sdxl", "--prompts", str(tmp_path / "prompts.toml"),
+                                 *FAST])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        "error: the checkpoints are SD 1.x LoRAs and the base model my-sdxl is SDXL: none of them fits it (hint: "
+        "pass --base with the SD 1.x model they were trained on (their metadata names v1-5-pruned.safetensors))"
+    )
+    assert not (root / "lorasel" / "renders").exists()
+
+
 def test_corrupt_database(run):
     (run / "lorasel").mkdir()
     (run / "lorasel" / "results.sqlite").write_bytes(b"garbage" * 50)

@@ -126,6 +126,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         score_model = _load_scorer(scorer, device or procs.device)
         reference_vectors = reference_embeddings(score_model, store, references)
     pipeline = _load_base(base, device or procs.device, dtype)
+    refuse_a_base_that_fits_none(infos, pipeline, base_spec(base))
     default_steps, default_guidance = _render_defaults(base)
     fingerprint, legacy_fingerprint = pipeline_fingerprints(pipeline)
     clip_skip, clip_skip_source = resolve_clip_skip(options.clip_skip, infos, pipeline, reporter.warn)
@@ -184,25 +185,43 @@ def refuse_real_loras_on_the_toy(infos, run: RunDir) -> None:
     families = Counter(info.family for info in infos if info.family in FAMILY_NAMES)
     if not infos or families.total() < len(infos):
         return
-    from lorasel.checkpoints.metadata import clean_text
-
     family = families.most_common(1)[0][0]
-    named = Counter(
-        name
-        for info in infos
-        if (
-            name := clean_text(str(info.metadata.get("ss_sd_model_name") or ""), 120)
-            .replace("\\", "/")
-            .split("/")[-1]
-        )
-    )
-    trained_on = f" (their metadata names {named.most_common(1)[0][0]})" if named else ""
+    trained_on = _trained_on(infos)
     raise EvaluationError(
         f"the checkpoints in {run.checkpoints} are {FAMILY_NAMES[family]} LoRAs, and with no --base (nor a "
         "lorasel run.toml naming one) the base is the toy world, which cannot render them",
         hint="pass --base with the model they were trained on, a .safetensors file, a diffusers folder or a "
         f"hub id{trained_on}",
     )
+
+
+def refuse_a_base_that_fits_none(infos, pipeline, spec: str) -> None:
+    """``EvaluationError`` when every checkpoint's keys and shapes say it is for another family
+    than the base's (SDXL LoRAs on an SD 1.5 base): said before any render, not after
+    the base renders and a "does not fit" per checkpoint."""
+    from lorasel.models import base_family
+
+    base = base_family(pipeline)
+    families = Counter(info.family for info in infos if info.family in FAMILY_NAMES)
+    if base == "unknown" or not infos or families.total() < len(infos) or base in families:
+        return
+    family = families.most_common(1)[0][0]
+    base_name = FAMILY_NAMES.get(base, "the toy world" if base == "toy" else base)
+    raise EvaluationError(
+        f"the checkpoints are {FAMILY_NAMES[family]} LoRAs and the base model {spec} is {base_name}: "
+        "none of them fits it",
+        hint=f"pass --base with the {FAMILY_NAMES[family]} model they were trained on{_trained_on(infos)}",
+    )
+
+
+def _trained_on(infos) -> str:
+    """`` (their metadata names X)`` for the base most of ``infos`` name (kohya's
+    ``ss_sd_model_name``, a file name or a path), else ``""``."""
+    from lorasel.checkpoints.metadata import clean_text
+
+    names = (clean_text(str(info.metadata.get("ss_sd_model_name") or ""), 120) for info in infos)
+    named = Counter(base for name in names if (base := name.replace("\\", "/").split("/")[-1]))
+    return f" (their metadata names {named.most_common(1)[0][0]})" if named else ""
 
 
 def stated_clip_skip(metadata: dict[str, str]) -> int | None:
