@@ -44,10 +44,10 @@ def _bad_files(tmp_path):
     blob = good.read_bytes()
     cases = {}
 
-    def case(name, content, expect, suffix=".safetensors"):
+    def case(name, content, expect, suffix=".safetensors", metadata=None):
         path = tmp_path / f"{name}{suffix}"
         if isinstance(content, dict):
-            save_file(content, path)
+            save_file(content, path, metadata=metadata)
         else:
             path.write_bytes(content)
         cases[name] = (path, expect)
@@ -95,6 +95,32 @@ def _bad_files(tmp_path):
             "unet.a.b.lora_B.weight": torch.zeros(2, 1),
         },
         "mixes key formats",
+    )
+    # LoRAs for models lorasel does not render: by their keys, else (unknown keys) their metadata.
+    pair = lambda stem, a="lora_down", b="lora_up": {f"{stem}.{a}.weight": torch.zeros(2, 8), f"{stem}.{b}.weight": torch.zeros(8, 2)}  # noqa: E731  # fmt: skip
+    case("flux-kohya", pair("lora_unet_double_blocks_0_img_attn_proj"), "a LoRA for Flux;")
+    case("flux-comfy", pair("diffusion_model.single_blocks.3.linear1", "lora_A", "lora_B"), "for Flux;")
+    case(
+        "dit-diffusers",
+        pair("transformer.transformer_blocks.0.attn.to_q", "lora_A", "lora_B"),
+        "for a diffusion transformer;",
+    )
+    case(
+        "dit-peft",
+        pair("base_model.model.single_transformer_blocks.0.proj_out", "lora_A", "lora_B"),
+        "for a diffusion transformer;",
+    )
+    case(
+        "sd3-t5",
+        {**good_tensors(), **pair("lora_te3_encoder_block_0_layer_0_SelfAttention_q")},
+        "for SD 3;",
+    )
+    case("flux-metadata", good_tensors(), "for Flux;", metadata={"ss_base_model_version": "flux1"})
+    case(
+        "qwen-metadata",
+        good_tensors(),
+        "for Qwen-Image;",
+        metadata={"modelspec.architecture": "qwen-image/lora"},
     )
     return cases
 

@@ -236,3 +236,45 @@ def stated_prediction(metadata: Mapping[str, str], keys: Iterable[str] = ()) -> 
     if kind in _SAYS_EPSILON or v_flag is False:
         return "epsilon"
     return None
+
+
+# ---------------------------------------------------------------- LoRAs for other models
+
+#: Words in kohya's ``ss_base_model_version`` or Stability's ``modelspec.architecture`` that name
+#: a model lorasel does not render (its bases are SD 1.x, 2.x and SDXL), and how to say it.
+_OTHER_MODELS = (
+    (("flux",), "Flux"),
+    (("sd3", "stable-diffusion-3"), "SD 3"),
+    (("chroma",), "Chroma"),
+    (("lumina",), "Lumina"),
+    (("hunyuan",), "Hunyuan"),
+    (("qwen",), "Qwen-Image"),
+    (("z-image", "z_image", "zimage"), "Z-Image"),
+    (("hidream",), "HiDream"),
+    (("wan2", "wan-", "wan_"), "Wan"),
+    (("auraflow",), "AuraFlow"),
+    (("pixart",), "PixArt"),
+)
+# Module paths of diffusion transformers: Flux's double and single stream blocks (kohya's, ComfyUI's
+# and BFL's names); diffusers' and PEFT's ``transformer`` (Flux, SD 3, ...); SD 3's T5 (``lora_te3_``).
+_DIT_KEY = re.compile(
+    r"(^|[._])(double_blocks|single_blocks)[._]"
+    r"|^(transformer\.|lora_transformer_|base_model\.model\.(single_)?transformer_blocks\.)"
+)
+
+
+def other_model(keys: Iterable[str] = (), metadata: Mapping[str, str] | None = None) -> str | None:
+    """The model a LoRA is for when it is not SD 1.x, 2.x or SDXL, as its keys or metadata say
+    ("Flux", "SD 3", "a diffusion transformer", ...), else None."""
+    for key in keys:
+        if key.startswith("lora_te3_"):
+            return "SD 3"
+        if _DIT_KEY.search(key):
+            return "Flux" if ("double_blocks" in key or "single_blocks" in key) else "a diffusion transformer"
+    metadata = metadata or {}
+    text = " ".join(str(metadata.get(k) or "") for k in ("ss_base_model_version", "modelspec.architecture"))
+    text = text.lower()
+    for words, name in _OTHER_MODELS:
+        if any(word in text for word in words):
+            return name
+    return None

@@ -10,7 +10,7 @@ from pathlib import Path
 from lorasel.checkpoints.discover import progress
 from lorasel.checkpoints.files import check_path, file_hash, parse_header, read_bytes_hashed
 from lorasel.checkpoints.formats import parse_modules
-from lorasel.checkpoints.metadata import base_family, stated_prediction, trigger_and_class
+from lorasel.checkpoints.metadata import base_family, other_model, stated_prediction, trigger_and_class
 from lorasel.checkpoints.model import LoraCheckpoint
 from lorasel.errors import CheckpointError
 
@@ -60,8 +60,13 @@ def read_checkpoint(path: str | os.PathLike) -> LoraCheckpoint:
             hint="the file may be corrupt; re-download or re-save it",
         ) from None
     del data
+    if other := other_model(tensors):
+        raise _for_another_model(p, other)
     config, problem = _peft_config(p, header.metadata)
     fmt, modules = parse_modules(p, tensors, header.metadata, config)
+    family = base_family(modules, header.metadata)
+    if family == "unknown" and (other := other_model((), header.metadata)):
+        raise _for_another_model(p, other)
     if problem and fmt in ("peft", "diffusers"):
         raise CheckpointError(
             f"{p}: cannot read its adapter config: {problem}",
@@ -72,7 +77,7 @@ def read_checkpoint(path: str | os.PathLike) -> LoraCheckpoint:
     return LoraCheckpoint(
         path=p,
         format=fmt,
-        base_family=base_family(modules, header.metadata),
+        base_family=family,
         metadata=dict(header.metadata),
         epoch=epoch,
         step=step,
@@ -81,4 +86,11 @@ def read_checkpoint(path: str | os.PathLike) -> LoraCheckpoint:
         class_word=class_word,
         sha256=file_hash(p),
         prediction=stated_prediction(header.metadata, tensors),
+    )
+
+
+def _for_another_model(path: Path, model: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is a LoRA for {model}; lorasel evaluates LoRAs for SD 1.x, 2.x and SDXL",
+        hint="lorasel renders with SD 1.x, 2.x and SDXL bases only; judge it in a tool that runs that model",
     )
