@@ -154,6 +154,16 @@ def test_skips_state_report_hidden_temporary_non_lora_and_broken_files(tmp_path,
     assert "good-000003.safetensors" in caplog.text and "truncated" in caplog.text
 
 
+def test_a_lora_for_another_model_is_found_so_reading_it_can_say_so(tmp_path):
+    """diffusers' Flux LoRA keys are no SD LoRA keys; left out, a folder of them read as empty.
+    Found, reading names the model; a full Flux model beside them stays out."""
+    fake(tmp_path / "sd-000001.safetensors")
+    flux = {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(1, 2)}
+    fake(tmp_path / "flux-000001.safetensors", tensors=flux)
+    fake(tmp_path / "flux1-dev.safetensors", tensors={"double_blocks.0.img_attn.proj.weight": torch.zeros(2)})
+    assert sorted(_names(discover(tmp_path))) == ["flux-000001.safetensors", "sd-000001.safetensors"]
+
+
 def test_discovers_100_checkpoints_from_headers_only(tmp_path, monkeypatch):
     for i in range(100):
         fake(tmp_path / f"big-{i + 1:06d}.safetensors", {"ss_steps": str(10 * (i + 1))})

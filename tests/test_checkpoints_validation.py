@@ -76,6 +76,7 @@ def _bad_files(tmp_path):
         "full model",
     )
     case("nothing-lora", {"foo.bar": torch.zeros(1)}, "not a LoRA")
+    case("flux-model", {"double_blocks.0.img_attn.proj.weight": torch.zeros(1)}, "no key is a LoRA key")
     case("extra-keys", {**good_tensors(), "model.diffusion_model.x.weight": torch.zeros(1)}, "not LoRA keys")
     case("oft", {f"{STEM}.oft_blocks": torch.zeros(2, 2, 2), f"{STEM}.alpha": torch.tensor(1.0)}, "OFT")
     case("incomplete", {f"{STEM}.lora_down.weight": torch.zeros(2, 4)}, "missing up")

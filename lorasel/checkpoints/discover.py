@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lorasel.checkpoints.files import read_header, refuse_pickle
 from lorasel.checkpoints.keys import looks_like_lora
-from lorasel.checkpoints.metadata import parse_checkpoint_dir, parse_name, progress_from_metadata
+from lorasel.checkpoints.metadata import other_model, parse_checkpoint_dir, parse_name, progress_from_metadata
 from lorasel.errors import CheckpointError
 from lorasel.io import is_temporary
 from lorasel.rundir import STATE_DIRNAME
@@ -104,7 +104,7 @@ def discover(path: str | os.PathLike) -> list[CheckpointEntry]:
         raise CheckpointError(f"{root} not found", hint="pass a folder of checkpoints or a .safetensors file")
     if root.is_file():
         header = read_header(root)
-        if not looks_like_lora(list(header.tensors)):
+        if not _lora_for_anything(list(header.tensors)):
             raise CheckpointError(f"{root} is not a LoRA checkpoint", hint="pass a LoRA .safetensors file")
         return [_entry(root, root.parent, header.metadata)]
     groups: dict[tuple[str, str], list[CheckpointEntry]] = {}
@@ -114,7 +114,7 @@ def discover(path: str | os.PathLike) -> list[CheckpointEntry]:
         except CheckpointError as exc:
             log.warning("skipping %s: %s", file, exc.message)
             continue
-        if not looks_like_lora(list(header.tensors)):
+        if not _lora_for_anything(list(header.tensors)):
             log.info("skipping %s: not a LoRA", file)
             continue
         info = name_info(file)
@@ -125,6 +125,12 @@ def discover(path: str | os.PathLike) -> list[CheckpointEntry]:
     for key in sorted(groups):
         ordered += sorted(groups[key], key=_order)
     return ordered
+
+
+def _lora_for_anything(keys: list[str]) -> bool:
+    """A LoRA by its key names, also one for a model lorasel does not render (Flux, SD 3, ...),
+    which reading then refuses by name rather than leaving it out unsaid."""
+    return looks_like_lora(keys) or other_model(keys) is not None
 
 
 def _entry(file: Path, root: Path, metadata: dict[str, str]) -> CheckpointEntry:

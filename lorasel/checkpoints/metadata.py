@@ -265,8 +265,11 @@ _DIT_KEY = re.compile(
 
 def other_model(keys: Iterable[str] = (), metadata: Mapping[str, str] | None = None) -> str | None:
     """The model a LoRA is for when it is not SD 1.x, 2.x or SDXL, as its keys or metadata say
-    ("Flux", "SD 3", "a diffusion transformer", ...), else None."""
+    ("Flux", "SD 3", "a diffusion transformer", ...), else None. Only LoRA keys count (with
+    "lora" in them): a full Flux or SD 3 model is not a LoRA for one."""
     for key in keys:
+        if "lora" not in key.lower():
+            continue
         if key.startswith("lora_te3_"):
             return "SD 3"
         if _DIT_KEY.search(key):
