@@ -144,3 +144,21 @@ def pixels(state: Path, renders) -> dict[tuple, np.ndarray]:
         (row.checkpoint, row.strength, row.prompt, row.seed): np.asarray(Image.open(state / row.image))
         for row in renders.itertuples()
     }
+
+
+#: ``lorasel eval`` options that render a tiny run fastest: 16 px, 2 steps, one seed and strength.
+FAST_EVAL = ["--steps", "2", "--size", "16x16", "--seeds", "1", "--strengths", "1", "--batch-size", "4",
+             "--threads", "1"]  # fmt: skip
+
+
+def one_checkpoint_run(tmp_path: Path, monkeypatch, metadata: dict[str, str]) -> Path:
+    """A run (2 reference images) with one kohya checkpoint carrying ``metadata``, the tiny base
+    and scorer in place of any ``load_base`` / ``load_scorer``, and ``prompts.toml`` beside it."""
+    from lorasel import models
+
+    monkeypatch.setattr(models, "load_base", lambda spec, **kw: tiny_pipeline())
+    monkeypatch.setattr(models, "load_scorer", lambda spec, **kw: tiny_scorer())
+    root = make_run(tmp_path / "run", n_checkpoints=0, references=2)
+    save_checkpoint(root / "checkpoints" / "zkz-000001.safetensors", lora_tensors(1, 1.0), metadata)
+    (tmp_path / "prompts.toml").write_text(TEST_PROMPTS)
+    return root

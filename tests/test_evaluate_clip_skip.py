@@ -10,8 +10,6 @@ import torch
 from typer.testing import CliRunner
 
 import tests.evaluate_helpers as h
-from lorasel import models
-from lorasel.checkpoints.write import save_checkpoint
 from lorasel.cli import app
 from lorasel.errors import EvaluationError
 from lorasel.evaluate.job import resolve_clip_skip
@@ -101,36 +99,21 @@ def test_impossible_clip_skips_are_one_error(given, sdxl, message):
 
 
 runner = CliRunner()
-FAST = [
-    "--steps",
-    "2",
-    "--size",
-    "16x16",
-    "--seeds",
-    "1",
-    "--strengths",
-    "1",
-    "--batch-size",
-    "4",
-    "--threads",
-    "1",
-]
+FAST = h.FAST_EVAL
 
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_base", lambda spec, **kw: h.tiny_pipeline())
-    monkeypatch.setattr(models, "load_scorer", lambda spec, **kw: h.tiny_scorer())
-    root = h.make_run(tmp_path / "run", n_checkpoints=0, references=2)
-    metadata = {
-        "ss_epoch": "1",
-        "ss_output_name": "zkz",
-        "ss_clip_skip": "2",
-        "modelspec.trigger_phrase": "zkz star",
-    }
-    save_checkpoint(root / "checkpoints" / "zkz-000001.safetensors", h.lora_tensors(1, 1.0), metadata)
-    (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
-    return root
+    return h.one_checkpoint_run(
+        tmp_path,
+        monkeypatch,
+        {
+            "ss_epoch": "1",
+            "ss_output_name": "zkz",
+            "ss_clip_skip": "2",
+            "modelspec.trigger_phrase": "zkz star",
+        },
+    )
 
 
 def test_eval_renders_at_the_clip_skip_the_checkpoints_were_trained_with(run):

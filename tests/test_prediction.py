@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 import tests.evaluate_helpers as h
-from lorasel import models
 from lorasel.checkpoints import read_checkpoint
 from lorasel.checkpoints.metadata import stated_prediction
 from lorasel.checkpoints.summary import summary_line
@@ -153,31 +152,16 @@ def test_the_renderer_renders_with_the_settings_scheduler_and_gives_the_base_its
 
 
 runner = CliRunner()
-FAST = [
-    "--steps",
-    "2",
-    "--size",
-    "16x16",
-    "--seeds",
-    "1",
-    "--strengths",
-    "1",
-    "--batch-size",
-    "4",
-    "--threads",
-    "1",
-]
+FAST = h.FAST_EVAL
 
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "load_base", lambda spec, **kw: h.tiny_pipeline())
-    monkeypatch.setattr(models, "load_scorer", lambda spec, **kw: h.tiny_scorer())
-    root = h.make_run(tmp_path / "run", n_checkpoints=0, references=2)
-    metadata = {"ss_epoch": "1", "modelspec.prediction_type": "v", "modelspec.trigger_phrase": "zkz star"}
-    save_checkpoint(root / "checkpoints" / "zkz-000001.safetensors", h.lora_tensors(1, 1.0), metadata)
-    (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
-    return root
+    return h.one_checkpoint_run(
+        tmp_path,
+        monkeypatch,
+        {"ss_epoch": "1", "modelspec.prediction_type": "v", "modelspec.trigger_phrase": "zkz star"},
+    )
 
 
 def _base_render(run, results) -> tuple[np.ndarray, dict]:
