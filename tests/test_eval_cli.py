@@ -220,6 +220,17 @@ def test_base_defaults_to_the_runs_and_threads_are_restored(run, monkeypatch):
     assert specs[-1] == "toy" and scorers[-1] == "toy"
 
 
+def test_openai_clip_weights_without_quickgelu_are_warned_of(run, monkeypatch):
+    monkeypatch.setattr(models, "load_scorer", lambda spec, **kw: h.tiny_scorer())
+    result = _invoke(run, "--scorer", "ViT-B-32:/clip/openai-ViT-B-32.safetensors", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: scorer 'ViT-B-32:/clip/openai-ViT-B-32.safetensors' looks like OpenAI's CLIP weights"
+        in result.stderr
+    )
+    assert "use ViT-B-32-quickgelu:/clip/openai-ViT-B-32.safetensors" in result.stderr
+
+
 def test_path_that_is_not_a_folder(tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "nowhere"), *FAST])
     assert result.exit_code == 2

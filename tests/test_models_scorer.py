@@ -169,3 +169,29 @@ def test_a_cached_pickle_is_not_taken_for_the_weights(tmp_path, hf_cache, monkey
     with pytest.raises(ModelLoadError, match="pickle"):
         load_scorer(f"{MODEL_NAME}:mytag")
     assert asked
+
+
+@pytest.mark.parametrize(
+    ("spec", "warned"),
+    [
+        (
+            "ViT-L-14:/hf/models--timm--vit_large_patch14_clip_224.openai/snapshots/x/open_clip_model.safetensors",
+            True,
+        ),
+        ("ViT-B-32:~/clip/OpenAI-ViT-B-32.safetensors", True),
+        ("ViT-L-14-quickgelu:/hf/timm--vit_large_patch14_clip_224.openai/open_clip_model.safetensors", False),
+        ("ViT-L-14:openai", False),  # a tag: open_clip's pretrained config gives QuickGELU
+        ("ViT-L-14:/models/datacomp_xl.safetensors", False),
+        ("toy", False),
+    ],
+)
+def test_openai_weights_from_a_file_without_quickgelu_are_warned_of(spec, warned):
+    """open_clip gives a local file QuickGELU only under a -quickgelu model name; the name the
+    warning suggests is one open_clip knows, with QuickGELU."""
+    from lorasel.models.scorer import scorer_caveat
+
+    caveat = scorer_caveat(spec)
+    assert bool(caveat) == warned
+    if warned:
+        suggested = caveat.split("use ", 1)[1].split(":", 1)[0]
+        assert open_clip.get_model_config(suggested)["quick_gelu"] is True

@@ -20,6 +20,7 @@ from lorasel.evaluate.prompts import Prompt, load_prompt_set, resolve_prompt_spe
 from lorasel.evaluate.render import make_settings, pipeline_fingerprints
 from lorasel.evaluate.scoring import reference_embeddings
 from lorasel.evaluate.store import Store
+from lorasel.models.scorer import scorer_caveat
 from lorasel.rundir import RunDir
 
 
@@ -124,6 +125,8 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
     score_model = reference_vectors = None
     if procs.is_main:  # scoring happens on the main process only
         score_model = _load_scorer(scorer, device or procs.device)
+        if isinstance(scorer, str) and (caveat := scorer_caveat(scorer)):
+            reporter.warn(caveat)
         reference_vectors = reference_embeddings(score_model, store, references)
     pipeline = _load_base(base, device or procs.device, dtype)
     refuse_a_base_that_fits_none(infos, pipeline, base_spec(base))

@@ -109,6 +109,22 @@ def load_scorer(spec: str = "toy", *, device=None) -> Scorer:
     return Scorer(model, preprocess, open_clip.get_tokenizer(model_name), name=name, device=dev)
 
 
+def scorer_caveat(spec: str) -> str | None:
+    """A warning for a scorer spec that loads but would score wrongly: OpenAI's CLIP weights
+    (a path naming ``openai``, as open_clip's copies in the Hugging Face cache are named) were
+    trained with QuickGELU, which open_clip gives a local file only under a ``-quickgelu`` model
+    name; with plain GELU every embedding is off, silently."""
+    model_name, sep, pretrained = spec.partition(":")
+    if not sep or "quickgelu" in model_name.lower() or "openai" not in pretrained.lower():
+        return None
+    if not _is_path(pretrained, Path(pretrained).expanduser()):
+        return None  # a tag: open_clip's pretrained config sets QuickGELU itself
+    return (
+        f"scorer {spec!r} looks like OpenAI's CLIP weights, which need QuickGELU: "
+        f"use {model_name}-quickgelu:{pretrained} unless they are not OpenAI's"
+    )
+
+
 def _is_path(pretrained: str, weights: Path) -> bool:
     """A file rather than a pretrained tag (tags have no path characters or weight suffixes)."""
     return (
