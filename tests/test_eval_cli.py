@@ -298,6 +298,26 @@ def test_real_loras_without_a_base_are_one_line_before_anything_else(tmp_path, f
     assert not (tmp_path / "loras" / "lorasel" / "renders").exists()
 
 
+def test_a_folder_of_flux_loras_says_what_they_are(tmp_path):
+    """Every file is a LoRA for another model: the last line says which, not "none found"."""
+    from lorasel.checkpoints.write import save_checkpoint
+
+    for epoch in (1, 2):
+        stem = "lora_unet_double_blocks_0_img_attn_proj"
+        weights = {f"{stem}.lora_down.weight": torch.zeros(4, 8), f"{stem}.lora_up.weight": torch.zeros(8, 4)}
+        save_checkpoint(
+            tmp_path / "loras" / f"flux-{epoch:06d}.safetensors", weights, {"ss_epoch": str(epoch)}
+        )
+    result = runner.invoke(app, ["eval", str(tmp_path / "loras"), *FAST])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("warning: skipping flux-00000") for line in lines[:2])
+    assert lines[2].startswith(
+        f"error: none of the 2 LoRA files under {tmp_path / 'loras'} can be evaluated: "
+    )
+    assert "is a LoRA for Flux; lorasel evaluates LoRAs for SD 1.x, 2.x and SDXL (hint: " in lines[2]
+
+
 def test_loras_for_another_family_than_the_base_are_one_line_before_any_render(tmp_path, monkeypatch):
     """SD 1.x LoRAs (CLIP-L's 768-wide cross-attention) with an SDXL base: one line after the
     base loads, before its renders and a "does not fit" per checkpoint."""

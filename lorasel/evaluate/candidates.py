@@ -88,12 +88,14 @@ def find_checkpoints(run: RunDir, store: Store, warn: Callable[[str], None]) -> 
     api = checkpoint_api()
     entries = api.discover(run.checkpoints)
     infos: list[CheckpointInfo] = []
+    problems: list[CheckpointError] = []
     for entry in entries:
         path = Path(entry.path)
         try:
             checkpoint = api.read_checkpoint(path)
         except CheckpointError as exc:
             warn(f"skipping {path.name}: {exc.message}")
+            problems.append(exc)
             continue
         epoch = entry.epoch if entry.epoch is not None else getattr(checkpoint, "epoch", None)
         step = entry.step if entry.step is not None else getattr(checkpoint, "step", None)
@@ -113,11 +115,15 @@ def find_checkpoints(run: RunDir, store: Store, warn: Callable[[str], None]) -> 
                 family=family_from_modules(getattr(checkpoint, "modules", ())),
             )
         )
-    if not infos:
-        where = run.checkpoints
+    if not infos and problems:  # the warnings above say why for each; the first says it here
+        first = problems[0]
         raise EvaluationError(
-            f"no LoRA checkpoints (.safetensors) found under {where}"
-            + (f" ({len(entries)} unreadable)" if entries else ""),
+            f"none of the {len(entries)} LoRA files under {run.checkpoints} can be evaluated: {first.message}",
+            hint=first.hint or "see the warnings above, one a file",
+        )
+    if not infos:
+        raise EvaluationError(
+            f"no LoRA checkpoints (.safetensors) found under {run.checkpoints}",
             hint="pass a run directory or a folder of LoRA .safetensors files",
         )
     return infos
