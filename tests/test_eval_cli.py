@@ -269,7 +269,7 @@ def test_no_trigger_anywhere(tmp_path):
         ),
         # SD 1.x: cross-attention from CLIP-L's 768 wide states
         (
-            "SD 1.x",
+            "SD1",
             {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (320, 768)},
             None,
         ),
@@ -337,8 +337,8 @@ def test_loras_for_another_family_than_the_base_are_one_line_before_any_render(t
                                  *FAST])  # fmt: skip
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(
-        "error: the checkpoints are SD 1.x LoRAs and the base model my-sdxl is SDXL: none of them fits it (hint: "
-        "pass --base with the SD 1.x model they were trained on (their metadata names v1-5-pruned.safetensors))"
+        "error: the checkpoints are SD1 LoRAs and the base model my-sdxl is SDXL: none of them fits it (hint: "
+        "pass --base with the SD1 model they were trained on (their metadata names v1-5-pruned.safetensors))"
     )
     assert not (root / "lorasel" / "renders").exists()
 

@@ -36,6 +36,16 @@ def _int(value: object) -> int | None:
     return None
 
 
+def _flag(value: object) -> bool | None:
+    """A boolean as trainers write one in metadata ("True", "true", "1", ...), else None."""
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    return None
+
+
 def _json(value: str | None) -> object:
     if not value or len(value) > 10_000_000:
         return None
@@ -154,7 +164,7 @@ def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
             return "sd2"
         if re.search(r"(sd_?|stable-diffusion-)v?1", text):
             return "sd1"
-    if (metadata.get("ss_v2") or "").lower() == "true":
+    if _flag(metadata.get("ss_v2")):
         return "sd2"
     return None
 
@@ -207,16 +217,6 @@ PREDICTION_WORDS = {
 }
 _SAYS_V = frozenset({"v", "v_prediction", "v-prediction", "vpred", "v_pred", "v-pred", "velocity"})
 _SAYS_EPSILON = frozenset({"epsilon", "eps", "noise"})
-
-
-def _flag(value: object) -> bool | None:
-    """A boolean as trainers write one in metadata ("True", "true", "1", ...), else None."""
-    text = str(value).strip().lower() if value is not None else ""
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    return None
 
 
 def stated_prediction(metadata: Mapping[str, str], keys: Iterable[str] = ()) -> str | None:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lorasel.checkpoints.metadata import PREDICTION_WORDS
+from lorasel.checkpoints.metadata import PREDICTION_WORDS, PREDICTIONS
+from lorasel.checkpoints.summary import FAMILY_LABELS
 from lorasel.errors import EvaluationError
 from lorasel.evaluate.candidates import CheckpointInfo, find_checkpoints
 from lorasel.evaluate.concept import dataset_path, reference_images, resolve_concept
@@ -178,20 +179,25 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
     )  # fmt: skip
 
 
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+def _their_family(infos) -> str | None:
+    """The family (sd1 | sd2 | sdxl) of the checkpoints when every one's keys and shapes say
+    one (the most common), else None: then some may fit any base, the toy world's included."""
+    families = Counter(info.family for info in infos if info.family in FAMILY_LABELS)
+    if not infos or families.total() < len(infos):
+        return None
+    return families.most_common(1)[0][0]
 
 
 def refuse_real_loras_on_the_toy(infos, run: RunDir) -> None:
     """``EvaluationError`` when every checkpoint's keys and shapes say it is for SD 1.x, 2.x or
     SDXL: the toy world, the base when none is given, cannot render them. Said before the
     prompts, references and renders that would otherwise fail one by one first."""
-    families = Counter(info.family for info in infos if info.family in FAMILY_NAMES)
-    if not infos or families.total() < len(infos):
+    family = _their_family(infos)
+    if family is None:
         return
-    family = families.most_common(1)[0][0]
     trained_on = _trained_on(infos)
     raise EvaluationError(
-        f"the checkpoints in {run.checkpoints} are {FAMILY_NAMES[family]} LoRAs, and with no --base (nor a "
+        f"the checkpoints in {run.checkpoints} are {FAMILY_LABELS[family]} LoRAs, and with no --base (nor a "
         "lorasel run.toml naming one) the base is the toy world, which cannot render them",
         hint="pass --base with the model they were trained on, a .safetensors file, a diffusers folder or a "
         f"hub id{trained_on}",
@@ -205,15 +211,14 @@ def refuse_a_base_that_fits_none(infos, pipeline, spec: str) -> None:
     from lorasel.models import base_family
 
     base = base_family(pipeline)
-    families = Counter(info.family for info in infos if info.family in FAMILY_NAMES)
-    if base == "unknown" or not infos or families.total() < len(infos) or base in families:
+    family = _their_family(infos)
+    if family is None or base in (family, "unknown"):
         return
-    family = families.most_common(1)[0][0]
-    base_name = FAMILY_NAMES.get(base, "the toy world" if base == "toy" else base)
+    base_name = "the toy world" if base == "toy" else FAMILY_LABELS.get(base, base)
     raise EvaluationError(
-        f"the checkpoints are {FAMILY_NAMES[family]} LoRAs and the base model {spec} is {base_name}: "
+        f"the checkpoints are {FAMILY_LABELS[family]} LoRAs and the base model {spec} is {base_name}: "
         "none of them fits it",
-        hint=f"pass --base with the {FAMILY_NAMES[family]} model they were trained on{_trained_on(infos)}",
+        hint=f"pass --base with the {FAMILY_LABELS[family]} model they were trained on{_trained_on(infos)}",
     )
 
 
@@ -263,9 +268,6 @@ def resolve_clip_skip(given: int | None, infos, pipeline, warn) -> tuple[int, st
     return value, "metadata"
 
 
-_PREDICTION_ORDER = {"epsilon": 0, "v": 1, "v-ztsnr": 2}
-
-
 def resolve_prediction(given: str | None, infos, pipeline, warn) -> tuple[str, str]:
     """What the UNet predicts in the renders (``epsilon``, ``v``, ``v-ztsnr``) and where that
     came from: ``given`` ("option"); else the checkpoints' statement (the most common; kohya's
@@ -280,14 +282,15 @@ def resolve_prediction(given: str | None, infos, pipeline, warn) -> tuple[str, s
     base = scheduler_prediction(pipeline.scheduler)
     if given is not None:
         return given, "option"
-    stated = Counter(p for info in infos if (p := getattr(info, "prediction", None)) in _PREDICTION_ORDER)
-    if not stated or base not in _PREDICTION_ORDER:
+    order = PREDICTIONS.index  # ε < v < v-ztsnr: each says more than the one before
+    stated = Counter(p for info in infos if (p := getattr(info, "prediction", None)) in PREDICTIONS)
+    if not stated or base not in PREDICTIONS:
         return base, "base"
-    value = max(stated, key=lambda p: (stated[p], _PREDICTION_ORDER[p]))
+    value = max(stated, key=lambda p: (stated[p], order(p)))
     if "epsilon" in stated and len(stated) > 1:
-        counts = ", ".join(f"{p} ({stated[p]})" for p in sorted(stated, key=_PREDICTION_ORDER.get))
+        counts = ", ".join(f"{p} ({stated[p]})" for p in sorted(stated, key=order))
         warn(f"the checkpoints say they were trained for different prediction types: {counts}")
-    if _PREDICTION_ORDER[value] > _PREDICTION_ORDER[base]:
+    if order(value) > order(base):
         warn(
             f"the checkpoints say they were trained for {PREDICTION_WORDS[value]}, and the base predicts "
             f"{PREDICTION_WORDS[base]}: rendering with {PREDICTION_WORDS[value]} "

@@ -85,17 +85,23 @@ def scheduler_text(scheduler) -> str:
     return type(scheduler).__name__ + config_text(scheduler.config)
 
 
+def scheduler_config(text: str) -> tuple[str, dict]:
+    """(class name, config) of a scheduler as :func:`scheduler_text` named it."""
+    name, brace, config = text.partition("{")
+    return name, json.loads(brace + config)
+
+
 def scheduler_from_text(text: str):
     """The scheduler :func:`scheduler_text` named."""
     import diffusers
 
-    name, brace, config = text.partition("{")
+    name, config = scheduler_config(text)
     cls = getattr(diffusers, name, None)
     if not isinstance(cls, type) or not issubclass(cls, diffusers.SchedulerMixin):
         raise EvaluationError(
             f"unknown scheduler {name!r} in the render settings", hint="rerun the evaluation"
         )
-    return cls.from_config(json.loads(brace + config))
+    return cls.from_config(config)
 
 
 def default_size(pipeline) -> tuple[int, int]:

@@ -11,7 +11,6 @@ into the same store; the main process then scores and writes the results. The pl
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -33,7 +32,7 @@ from lorasel.evaluate.options import (
 from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, plan_of_pairs, shard
 from lorasel.evaluate.processes import Processes, current_processes
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
-from lorasel.evaluate.render import Renderer
+from lorasel.evaluate.render import Renderer, scheduler_config
 from lorasel.evaluate.scoring import score_plan
 from lorasel.evaluate.store import Store
 from lorasel.evaluate.workers import RenderWorkers, WorkerPlan, WorkerStart, units_of
@@ -359,7 +358,7 @@ def _settings_record(
         "guidance": settings.guidance,
         "cfg_rescale": settings.cfg_rescale,
         "clip_skip": settings.clip_skip,
-        "prediction": config_prediction(json.loads("{" + settings.scheduler.partition("{")[2])),
+        "prediction": config_prediction(scheduler_config(settings.scheduler)[1]),
         "size": f"{settings.width}x{settings.height}",
         "negative": settings.negative,
         "seeds": options.seeds,
