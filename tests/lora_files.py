@@ -67,10 +67,14 @@ def kohya_lora(
     sgm: bool = False,
     std: float = 0.2,
     only: str | None = None,
+    omi: bool = False,
 ) -> dict[str, torch.Tensor]:
     """kohya keys: ``lora_unet_`` + flattened path (SGM for SDXL when ``sgm``), ``lora_te[12]_``.
 
     ``only``: a regex the layer path must also match (fewer modules, faster tests).
+    ``omi``: the same tensors under the Open Model Initiative's names, as OneTrainer writes them
+    (its ``convert_sd_lora`` / ``convert_sdxl_lora`` key sets): ``unet.`` + the dotted SGM path
+    for SD 1.x and SDXL alike, ``clip_l.`` / ``clip_g.`` + the text encoder's dotted path.
     """
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
@@ -86,10 +90,13 @@ def kohya_lora(
         for name, layer in target_layers(module, pattern).items():
             if only and not re.search(only, name):
                 continue
-            path = sdxl_sgm_name(name) if (sgm and prefix == "unet") else name
+            path = sdxl_sgm_name(name) if ((sgm or omi) and prefix == "unet") else name
             if prefix != "unet" and not path.startswith("text_model."):
                 path = "text_model." + path  # kohya's names, from transformers 4's CLIPTextModel
-            stem = f"lora_{prefix}_" + path.replace(".", "_")
+            if omi:
+                stem = {"unet": "unet", "te": "clip_l", "te1": "clip_l", "te2": "clip_g"}[prefix] + "." + path
+            else:
+                stem = f"lora_{prefix}_" + path.replace(".", "_")
             down, up = _factors(layer, rank, gen, std)
             out[f"{stem}.lora_down.weight"] = down
             out[f"{stem}.lora_up.weight"] = up
@@ -161,11 +168,11 @@ def randomise_lycoris(net: nn.Module, seed: int, std: float = 0.25) -> None:
                 p.copy_(noise * std)
 
 
-def render_small(pipe):
+def render_small(pipe, prompt: str = "a red circle"):
     """A 32 px, 2-step render without CFG: the cheapest call that runs every component."""
     gen = torch.Generator().manual_seed(0)
     return pipe(
-        "a red circle",
+        prompt,
         num_inference_steps=2,
         generator=gen,
         output_type="np",

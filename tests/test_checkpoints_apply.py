@@ -89,6 +89,57 @@ def test_sgm_keys_land_on_the_layers_they_name(tmp_path):
     }
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_omi_keys_merge_exactly_as_the_kohya_file_they_rename(family, tmp_path):
+    """OneTrainer's OMI files: the same factors as a kohya file (checked against diffusers' loader
+    above) under ``unet.`` + SGM paths, for SD 1.x too, and ``clip_l.`` / ``clip_g.``."""
+    pipe = shared_pipeline(family)
+    sdxl = family == "sdxl"
+    omi = kohya_lora(pipe, rank=4, alpha=2.0, conv=True, seed=3, omi=True)
+    kohya = kohya_lora(pipe, rank=4, alpha=2.0, conv=True, seed=3, sgm=sdxl)
+    assert any(k.startswith("unet.input_blocks.") for k in omi) and any(k.startswith("clip_l.") for k in omi)
+    assert any(k.startswith("clip_g.") for k in omi) == sdxl
+    ours = read_checkpoint(save_checkpoint(tmp_path / "omi.safetensors", omi))
+    reference = read_checkpoint(save_checkpoint(tmp_path / "kohya.safetensors", kohya))
+    assert ours.format == "omi" and len(ours.modules) == len(reference.modules)
+    assert set(ours.algorithms) == {"lora", "locon"} and ours.touches_text_encoder
+    pristine = _snapshot(pipe)
+    merged = []
+    try:
+        for checkpoint in (ours, reference):
+            apply(pipe, checkpoint, 0.7)
+            merged.append(_snapshot(pipe))
+            restore(pipe)
+    finally:
+        restore(pipe, release=True)
+    changed = [k for k in pristine if not torch.equal(pristine[k], merged[1][k])]
+    assert any(k.startswith("unet.") for k in changed) and any(k.startswith("text_encoder.") for k in changed)
+    assert any(k.startswith("text_encoder_2.") for k in changed) == sdxl
+    for key in pristine:
+        assert torch.equal(merged[0][key], merged[1][key]), key
+
+
+def test_omi_sd1_keys_land_on_the_layers_they_name(tmp_path):
+    """Independently of diffusers' maps: each SD 1.x OMI stem changes the diffusers layer it names
+    (SGM naming for SD 1.x, which kohya's own SD 1.x files never use)."""
+    pipe = shared_pipeline("sd1")
+    before = _snapshot(pipe)
+    tensors = kohya_lora(pipe, rank=2, conv=True, text=False, omi=True, seed=4)
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "omi.safetensors", tensors))
+    try:
+        apply(pipe, checkpoint, 1.0)
+        after = _snapshot(pipe)
+    finally:
+        restore(pipe, release=True)
+    changed = {
+        k.removeprefix("unet.").removesuffix(".weight")
+        for k in before
+        if not torch.equal(before[k], after[k])
+    }
+    assert len(changed) == len(checkpoint.modules)
+    assert {"unet." + sdxl_sgm_name(layer) for layer in changed} == {m.name for m in checkpoint.modules}
+
+
 def test_text_encoder_only_lora_changes_only_the_text_encoder(tmp_path):
     pipe = shared_pipeline("sd1")
     tensors = {k: v for k, v in kohya_lora(pipe, seed=5).items() if k.startswith("lora_te_")}

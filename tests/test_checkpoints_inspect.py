@@ -79,7 +79,17 @@ def test_inspect_json_is_the_documented_object(tmp_path):
     result = runner.invoke(app, ["inspect", "--json", str(file)])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert set(info) == {"path", "format", "base_family", "epoch", "step", "metadata", "modules"}
+    assert set(info) == {
+        "path",
+        "format",
+        "base_family",
+        "epoch",
+        "step",
+        "metadata",
+        "embeddings",
+        "modules",
+    }
+    assert info["embeddings"] == {}
     assert (info["format"], info["base_family"], info["epoch"], info["step"]) == ("lycoris", "sd1", 4, 400)
     assert info["metadata"]["junk"] == "\x1b[2J"  # kept verbatim, JSON-escaped
     assert "\x1b" not in result.stdout
@@ -160,3 +170,26 @@ def test_progress_and_trigger_from_hostile_metadata():
     assert trigger_and_class(both) == ("zkz", "star")
     assert trigger_and_class({"ss_tag_frequency": "not json"}) == (None, None)
     assert trigger_and_class({"modelspec.trigger_phrase": "x" * 5000})[0] == "x" * 200
+
+
+@pytest.mark.parametrize(
+    ("stem", "shape", "family"),
+    [
+        # OMI names SD 1.x's UNet the SGM way too: the cross-attention width decides, not the naming.
+        ("unet.input_blocks.1.1.transformer_blocks.0.attn2.to_k", (320, 768), "sd1"),
+        ("unet.input_blocks.4.1.transformer_blocks.0.attn2.to_k", (640, 2048), "sdxl"),
+        ("clip_l.text_model.encoder.layers.0.self_attn.q_proj", (768, 768), "sd1"),
+        ("clip_g.text_model.encoder.layers.0.self_attn.q_proj", (1280, 1280), "sdxl"),
+        ("unet.label_emb.0.0", (1280, 2816), "sdxl"),
+    ],
+)
+def test_omi_files_read_with_their_family(tmp_path, stem, shape, family):
+    out, inp = shape
+    weights = {f"{stem}.lora_down.weight": torch.randn(4, inp), f"{stem}.lora_up.weight": torch.randn(out, 4)}
+    weights[f"{stem}.alpha"] = torch.tensor(2.0)
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "omi.safetensors", weights))
+    assert (checkpoint.format, checkpoint.base_family) == ("omi", family)
+    (module,) = checkpoint.modules
+    assert (module.name, module.scale) == (stem, 0.5)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "omi.safetensors")])
+    assert result.exit_code == 0 and "omi checkpoint for" in result.stdout

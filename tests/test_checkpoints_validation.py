@@ -182,6 +182,22 @@ def test_sdxl_lora_on_sd1_base_names_keys_and_families(tmp_path, monkeypatch):
     assert current(pipe) is None
 
 
+def test_omi_sdxl_lora_on_sd1_base_is_refused_with_its_family(tmp_path, monkeypatch):
+    """OneTrainer's OMI names (SGM paths for SD 1.x too): an SDXL file is still told from its
+    clip_g keys, and refused on an SD 1.x base without touching it."""
+    pipe = shared_pipeline("sd1")
+    monkeypatch.setattr(pipe, "_lorasel_family", "sd1", raising=False)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    tensors = kohya_lora(shared_pipeline("sdxl"), rank=2, omi=True, only=r"(attn2\.to_k|q_proj)$", seed=1)
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "xl.safetensors", tensors))
+    assert (checkpoint.format, checkpoint.base_family) == ("omi", "sdxl")
+    with pytest.raises(CheckpointError) as info:
+        apply(pipe, checkpoint, 1.0)
+    assert "an SDXL LoRA; the base is SD1" in info.value.message and "clip_g." in info.value.message
+    assert current(pipe) is None
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+
+
 def test_partially_matching_file_never_half_applies(tmp_path):
     pipe = shared_pipeline("sd1")
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}

@@ -273,6 +273,8 @@ def test_no_trigger_anywhere(tmp_path):
             {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (320, 768)},
             None,
         ),
+        # OneTrainer's OMI names: SGM paths for SDXL's UNet, read from the cross-attention width
+        ("SDXL", {"unet.input_blocks.4.1.transformer_blocks.0.attn2.to_k": (640, 2048)}, None),
     ],
 )
 def test_real_loras_without_a_base_are_one_line_before_anything_else(tmp_path, family, tensors, named):

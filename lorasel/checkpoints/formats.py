@@ -3,6 +3,9 @@
 - kohya / LyCORIS: ``lora_unet_<path>`` / ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` (and
   LyCORIS' standalone ``lycoris_``) + ``.lora_down.weight`` / ``.lora_up.weight`` /
   ``.lora_mid.weight`` / ``.alpha`` / ``.dora_scale`` / ``.hada_*`` / ``.lokr_*``.
+- OMI (OneTrainer's "OMI" files and backups, InvokeAI): ``unet.`` + the SGM path
+  (``input_blocks.4.1.…``) / ``clip_l.`` / ``clip_g.`` + dotted path, with kohya's suffixes; the
+  UNet stems go through the same SGM map as kohya's SDXL ones.
 - PEFT: ``base_model.model.<dotted path>.lora_A.weight`` / ``.lora_B.weight`` /
   ``.lora_magnitude_vector`` (and PEFT's LoHa/LoKr tensors, named like LyCORIS'); alpha
   from the adapter config.
@@ -218,6 +221,61 @@ def _component_config(config: Mapping | None, component: str | None) -> Mapping:
     return config
 
 
+#: Textual-inversion embeddings bundled into a LoRA (pivotal tuning): ``bundle_emb.<name>.`` +
+#: ``string_to_param.*`` (A1111's SD 1.x/2.x embedding layout) or ``clip_l`` / ``clip_g`` (SDXL's,
+#: and OneTrainer's for every model), as A1111 and OneTrainer read and write them.
+BUNDLE_PREFIX = "bundle_emb."
+_BUNDLE_PARTS = (
+    ("string_to_param.*", "text_encoder"),
+    ("clip_l", "text_encoder"),
+    ("clip_g", "text_encoder_2"),
+)
+
+
+def parse_embeddings(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """name → {text encoder → vectors [n, width]} of the embeddings bundled in a LoRA file."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(BUNDLE_PREFIX):
+            continue
+        rest = key[len(BUNDLE_PREFIX) :]
+        part = next(((suffix, c) for suffix, c in _BUNDLE_PARTS if rest.endswith("." + suffix)), None)
+        name = rest[: -len(part[0]) - 1] if part else ""
+        if rest.endswith(("_out", ".clip_l_out", ".clip_g_out")):
+            raise CheckpointError(
+                f"{path} bundles an output embedding ({key!r}), which lorasel does not render",
+                hint="save the LoRA without OneTrainer's output embeddings, or judge it in OneTrainer",
+            )
+        if part is None or not name.strip():
+            raise CheckpointError(
+                f"{path}: {key!r} is not a bundled embedding lorasel knows",
+                hint="bundled embeddings are bundle_emb.<name>.clip_l / .clip_g / .string_to_param.*",
+            )
+        if tensor.dim() not in (1, 2) or tensor.numel() == 0 or not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{path}: the bundled embedding {key!r} has shape {list(tensor.shape)}, not [vectors, width]",
+                hint="the file is corrupt",
+            )
+        _check_finite(path, key, tensor)
+        component = part[1]
+        vectors = out.setdefault(name, {})
+        if component in vectors:
+            raise CheckpointError(
+                f"{path}: the bundled embedding {name!r} is stored twice for one text encoder",
+                hint="re-save the LoRA with one copy of each embedding",
+            )
+        vectors[component] = tensor.reshape(-1, tensor.shape[-1])
+    for name, vectors in out.items():
+        counts = {v.shape[0] for v in vectors.values()}
+        if len(counts) > 1:
+            raise CheckpointError(
+                f"{path}: the bundled embedding {name!r} has {' and '.join(map(str, sorted(counts)))} vectors "
+                "for its two text encoders",
+                hint="the file is corrupt",
+            )
+    return out
+
+
 def parse_modules(
     path: Path,
     tensors: Mapping[str, torch.Tensor],
@@ -232,6 +290,8 @@ def parse_modules(
     for new_key, original in modernise_diffusers_keys(keys).items():
         if original in PREDICTION_MARKERS and tensors[original].numel() == 0:
             continue  # a statement of what the base predicts (stated_prediction), not a weight
+        if original.startswith(BUNDLE_PREFIX):
+            continue  # a bundled embedding (parse_embeddings)
         hit = classify(new_key)
         if hit is None:
             unknown.append(original)
@@ -273,7 +333,7 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
     rank = _rank(kind, t)
     if rank == 0:
         raise CheckpointError(f"{path}: module {stem!r} has rank 0", hint="the file is corrupt")
-    if fmt in ("kohya", "lycoris"):
+    if fmt in ("kohya", "lycoris", "omi"):
         alpha = _scalar(path, group["alpha"][1], group["alpha"][2]) if "alpha" in group else None
         alpha, scale = _kohya_scale(kind, t, rank, alpha)
     else:
@@ -315,6 +375,8 @@ def _file_format(formats: set[str], modules: tuple[LoraModule, ...], metadata: M
         return "diffusers"
     if "peft" in formats:
         return "peft"
+    if "omi" in formats:
+        return "omi"
     lycoris = "lycoris" in formats or any(m.kind != "lora" for m in modules)
     lycoris = lycoris or "lycoris" in metadata.get("ss_network_module", "").lower()
     return "lycoris" if lycoris else "kohya"

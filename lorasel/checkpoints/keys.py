@@ -2,7 +2,7 @@
 
 Names only (no tensors), so discovery can tell a LoRA from a base model by its header.
 kohya/LyCORIS keys are ``<prefix><flattened path>.<suffix>``; PEFT/diffusers keys are
-``<prefix><dotted path>.<suffix>``; older diffusers spellings are first mapped to PEFT's
+``<prefix><dotted path>.<suffix>``; OMI keys are kohya's suffixes on dotted paths; older diffusers spellings are first mapped to PEFT's
 by diffusers' own key maps (``diffusers.utils.state_dict_utils``).
 """
 
@@ -42,6 +42,11 @@ DIFFUSERS_PREFIXES = (
     ("text_encoder.", "text_encoder"),
     ("text_encoder_2.", "text_encoder_2"),
 )
+# The Open Model Initiative's LoRA format (OneTrainer's "OMI" output and its backups, InvokeAI):
+# kohya's suffixes on dotted paths, the UNet in the original SGM naming (``unet.input_blocks.4.1.``,
+# SD 1.x as well as SDXL), the text encoders named for the CLIP model (``clip_l.`` / ``clip_g.``).
+OMI_PREFIXES = (("unet.", "unet"), ("clip_l.", "text_encoder"), ("clip_g.", "text_encoder_2"))
+SGM_UNET = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
 PEFT_PREFIX = "base_model.model."
 LYCORIS_PREFIX = "lycoris_"
 # Older diffusers spellings, turned into PEFT ones with diffusers' own key maps.
@@ -76,6 +81,18 @@ def key_style(stem: str) -> tuple[str, str | None, str, bool] | None:
     for prefix, component in sorted(DIFFUSERS_PREFIXES, key=lambda p: -len(p[0])):
         if stem.startswith(prefix):
             return "diffusers", component, stem[len(prefix) :], True
+    return None
+
+
+def omi_style(stem: str) -> tuple[str, str, str, bool] | None:
+    """(format, component, target, dotted) for an OMI key stem, or None. ``unet.`` is diffusers'
+    prefix too: an OMI UNet path is in SGM naming, which diffusers keys never are."""
+    for prefix, component in OMI_PREFIXES:
+        if stem.startswith(prefix):
+            target = stem[len(prefix) :]
+            if component == "unet" and not target.startswith(SGM_UNET):
+                return None
+            return "omi", component, target, True
     return None
 
 
@@ -139,7 +156,7 @@ def classify(key: str) -> tuple[str, tuple[str | None, str], tuple] | None:
         split = split_suffix(key, peft)
         if not split:
             continue
-        style = key_style(split[0])
+        style = (None if peft else omi_style(split[0])) or key_style(split[0])
         if style and (style[0] in ("peft", "diffusers")) == peft:
             return split[0], split[1], style
     return None

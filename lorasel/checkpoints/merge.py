@@ -10,12 +10,17 @@ switches never drift. Per pipeline, a registry keeps:
 - the current checkpoint's effective ΔW in float32 (within ``DELTA_CACHE_BYTES``), so a
   strength change for the same checkpoint is one fused add per weight, no matmul.
 
+Embeddings bundled with a LoRA (pivotal tuning) become tokens of the pipeline's tokenizers while
+the checkpoint is applied, through diffusers' own textual-inversion loader, at full strength at
+every LoRA strength (as A1111 loads them); ``restore`` takes them out again.
+
 The pristine copies assume nobody else writes those weights while a checkpoint is
 managed here; call ``restore(pipeline, release=True)`` before changing the base.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import weakref
@@ -26,7 +31,7 @@ import torch
 from lorasel.checkpoints.deltas import dora_delta, module_delta
 from lorasel.checkpoints.model import LoraCheckpoint
 from lorasel.checkpoints.targets import Resolver, Target
-from lorasel.errors import ConfigError
+from lorasel.errors import CheckpointError, ConfigError
 
 # Effective ΔW kept for the current checkpoint (float32): SD1.5 attention + FF at any rank is
 # ~1.3 GB; above the budget the rest is recomputed on each strength change.
@@ -43,6 +48,9 @@ class _State:
     plan_for: str | None = None  # sha256 whose targets and deltas are cached
     targets: list[Target] = field(default_factory=list)
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    embedded: str | None = None  # sha256 whose bundled embeddings are tokens now
+    # (encoder, tokens added, its vocabulary size and its eos_token_id before)
+    tokens: list[tuple[str, list[str], int, int | None]] = field(default_factory=list)
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -81,10 +89,85 @@ def restore(pipeline, *, release: bool = False) -> None:
         return
     for key in state.applied:
         state.layers[key].weight.copy_(state.pristine[key])
+    _remove_embeddings(state, pipeline)
     state.applied = set()
     state.current = None
     if release:
         del _STATES[pipeline]
+
+
+_TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _remove_embeddings(state: _State, pipeline) -> None:
+    while state.tokens:
+        component, tokens, vocab, eos = state.tokens.pop()
+        encoder = getattr(pipeline, component)
+        pipeline.unload_textual_inversion(
+            tokens=tokens, tokenizer=getattr(pipeline, _TOKENIZERS[component]), text_encoder=encoder
+        )
+        encoder.config.vocab_size = vocab  # diffusers leaves the grown size (the base's identity)
+        getattr(encoder, "text_model", encoder).eos_token_id = eos
+    state.embedded = None
+
+
+def _add_embeddings(state: _State, pipeline, checkpoint: LoraCheckpoint) -> None:
+    """Make the checkpoint's bundled embeddings tokens of the pipeline (the previous one's out)."""
+    if state.embedded == checkpoint.sha256:
+        return
+    _remove_embeddings(state, pipeline)
+    if not checkpoint.embeddings or isinstance(pipeline, torch.nn.Module):
+        return
+    for name, parts in checkpoint.embeddings.items():
+        for component, vectors in parts.items():
+            encoder = getattr(pipeline, component, None)
+            tokenizer = getattr(pipeline, _TOKENIZERS[component], None)
+            if encoder is None or tokenizer is None or not hasattr(pipeline, "load_textual_inversion"):
+                raise CheckpointError(
+                    f"{checkpoint.path} bundles the embedding {name!r} for a {component} this base lacks",
+                    hint="use the base model the LoRA was trained on (--base)",
+                )
+            width = encoder.get_input_embeddings().weight.shape[1]
+            if vectors.shape[1] != width:
+                raise CheckpointError(
+                    f"{checkpoint.path}: the bundled embedding {name!r} is {vectors.shape[1]} wide; "
+                    f"the base's {component} takes {width}",
+                    hint="use the base model the LoRA was trained on (--base)",
+                )
+            if name in tokenizer.get_vocab():
+                raise CheckpointError(
+                    f"{checkpoint.path}: the bundled embedding's name {name!r} is already a token of the base",
+                    hint="rename the embedding when training; its name must be a new word",
+                )
+            tokens = [name] + [f"{name}_{i}" for i in range(1, vectors.shape[0])]
+            vocab = encoder.config.vocab_size
+            # Configs from before transformers#24773 (SD's, SDXL's) say eos_token_id 2, and CLIP then
+            # pools at the largest token id: a new token's, not the end of the prompt where A1111 and
+            # ComfyUI pool SDXL's second encoder. The tokenizer knows the real one.
+            text_model = getattr(encoder, "text_model", encoder)
+            eos = getattr(text_model, "eos_token_id", None)
+            weight = encoder.get_input_embeddings().weight
+            with _quiet_transformers():  # its note on initialising new rows: ours are overwritten
+                pipeline.load_textual_inversion(
+                    vectors.to(device=weight.device, dtype=weight.dtype), token=name,
+                    tokenizer=tokenizer, text_encoder=encoder,
+                )  # fmt: skip
+            state.tokens.append((component, tokens, vocab, eos))
+            if eos == 2 and tokenizer.eos_token_id is not None:
+                text_model.eos_token_id = tokenizer.eos_token_id
+    state.embedded = checkpoint.sha256
 
 
 def _effective_delta(target: Target, pristine: torch.Tensor) -> torch.Tensor:
@@ -162,9 +245,11 @@ def apply(pipeline, checkpoint: LoraCheckpoint | str | os.PathLike, strength: fl
         state.layers[key].weight.copy_(state.pristine[key])
     try:
         _write(state, targets, s)
+        _add_embeddings(state, pipeline, checkpoint)
     except BaseException:  # out of memory mid-way: never leave a half-applied model
         for key in (state.applied | wanted) & state.pristine.keys():
             state.layers[key].weight.copy_(state.pristine[key])
+        _remove_embeddings(state, pipeline)
         state.applied, state.current = set(), None
         raise
     state.applied = wanted

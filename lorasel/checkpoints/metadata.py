@@ -184,8 +184,8 @@ def family_from_modules(modules: Iterable[LoraModule]) -> str | None:
             return "sdxl"
         if m.component == "unet" and not m.dotted and flat.startswith(_SGM):
             return "sdxl"
-        if "add_embedding" in flat:
-            return "sdxl"
+        if "add_embedding" in flat or (m.component == "unet" and flat.startswith("label_emb")):
+            return "sdxl"  # the size conditioning only SDXL's UNet has (diffusers' / SGM's name)
     for m in modules:
         if m.flat_target.endswith(("attn2_to_k", "attn2_to_v")) and m.in_features in _CROSS_WIDTH:
             return _CROSS_WIDTH[m.in_features]

@@ -1,6 +1,6 @@
 """What a LoRA checkpoint is, once read: per-module factor tensors with their scale.
 
-Every key format (kohya, LyCORIS, PEFT, diffusers) is normalised into these plain
+Every key format (kohya, LyCORIS, PEFT, diffusers, OMI) is normalised into these plain
 records; the ΔW maths (``lorasel.checkpoints.deltas``) and the merge into a pipeline
 (``lorasel.checkpoints.merge``) only ever see them.
 """
@@ -8,12 +8,12 @@ records; the ΔW maths (``lorasel.checkpoints.deltas``) and the merge into a pip
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-FORMATS = ("kohya", "lycoris", "peft", "diffusers")
+FORMATS = ("kohya", "lycoris", "peft", "diffusers", "omi")
 FAMILIES = ("sd1", "sd2", "sdxl", "unknown")
 ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora")
 # Pipeline components a LoRA can touch, in the order a component-less key is tried.
@@ -75,6 +75,9 @@ class LoraCheckpoint:
     class_word: str | None
     sha256: str
     prediction: str | None = None  # what the file says its base predicts (stated_prediction)
+    #: Textual-inversion embeddings bundled with the LoRA (pivotal tuning): name → {text encoder →
+    #: vectors [n, width]}; ``apply`` adds them as tokens, ``restore`` takes them out again.
+    embeddings: Mapping[str, Mapping[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -82,8 +85,14 @@ class LoraCheckpoint:
         return tuple(dict.fromkeys(m.algo for m in self.modules))
 
     @property
-    def touches_text_encoder(self) -> bool:
+    def trains_text_encoder(self) -> bool:
+        """Some module changes a text encoder's weights."""
         return any(m.component in TEXT_ENCODERS or _te_target(m) for m in self.modules)
+
+    @property
+    def touches_text_encoder(self) -> bool:
+        """The prompts' encoding changes: text-encoder modules, or bundled embeddings."""
+        return self.trains_text_encoder or bool(self.embeddings)
 
     @property
     def touches_unet(self) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lorasel.checkpoints.discover import progress
 from lorasel.checkpoints.files import check_path, file_hash, parse_header, read_bytes_hashed
-from lorasel.checkpoints.formats import parse_modules
+from lorasel.checkpoints.formats import parse_embeddings, parse_modules
 from lorasel.checkpoints.metadata import base_family, other_model, stated_prediction, trigger_and_class
 from lorasel.checkpoints.model import LoraCheckpoint
 from lorasel.errors import CheckpointError
@@ -64,6 +64,7 @@ def read_checkpoint(path: str | os.PathLike) -> LoraCheckpoint:
         raise _for_another_model(p, other)
     config, problem = _peft_config(p, header.metadata)
     fmt, modules = parse_modules(p, tensors, header.metadata, config)
+    embeddings = parse_embeddings(p, tensors)
     family = base_family(modules, header.metadata)
     if family == "unknown" and (other := other_model((), header.metadata)):
         raise _for_another_model(p, other)
@@ -74,6 +75,8 @@ def read_checkpoint(path: str | os.PathLike) -> LoraCheckpoint:
         )
     epoch, step = progress(p, header.metadata)
     trigger, class_word = trigger_and_class(header.metadata)
+    if embeddings and not (trigger and set(trigger.replace(",", " ").split()) & set(embeddings)):
+        trigger = next(iter(embeddings))  # a pivotal-tuning LoRA is prompted by its embedding's name
     return LoraCheckpoint(
         path=p,
         format=fmt,
@@ -86,6 +89,7 @@ def read_checkpoint(path: str | os.PathLike) -> LoraCheckpoint:
         class_word=class_word,
         sha256=file_hash(p),
         prediction=stated_prediction(header.metadata, tensors),
+        embeddings=embeddings,
     )
 
 

@@ -46,6 +46,10 @@ def checkpoint_info(checkpoint: LoraCheckpoint) -> dict:
         "epoch": checkpoint.epoch,
         "step": checkpoint.step,
         "metadata": dict(checkpoint.metadata),
+        "embeddings": {
+            name: {component: list(v.shape) for component, v in vectors.items()}
+            for name, vectors in checkpoint.embeddings.items()
+        },
         "modules": [
             {
                 "name": m.name,
@@ -92,8 +96,11 @@ def summary_line(checkpoint: LoraCheckpoint) -> str:
         parts.append(trigger)
     else:
         parts.append("no trigger in metadata")
-    if checkpoint.touches_text_encoder:
+    if checkpoint.trains_text_encoder:
         parts.append("trains the text encoder")
+    for name, vectors in checkpoint.embeddings.items():
+        count = next(iter(vectors.values())).shape[0]
+        parts.append(f"bundles the embedding {name!r} ({count} vector{'s' if count != 1 else ''})")
     if checkpoint.prediction in ("v", "v-ztsnr"):
         parts.append(f"trained for {PREDICTION_WORDS[checkpoint.prediction]}")
     return " · ".join(parts)

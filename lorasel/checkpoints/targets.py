@@ -4,7 +4,8 @@ kohya-style stems are the layer's dotted path with ``_`` for ``.`` (``lora_unet_
 ``down_blocks_0_attentions_0_proj_in``): they are matched against the same flattening of
 every Linear/Conv layer of the UNet and the text encoders, exactly as kohya, A1111 and
 ComfyUI name them. SDXL files name UNet layers the original SGM way
-(``input_blocks_4_1_...``): those stems go through diffusers' own conversion
+(``input_blocks_4_1_...``), and OMI files every UNet (``unet.input_blocks.4.1...``): those
+stems go through diffusers' own conversion
 (``_maybe_map_sgm_blocks_to_diffusers`` and the kohya→diffusers key map) first.
 
 A module that matches no layer, or whose ΔW does not fit the layer's weight, is an
@@ -143,8 +144,8 @@ class Resolver:
             if index is None:
                 continue
             hit = index.get(module.flat_target)
-            if hit is None and comp == "unet" and not module.dotted and module.target.startswith(_SGM_MARKS):
-                path = sgm_to_diffusers(module.name, self.unet_config)
+            if hit is None and comp == "unet" and module.flat_target.startswith(_SGM_MARKS):
+                path = sgm_to_diffusers("lora_unet_" + module.flat_target, self.unet_config)
                 hit = index.get(path.replace(".", "_")) if path else None
             if hit is not None and hit[0]:
                 hits.append((comp, hit[0], hit[1]))

@@ -41,6 +41,7 @@ class CheckpointInfo:
     touches_text_encoder: bool = False
     prediction: str | None = None  # what the file says its base predicts (stated_prediction)
     family: str | None = None  # sd1 | sd2 | sdxl where its keys and shapes say (family_from_modules)
+    embeddings: tuple[str, ...] = ()  # names of the textual-inversion embeddings it bundles
 
     def row(self) -> dict[str, Any]:
         return {
@@ -113,6 +114,7 @@ def find_checkpoints(run: RunDir, store: Store, warn: Callable[[str], None]) -> 
                 touches_text_encoder=bool(getattr(checkpoint, "touches_text_encoder", False)),
                 prediction=getattr(checkpoint, "prediction", None),
                 family=family_from_modules(getattr(checkpoint, "modules", ())),
+                embeddings=tuple(getattr(checkpoint, "embeddings", None) or ()),
             )
         )
     if not infos and problems:  # the warnings above say why for each; the first says it here

@@ -1,7 +1,8 @@
 """Where the trigger, the class word and the reference images come from.
 
-Order for the trigger and class word: the ``--trigger/--class`` options, then the checkpoint
-metadata (``modelspec.trigger_phrase``; ``ss_tag_frequency`` folder keys ``<repeats>_<trigger>
+Order for the trigger and class word: the ``--trigger/--class`` options, then (the trigger only)
+the name of a textual-inversion embedding the checkpoints bundle (pivotal tuning: the LoRA was
+trained on that token, whatever else names the concept), then the checkpoint metadata (``modelspec.trigger_phrase``; ``ss_tag_frequency`` folder keys ``<repeats>_<trigger>
 <class>``), then the run's dataset folder name, then the prompt set's ``[concept]`` defaults.
 Reference images default to the run's training images (``run.toml`` ``[dataset] path``).
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,11 +134,17 @@ def resolve_concept(
     metadata: Iterable[tuple[str, Mapping[str, str]]],
     dataset: Path | None,
     defaults: tuple[str | None, str | None],
+    embeddings: Iterable[tuple[str, Sequence[str]]] = (),
 ) -> Concept:
-    """First source that names it wins: options, checkpoint metadata, dataset folder, prompt set."""
+    """First source that names it wins: options, a bundled embedding (the trigger), checkpoint
+    metadata, dataset folder, prompt set."""
     sources: list[tuple[str, str | None, str | None]] = [
         ("options", safe_text(trigger), safe_text(class_word))
     ]
+    for name, names in embeddings:
+        if names and (t := safe_text(names[0])):
+            sources.append((f"embedding bundled in {name}", t, None))
+            break
     for name, meta in metadata:
         t, c = concept_from_metadata(meta)
         if t or c:

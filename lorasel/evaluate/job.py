@@ -109,6 +109,7 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
         "trigger": trigger,
         "class_word": class_word,
         "metadata": [(info.label, info.metadata) for info in reversed(infos)],
+        "embeddings": [(info.label, info.embeddings) for info in reversed(infos)],
         "dataset": dataset,
     }
     named = resolve_concept(**sources, defaults=(None, None))

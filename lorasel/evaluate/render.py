@@ -241,8 +241,10 @@ class Renderer:
         (:func:`lorasel.models.text.clip_skip_states`)."""
         from lorasel.models.text import clip_skip_states, token_ids
 
-        encoder = self.pipe.text_encoder
-        ids = token_ids(self.pipe.tokenizer, [text], self.pipe.device)
+        encoder, tokenizer = self.pipe.text_encoder, self.pipe.tokenizer
+        if hasattr(self.pipe, "maybe_convert_prompt"):  # a bundled embedding of several vectors
+            text = self.pipe.maybe_convert_prompt(text, tokenizer)
+        ids = token_ids(tokenizer, [text], self.pipe.device)
         return clip_skip_states(encoder, ids, self.settings.clip_skip).to(dtype=encoder.dtype)
 
     def text_embeddings(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
