@@ -96,6 +96,20 @@ def test_bundled_embeddings_render_as_diffusers_loads_them(family, tmp_path):
     np.testing.assert_array_equal(render_small(pipe, PROMPT), base)
 
 
+@pytest.mark.parametrize("part", ["string_to_param.*", "emb_params", "clip_l"])
+def test_sd1_embedding_layouts_read_alike(tmp_path, part):
+    """A1111's, kohya's and OneTrainer's keys for an SD 1.x embedding: the same vectors for the
+    one text encoder."""
+    pipe = shared_pipeline("sd1")
+    lora = kohya_lora(pipe, rank=2, seed=1, only=r"to_q$", text=False)
+    vectors = torch.randn(3, _width(pipe.text_encoder))
+    checkpoint = read_checkpoint(
+        save_checkpoint(tmp_path / "x.safetensors", {**lora, f"bundle_emb.ohwx.{part}": vectors})
+    )
+    assert list(checkpoint.embeddings) == ["ohwx"] and list(checkpoint.embeddings["ohwx"]) == ["text_encoder"]
+    assert torch.equal(checkpoint.embeddings["ohwx"]["text_encoder"], vectors)
+
+
 def test_embeddings_stay_across_strengths_and_leave_with_the_checkpoint(tmp_path):
     pipe = shared_pipeline("sd1")
     lora = kohya_lora(pipe, rank=2, seed=1, only=r"to_q$")

@@ -222,11 +222,13 @@ def _component_config(config: Mapping | None, component: str | None) -> Mapping:
 
 
 #: Textual-inversion embeddings bundled into a LoRA (pivotal tuning): ``bundle_emb.<name>.`` +
-#: ``string_to_param.*`` (A1111's SD 1.x/2.x embedding layout) or ``clip_l`` / ``clip_g`` (SDXL's,
-#: and OneTrainer's for every model), as A1111 and OneTrainer read and write them.
+#: ``string_to_param.*`` (A1111's SD 1.x/2.x embedding layout), ``emb_params`` (kohya's) or
+#: ``clip_l`` / ``clip_g`` (SDXL's, and OneTrainer's for every model), as A1111 and OneTrainer
+#: read and write them.
 BUNDLE_PREFIX = "bundle_emb."
 _BUNDLE_PARTS = (
     ("string_to_param.*", "text_encoder"),
+    ("emb_params", "text_encoder"),  # kohya's own SD 1.x/2.x embedding key
     ("clip_l", "text_encoder"),
     ("clip_g", "text_encoder_2"),
 )
@@ -241,7 +243,7 @@ def parse_embeddings(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[st
         rest = key[len(BUNDLE_PREFIX) :]
         part = next(((suffix, c) for suffix, c in _BUNDLE_PARTS if rest.endswith("." + suffix)), None)
         name = rest[: -len(part[0]) - 1] if part else ""
-        if rest.endswith(("_out", ".clip_l_out", ".clip_g_out")):
+        if rest.endswith("_out"):
             raise CheckpointError(
                 f"{path} bundles an output embedding ({key!r}), which lorasel does not render",
                 hint="save the LoRA without OneTrainer's output embeddings, or judge it in OneTrainer",
