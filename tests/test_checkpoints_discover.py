@@ -125,6 +125,20 @@ def test_diffusers_checkpoint_folders(tmp_path):
     assert {e.run for e in entries} == {"output"}
 
 
+@pytest.mark.parametrize("beside", ["train_state.json", "optimizer.bin", "random_states_0.pkl"])
+def test_kohya_save_state_folders_are_not_second_copies(tmp_path, beside):
+    """kohya's --save_state writes accelerate's state beside each save: ``name-000001-state/``
+    holds the LoRA again as ``model.safetensors`` (no metadata), which is not another checkpoint."""
+    for epoch in (1, 2):
+        fake(tmp_path / f"zkz-{epoch:06d}.safetensors", {"ss_epoch": str(epoch)})
+        state = tmp_path / f"zkz-{epoch:06d}-state"
+        fake(state / "model.safetensors")
+        (state / beside).write_bytes(b"\x80 never opened")
+    fake(tmp_path / "zkz-state" / "model.safetensors")  # the last state: kohya's LAST_STATE_NAME
+    (tmp_path / "zkz-state" / "train_state.json").write_text('{"current_epoch": 2, "current_step": 80}')
+    assert [e.label for e in discover(tmp_path)] == ["zkz-000001", "zkz-000002"]
+
+
 def test_runs_are_grouped_and_ordered_each(tmp_path):
     for name in ["b-000002", "a-000001", "b-000001", "a", "a-000002"]:
         fake(tmp_path / f"{name}.safetensors")

@@ -29,6 +29,10 @@ log = logging.getLogger("lorasel.checkpoints")
 SKIP_DIRS = {STATE_DIRNAME, "report"}
 # The weight files diffusers, SimpleTuner and PEFT write inside their checkpoint folders.
 ADAPTER_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+# What accelerate's save_state writes beside the model it saves: kohya's --save_state folders
+# (name-000004-state/, with its train_state.json) hold the same LoRA as name-000004.safetensors,
+# without metadata, as model.safetensors; evaluated, each would be a second, unordered copy.
+_STATE_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "train_state.json")
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,12 @@ def candidate_files(root: Path):
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         in_checkpoint_dir = parse_checkpoint_dir(Path(dirpath).name) is not None
+        in_state_dir = any(name in _STATE_FILES for name in filenames)
         for name in sorted(filenames):
             if not name.lower().endswith(".safetensors") or name.startswith("."):
                 continue
-            if in_checkpoint_dir and name not in ADAPTER_FILES:
+            if (in_checkpoint_dir or in_state_dir) and name not in ADAPTER_FILES:
+                log.info("skipping %s: a training state saved by accelerate", Path(dirpath) / name)
                 continue  # accelerate's model/optimizer states live beside the LoRA
             path = Path(dirpath) / name
             if not is_temporary(path):
