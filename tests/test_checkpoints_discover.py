@@ -139,6 +139,20 @@ def test_kohya_save_state_folders_are_not_second_copies(tmp_path, beside):
     assert [e.label for e in discover(tmp_path)] == ["zkz-000001", "zkz-000002"]
 
 
+def test_onetrainer_backups_are_not_checkpoints(tmp_path):
+    """A OneTrainer workspace: the saves in save/ are the checkpoints; each backup/ folder holds a
+    training state (lora/lora.safetensors, optimizer/, meta.json) to resume from."""
+    for step, epoch in ((40, 0), (80, 1)):
+        fake(tmp_path / "save" / f"star-2024-05-01_10-00-00-save-{step}-{epoch}-0.safetensors")
+        backup = tmp_path / "backup" / f"2024-05-01_10-3{epoch}-00-backup-{step}-{epoch}-0"
+        fake(backup / "lora" / "lora.safetensors")
+        (backup / "optimizer").mkdir()
+        (backup / "optimizer" / "optimizer.pt").write_bytes(b"\x80 never opened")
+        (backup / "meta.json").write_text(json.dumps({"train_progress": {"global_step": step}}))
+    assert [e.step for e in discover(tmp_path)] == [40, 80]
+    assert all(e.path.parent.name == "save" for e in discover(tmp_path))
+
+
 def test_runs_are_grouped_and_ordered_each(tmp_path):
     for name in ["b-000002", "a-000001", "b-000001", "a", "a-000002"]:
         fake(tmp_path / f"{name}.safetensors")

@@ -77,6 +77,12 @@ def progress(path: Path, metadata: dict[str, str]) -> tuple[int | None, int | No
 def candidate_files(root: Path):
     """The ``.safetensors`` files ``discover`` looks at under ``root`` (no file is opened)."""
     for dirpath, dirnames, filenames in os.walk(root):
+        if "meta.json" in filenames and "optimizer" in dirnames:
+            # A OneTrainer backup (``backup/<time>-backup-<step>-<epoch>-<epoch_step>/``): its
+            # ``lora/lora.safetensors`` is a training state to resume from; the saves are in save/.
+            log.info("skipping %s: a OneTrainer backup", dirpath)
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         in_checkpoint_dir = parse_checkpoint_dir(Path(dirpath).name) is not None
         in_state_dir = any(name in _STATE_FILES for name in filenames)
