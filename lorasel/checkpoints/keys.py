@@ -2,8 +2,9 @@
 
 Names only (no tensors), so discovery can tell a LoRA from a base model by its header.
 kohya/LyCORIS keys are ``<prefix><flattened path>.<suffix>``; PEFT/diffusers keys are
-``<prefix><dotted path>.<suffix>``; OMI keys are kohya's suffixes on dotted paths; older diffusers spellings are first mapped to PEFT's
-by diffusers' own key maps (``diffusers.utils.state_dict_utils``).
+``<prefix><dotted path>.<suffix>``; OMI keys are kohya's suffixes on dotted paths; older
+diffusers spellings are first mapped to PEFT's by diffusers' own key maps
+(``diffusers.utils.state_dict_utils``).
 """
 
 from __future__ import annotations
