@@ -249,3 +249,9 @@ def test_eval_renders_a_bundled_embedding_only_where_a_prompt_names_it(tmp_path,
     for kind in ("in_domain", "trigger", "out_of_domain"):
         assert np.abs(pixels[("zkz-000001", kind)] - pixels[("zkz-000002", kind)]).max() > 1, kind
     np.testing.assert_array_equal(pixels[("zkz-000001", "unrelated")], pixels[("zkz-000002", "unrelated")])
+    # pick says whether the chosen file bundles an embedding (to be written in the prompt)
+    picked = json.loads(CliRunner().invoke(app, ["pick", str(root), "--json"]).stdout)
+    bundles = Path(picked["checkpoint"]).stem == "zkz-000002"
+    assert picked["embeddings"] == (["ohwx"] if bundles else [])
+    text = " ".join(CliRunner().invoke(app, ["pick", str(root)]).stdout.split())
+    assert ("embedding 'ohwx' bundled in the file: write it in the prompt" in text) == bundles

@@ -98,7 +98,8 @@ def test_pick_json_and_python_api_agree(run):
     result = runner.invoke(app, ["pick", str(run.root), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert list(data) == [*PICK_FIELDS, "runner_up", "tied_with", "warnings"]
+    assert list(data) == [*PICK_FIELDS, "runner_up", "tied_with", "warnings", "embeddings"]
+    assert data["embeddings"] == []  # the run's files bundle none
     assert data["warnings"] == []  # every weighed metric on 4 units or more: nothing to warn of
     assert list(data["runner_up"]) == PICK_FIELDS
     # The tie set: the table's tied rows after the pick, in rank order.

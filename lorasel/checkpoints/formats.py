@@ -234,21 +234,32 @@ _BUNDLE_PARTS = (
 )
 
 
+def _bundle_part(key: str) -> tuple[str, str | None, str]:
+    """(the key after ``bundle_emb.``, the text encoder its part names or None, the name)."""
+    rest = key[len(BUNDLE_PREFIX) :]
+    part = next(((suffix, c) for suffix, c in _BUNDLE_PARTS if rest.endswith("." + suffix)), None)
+    return rest, part[1] if part else None, rest[: -len(part[0]) - 1] if part else ""
+
+
+def bundled_names(keys) -> list[str]:
+    """The names of the embeddings a LoRA file bundles, from its key names (a header is enough)."""
+    names = (_bundle_part(k)[2] for k in keys if k.startswith(BUNDLE_PREFIX))
+    return list(dict.fromkeys(n for n in names if n.strip()))
+
+
 def parse_embeddings(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """name → {text encoder → vectors [n, width]} of the embeddings bundled in a LoRA file."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         if not key.startswith(BUNDLE_PREFIX):
             continue
-        rest = key[len(BUNDLE_PREFIX) :]
-        part = next(((suffix, c) for suffix, c in _BUNDLE_PARTS if rest.endswith("." + suffix)), None)
-        name = rest[: -len(part[0]) - 1] if part else ""
+        rest, component, name = _bundle_part(key)
         if rest.endswith("_out"):
             raise CheckpointError(
                 f"{path} bundles an output embedding ({key!r}), which lorasel does not render",
                 hint="save the LoRA without OneTrainer's output embeddings, or judge it in OneTrainer",
             )
-        if part is None or not name.strip():
+        if component is None or not name.strip():
             raise CheckpointError(
                 f"{path}: {key!r} is not a bundled embedding lorasel knows",
                 hint="bundled embeddings are bundle_emb.<name>.clip_l / .clip_g / .string_to_param.*",
@@ -259,7 +270,6 @@ def parse_embeddings(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[st
                 hint="the file is corrupt",
             )
         _check_finite(path, key, tensor)
-        component = part[1]
         vectors = out.setdefault(name, {})
         if component in vectors:
             raise CheckpointError(

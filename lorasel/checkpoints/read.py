@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lorasel.checkpoints.discover import progress
-from lorasel.checkpoints.files import check_path, file_hash, parse_header, read_bytes_hashed
-from lorasel.checkpoints.formats import parse_embeddings, parse_modules
+from lorasel.checkpoints.files import check_path, file_hash, parse_header, read_bytes_hashed, read_header
+from lorasel.checkpoints.formats import bundled_names, parse_embeddings, parse_modules
 from lorasel.checkpoints.metadata import base_family, other_model, stated_prediction, trigger_and_class
 from lorasel.checkpoints.model import LoraCheckpoint
 from lorasel.errors import CheckpointError
@@ -98,3 +98,12 @@ def _for_another_model(path: Path, model: str) -> CheckpointError:
         f"{path} is a LoRA for {model}; lorasel evaluates LoRAs for SD 1.x, 2.x and SDXL",
         hint="lorasel renders with SD 1.x, 2.x and SDXL bases only; judge it in a tool that runs that model",
     )
+
+
+def bundled_embeddings(path: str | os.PathLike) -> list[str]:
+    """The names of the textual-inversion embeddings a LoRA file bundles, from its header alone;
+    [] when the file is gone or unreadable."""
+    try:
+        return bundled_names(read_header(path).tensors)
+    except (CheckpointError, OSError):
+        return []

@@ -59,6 +59,7 @@ def pick_command(
     if json_out:
         typer.echo(json.dumps(chosen.to_json(), indent=2, allow_nan=False))
         return
+    embeddings = chosen.embeddings
     best = chosen.best
     m = best.metrics
 
@@ -71,6 +72,12 @@ def pick_command(
         f"  prompt tag  {printable(best.prompt_tag)}   "
         f"(A1111, Forge; ComfyUI: LoraLoader with model and clip strength {best.strength:g})"
     )
+    if embeddings:
+        names = " and ".join(repr(printable(n)) for n in embeddings)
+        typer.echo(
+            f"  embedding   {names} bundled in the file: write it in the prompt (A1111 loads it with the "
+            "LoRA; ComfyUI and Forge do not read bundled embeddings)"
+        )
     where = ", ".join(x for x in (f"epoch {best.epoch}" if best.epoch is not None else "",
                                    f"step {best.step}" if best.step is not None else "") if x)  # fmt: skip
     if where:

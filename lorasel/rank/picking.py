@@ -53,6 +53,14 @@ class Pick:
     def lowest_loss(self) -> Candidate | None:
         return self.ranking.lowest_loss
 
+    @property
+    def embeddings(self) -> list[str]:
+        """The textual-inversion embeddings the picked file bundles (read from its header): their
+        names go in the prompt; A1111 loads them with the LoRA, ComfyUI and Forge do not."""
+        from lorasel.checkpoints.read import bundled_embeddings
+
+        return bundled_embeddings(self.best.path)
+
     def to_json(self) -> dict[str, Any]:
         """DESIGN.md's object: checkpoint, epoch, step, strength, score, metrics, p_best (each
         candidate also with ``seeds``, its seeds per prompt, and ``prompt_tag``, how A1111 and
@@ -60,11 +68,12 @@ class Pick:
         other candidates that could be the best (the 95 % confidence set for the best, in rank
         order; empty when the pick stands alone), and ``warnings``: what the CLI prints on stderr
         about the evidence (weighed metrics unmeasured, or measured on too few units), each one
-        line; empty when there is nothing to say."""
+        line; empty when there is nothing to say; and ``embeddings`` (:attr:`embeddings`)."""
         out = _candidate_json(self.best)
         out["runner_up"] = _candidate_json(self.runner_up) if self.runner_up is not None else None
         out["tied_with"] = [_candidate_json(c) for c in self.tied_with]
         out["warnings"] = self.ranking.warnings()
+        out["embeddings"] = self.embeddings
         return out
 
 
