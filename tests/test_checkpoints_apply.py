@@ -66,11 +66,19 @@ def test_kohya_lora_and_locon_match_diffusers_fuse_lora(family, tmp_path):
     np.testing.assert_array_equal(render_small(pipe), base)
 
 
-def test_sgm_keys_land_on_the_layers_they_name(tmp_path):
+@pytest.mark.parametrize(
+    ("family", "naming"),
+    [
+        ("sdxl", "kohya"),  # kohya's SDXL files
+        ("sd1", "omi"),  # OneTrainer's OMI files name SD 1.x the SGM way too (kohya's never do)
+    ],
+)
+def test_sgm_keys_land_on_the_layers_they_name(tmp_path, family, naming):
     """Independently of diffusers' maps: each SGM stem changes exactly the diffusers layer it names."""
-    pipe = shared_pipeline("sdxl")
+    pipe = shared_pipeline(family)
     before = _snapshot(pipe)
-    tensors = kohya_lora(pipe, rank=2, conv=True, text=False, sgm=True, seed=4)
+    omi = naming == "omi"
+    tensors = kohya_lora(pipe, rank=2, conv=True, text=False, sgm=not omi, omi=omi, seed=4)
     checkpoint = read_checkpoint(save_checkpoint(tmp_path / "sgm.safetensors", tensors))
     try:
         apply(pipe, checkpoint, 1.0)
@@ -84,9 +92,11 @@ def test_sgm_keys_land_on_the_layers_they_name(tmp_path):
     }
     assert len(changed) == len(checkpoint.modules)
     # Map the changed diffusers layers to SGM names with the test's own map, compare with the file.
-    assert {"lora_unet_" + sdxl_sgm_name(layer).replace(".", "_") for layer in changed} == {
-        m.name for m in checkpoint.modules
+    named = {
+        ("unet." + sdxl_sgm_name(layer)) if omi else ("lora_unet_" + sdxl_sgm_name(layer).replace(".", "_"))
+        for layer in changed
     }
+    assert named == {m.name for m in checkpoint.modules}
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -117,27 +127,6 @@ def test_omi_keys_merge_exactly_as_the_kohya_file_they_rename(family, tmp_path):
     assert any(k.startswith("text_encoder_2.") for k in changed) == sdxl
     for key in pristine:
         assert torch.equal(merged[0][key], merged[1][key]), key
-
-
-def test_omi_sd1_keys_land_on_the_layers_they_name(tmp_path):
-    """Independently of diffusers' maps: each SD 1.x OMI stem changes the diffusers layer it names
-    (SGM naming for SD 1.x, which kohya's own SD 1.x files never use)."""
-    pipe = shared_pipeline("sd1")
-    before = _snapshot(pipe)
-    tensors = kohya_lora(pipe, rank=2, conv=True, text=False, omi=True, seed=4)
-    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "omi.safetensors", tensors))
-    try:
-        apply(pipe, checkpoint, 1.0)
-        after = _snapshot(pipe)
-    finally:
-        restore(pipe, release=True)
-    changed = {
-        k.removeprefix("unet.").removesuffix(".weight")
-        for k in before
-        if not torch.equal(before[k], after[k])
-    }
-    assert len(changed) == len(checkpoint.modules)
-    assert {"unet." + sdxl_sgm_name(layer) for layer in changed} == {m.name for m in checkpoint.modules}
 
 
 def test_text_encoder_only_lora_changes_only_the_text_encoder(tmp_path):
