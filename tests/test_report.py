@@ -257,3 +257,26 @@ def test_thumbnails_are_small_cached_and_never_leave_the_state_folder(tmp_path):
     assert thumbnail(state, "renders/broken.png") is None
     assert thumbnail(state, "../secret.png") is None
     assert thumbnail(state, str(tmp_path / "secret.png")) is None
+
+
+def test_html_names_an_embedding_the_picked_file_bundles_escaped(tmp_path):
+    """A pivotal-tuning LoRA: the report says which embedding goes in the prompt, its name (from a
+    stranger's file) shown as text."""
+    import torch
+    from safetensors.torch import save_file
+
+    results = make_results(checkpoints=2, strengths=(1.0,), seeds=2, state_dir=tmp_path / "lorasel")
+    ranking = rank(results, n_boot=50)
+    picked = Path(ranking.best.path)
+    picked.parent.mkdir(parents=True, exist_ok=True)
+    name = "<b>zkz</b>"
+    save_file(
+        {f"bundle_emb.{name}.clip_l": torch.zeros(2, 8), "lora_unet_x.lora_down.weight": torch.zeros(1, 8)},
+        picked,
+    )
+    html = write_html(results, ranking, tmp_path / "report.html", tmp_path / "lorasel").read_text()
+    assert 'bundles the textual-inversion embedding <code class="tag">&lt;b&gt;zkz&lt;/b&gt;</code>' in html
+    assert "<b>zkz</b>" not in html
+    picked.unlink()  # the file gone: the report stands on the stored results, without the line
+    html = write_html(results, ranking, tmp_path / "report.html", tmp_path / "lorasel").read_text()
+    assert "textual-inversion embedding" not in html
