@@ -185,10 +185,14 @@ def render_small(pipe, prompt: str = "a red circle"):
 def lycoris_reference_delta(lora) -> torch.Tensor:
     """γ·ΔW of one LyCORIS module by the package's functional maths, γ = the module's own scale."""
     from lycoris.functional import locon, loha, lokr
+    from lycoris.modules.full import FullModule
     from lycoris.modules.locon import LoConModule
     from lycoris.modules.loha import LohaModule
+    from lycoris.modules.norms import NormModule
 
     with torch.no_grad():
+        if isinstance(lora, (FullModule, NormModule)):
+            return lora.get_diff_weight(1)[0]  # ΔW itself (full rank)
         if isinstance(lora, LoConModule):
             mid = lora.lora_mid.weight if lora.tucker else None
             return locon.diff_weight(lora.lora_down.weight, lora.lora_up.weight, mid, gamma=lora.scale)

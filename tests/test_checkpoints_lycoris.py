@@ -34,6 +34,9 @@ CASES = {
     "dora-output-rows": ("locon", {"dora_wd": True}),
     "dora-input-columns": ("locon", {"dora_wd": True, "wd_on_output": False}),
     "dora-loha": ("loha", {"dora_wd": True}),
+    "full": ("full", {}),
+    "locon-train-norm": ("locon", {"train_norm": True}),
+    "lokr-train-norm": ("lokr", {"train_norm": True}),
 }
 EXPECTED_ALGOS = {
     "locon": {"lora", "locon"},
@@ -47,6 +50,9 @@ EXPECTED_ALGOS = {
     "dora-output-rows": {"dora"},
     "dora-input-columns": {"dora"},
     "dora-loha": {"dora"},
+    "full": {"full"},
+    "locon-train-norm": {"lora", "locon", "norm"},
+    "lokr-train-norm": {"lokr", "norm"},
 }
 
 
@@ -88,10 +94,15 @@ def test_lycoris_file_matches_lycoris(case, tmp_path):
     assert {m.name for m in checkpoint.modules} == set(loras)
     for module in checkpoint.modules:
         lora = loras[module.name]
-        assert module.scale == pytest.approx(lora.scale)
+        assert module.scale == pytest.approx(getattr(lora, "scale", 1.0))  # full-rank ΔW: γ = 1
         ours = module_delta(module)
         ref = references[module.name]
         torch.testing.assert_close(ours.reshape(ref.shape), ref, rtol=1e-5, atol=1e-6)
+        if module.algo in ("full", "norm"):  # and the bias, where the layer has one
+            ref_bias = lora.get_diff_weight(1)[1]
+            assert (module.bias_delta is None) == (ref_bias is None or not torch.is_tensor(ref_bias))
+            if module.bias_delta is not None:
+                torch.testing.assert_close(module.bias_delta.float(), ref_bias.detach().float())
         if module.algo == "dora":
             assert module.dora_on_output == lora.wd_on_out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 
 import pytest
@@ -80,6 +81,18 @@ def _bad_files(tmp_path):
     case("extra-keys", {**good_tensors(), "model.diffusion_model.x.weight": torch.zeros(1)}, "not LoRA keys")
     case("oft", {f"{STEM}.oft_blocks": torch.zeros(2, 2, 2), f"{STEM}.alpha": torch.tensor(1.0)}, "OFT")
     case("incomplete", {f"{STEM}.lora_down.weight": torch.zeros(2, 4)}, "missing up")
+    case("full-bias-only", {f"{STEM}.diff_b": torch.zeros(4)}, "no key is a LoRA key")
+    case(
+        "full-bias-misfit",
+        {f"{STEM}.diff": torch.zeros(4, 8), f"{STEM}.diff_b": torch.zeros(3)},
+        "has a bias change of shape [3] for 4 outputs",
+    )
+    case("full-nan", {f"{STEM}.diff": torch.full((4, 8), float("nan"))}, "NaN")
+    case(
+        "norm-mixed",
+        {f"{STEM}.w_norm": torch.zeros(4), f"{STEM}.lora_down.weight": torch.zeros(2, 4)},
+        "mixes",
+    )
     case(
         "rank-mismatch",
         {f"{STEM}.lora_down.weight": torch.zeros(2, 4), f"{STEM}.lora_up.weight": torch.zeros(4, 3)},
@@ -224,6 +237,19 @@ def test_shape_mismatch_names_module_and_shapes(tmp_path):
     checkpoint = read_checkpoint(save_checkpoint(tmp_path / "shape.safetensors", tensors))
     with pytest.raises(CheckpointError, match=r"do not fit.*attn1_to_q.*\[64, 48\].*\[64, 64\]"):
         apply(pipe, checkpoint, 1.0)
+
+
+def test_a_bias_change_for_a_layer_without_bias_names_both(tmp_path):
+    """LyCORIS "full": a Δb for attn1.to_q, which has no bias in SD's UNet, does not fit."""
+    pipe = shared_pipeline("sd1")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    stem = "lycoris_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{stem}.diff": torch.ones(64, 64), f"{stem}.diff_b": torch.ones(64)}
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "full.safetensors", tensors))
+    assert checkpoint.algorithms == ("full",) and checkpoint.modules[0].rank is None
+    with pytest.raises(CheckpointError, match=re.escape("(ΔW [64, 64], Δb [64] vs unet.") + ".*bias none"):
+        apply(pipe, checkpoint, 1.0)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
 
 
 def test_bad_strength(tmp_path):

@@ -2,7 +2,8 @@
 
 - kohya / LyCORIS: ``lora_unet_<path>`` / ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` (and
   LyCORIS' standalone ``lycoris_``) + ``.lora_down.weight`` / ``.lora_up.weight`` /
-  ``.lora_mid.weight`` / ``.alpha`` / ``.dora_scale`` / ``.hada_*`` / ``.lokr_*``.
+  ``.lora_mid.weight`` / ``.alpha`` / ``.dora_scale`` / ``.hada_*`` / ``.lokr_*``, and LyCORIS'
+  full-rank ``.diff`` / ``.diff_b`` ("full") and ``.w_norm`` / ``.b_norm`` (``train_norm``).
 - OMI (OneTrainer's "OMI" files and backups, InvokeAI): ``unet.`` + the SGM path
   (``input_blocks.4.1.…``) / ``clip_l.`` / ``clip_g.`` + dotted path, with kohya's suffixes; the
   UNet stems go through the same SGM map as kohya's SDXL ones.
@@ -33,8 +34,7 @@ from lorasel.errors import CheckpointError
 
 # LyCORIS algorithms lorasel does not merge (yet): named so the error says what the file is.
 _UNSUPPORTED = {
-    "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "BOFT", "diff": "full fine-tune (diff)",
-    "diff_b": "full fine-tune (diff)", "w_norm": "norm", "b_norm": "norm", "a1.weight": "GLoRA",
+    "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "BOFT", "a1.weight": "GLoRA",
     "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA", "on_input": "(IA)^3",
 }  # fmt: skip
 
@@ -58,7 +58,7 @@ def _unsupported(path: Path, keys: list[str]) -> CheckpointError | None:
             if key.endswith("." + suffix):
                 return CheckpointError(
                     f"{path} uses the LyCORIS algorithm {algo} (key {key!r}), which lorasel does not merge",
-                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker and DoRA checkpoints",
+                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker, DoRA, full and norm checkpoints",
                 )
     return None
 
@@ -104,6 +104,8 @@ _REQUIRED = {
     "lora": [("down",), ("up",)],
     "loha": [("w1a",), ("w1b",), ("w2a",), ("w2b",)],
     "lokr": [("w1", "w1a"), ("w2", "w2a")],
+    "full": [("diff",)],
+    "norm": [("w",)],
 }
 
 
@@ -123,6 +125,8 @@ def _check_complete(path: Path, stem: str, kind: str, t: dict[str, torch.Tensor]
 
 
 def _rank(kind: str, t: dict[str, torch.Tensor]) -> int | None:
+    if kind in ("full", "norm"):
+        return None  # full-rank: ΔW itself
     if kind == "lora":
         return int(t["down"].shape[0])
     if kind == "loha":
@@ -184,6 +188,8 @@ def _number(path: Path, where: str, value, positive: bool = False) -> float:
 
 def _kohya_scale(kind: str, t, rank: int | None, alpha: float | None) -> tuple[float | None, float]:
     """(alpha as reported, γ) for kohya/LyCORIS files."""
+    if kind in ("full", "norm"):
+        return alpha, 1.0  # ΔW itself: LyCORIS scales it by the strength only
     if kind == "lokr" and "w1" in t and "w2" in t:
         return alpha, 1.0  # both factors full: LyCORIS, A1111 and ComfyUI use γ = 1
     if not alpha:
@@ -352,6 +358,12 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
         config = _component_config(peft_config, component)
         rank, alpha, scale = _peft_scale(path, kind, rank, config, target)
     dora = group["dora_scale"][2] if "dora_scale" in group else None
+    bias = group["bias"][2] if "bias" in group else None
+    if bias is not None and (bias.dim() != 1 or bias.numel() != shape[0]):
+        raise CheckpointError(
+            f"{path}: module {stem!r} has a bias change of shape {list(bias.shape)} for {shape[0]} outputs",
+            hint="the file is corrupt",
+        )
     on_output = True
     if dora is not None:
         if fmt in ("peft", "diffusers"):
@@ -379,6 +391,7 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
         delta_shape=shape,
         dora_scale=dora,
         dora_on_output=on_output,
+        bias_delta=bias,
     )
 
 

@@ -23,6 +23,8 @@ KOHYA_SUFFIXES = {
     "lora_down.weight": ("lora", "down"), "lora_up.weight": ("lora", "up"),
     "lora_mid.weight": ("lora", "mid"), **_LYCORIS_FACTORS,
     "alpha": (None, "alpha"), "dora_scale": (None, "dora_scale"),
+    # LyCORIS' full-rank modules: "full" (ΔW itself, and Δbias) and train_norm's norm layers.
+    "diff": ("full", "diff"), "diff_b": (None, "bias"), "w_norm": ("norm", "w"), "b_norm": (None, "bias"),
 }  # fmt: skip
 # PEFT names its LoHa/LoKr tensors like LyCORIS does.
 PEFT_SUFFIXES = {

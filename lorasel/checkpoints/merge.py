@@ -1,6 +1,7 @@
 """Apply a checkpoint to a pipeline at a strength, in place, and restore it bit-exactly.
 
-``apply`` writes W = W0 + s·ΔW into the touched weights (DoRA: W0 + s·(W' − W0)), so a
+``apply`` writes W = W0 + s·ΔW into the touched weights (DoRA: W0 + s·(W' − W0); LyCORIS'
+full and norm modules also b = b0 + s·Δb into biases), so a
 render runs at base-model speed; ``restore`` copies the pristine W0 back, so a thousand
 switches never drift. Per pipeline, a registry keeps:
 
@@ -88,7 +89,7 @@ def restore(pipeline, *, release: bool = False) -> None:
     if state is None:
         return
     for key in state.applied:
-        state.layers[key].weight.copy_(state.pristine[key])
+        _param(state, key).copy_(state.pristine[key])
     _remove_embeddings(state, pipeline)
     state.applied = set()
     state.current = None
@@ -188,28 +189,48 @@ def _plan(state: _State, pipeline, checkpoint: LoraCheckpoint) -> list[Target]:
     return state.targets
 
 
+#: A slot is one tensor a checkpoint changes: a layer's weight (the target's key), or its bias
+#: (the key with this suffix: LyCORIS' full and norm modules change biases too).
+_BIAS = ":bias"
+
+
+def _param(state: _State, slot: str) -> torch.Tensor:
+    layer = state.layers[slot]
+    return layer.bias if slot.endswith(_BIAS) else layer.weight
+
+
+def _slots(targets: list[Target]) -> set[str]:
+    return {t.key for t in targets} | {t.key + _BIAS for t in targets if t.module.bias_delta is not None}
+
+
 def _write(state: _State, targets: list[Target], s: float) -> None:
     budget = DELTA_CACHE_BYTES - sum(d.numel() * 4 for d in state.deltas.values())
-    for target in targets:
-        weight = target.weight
-        pristine = state.pristine.get(target.key)
+    for target, slot in [(t, t.key) for t in targets] + [
+        (t, t.key + _BIAS) for t in targets if t.module.bias_delta is not None
+    ]:
+        bias = slot.endswith(_BIAS)
+        param = target.layer.bias if bias else target.weight
+        pristine = state.pristine.get(slot)
         if pristine is None:
-            pristine = state.pristine[target.key] = weight.detach().clone()
-            state.layers[target.key] = target.layer
-        elif pristine.device != weight.device or pristine.dtype != weight.dtype:
+            pristine = state.pristine[slot] = param.detach().clone()
+            state.layers[slot] = target.layer
+        elif pristine.device != param.device or pristine.dtype != param.dtype:
             # The pipeline was moved or cast (at base, as documented): follow it.
-            pristine = state.pristine[target.key] = pristine.to(device=weight.device, dtype=weight.dtype)
-            state.deltas.pop(target.key, None)
-        delta = state.deltas.get(target.key)
+            pristine = state.pristine[slot] = pristine.to(device=param.device, dtype=param.dtype)
+            state.deltas.pop(slot, None)
+        delta = state.deltas.get(slot)
         if delta is None:
-            delta = _effective_delta(target, pristine)
+            if bias:
+                delta = target.module.bias_delta.to(device=pristine.device, dtype=torch.float32)
+            else:
+                delta = _effective_delta(target, pristine)
             if delta.numel() * 4 <= budget:
-                state.deltas[target.key] = delta
+                state.deltas[slot] = delta
                 budget -= delta.numel() * 4
-        if weight.dtype == torch.float32:
-            torch.add(pristine, delta, alpha=s, out=weight)
+        if param.dtype == torch.float32:
+            torch.add(pristine, delta, alpha=s, out=param)
         else:  # compute in float32, store in the model's dtype
-            weight.copy_(torch.add(pristine, delta, alpha=s))
+            param.copy_(torch.add(pristine, delta, alpha=s))
 
 
 @torch.no_grad()
@@ -240,15 +261,15 @@ def apply(pipeline, checkpoint: LoraCheckpoint | str | os.PathLike, strength: fl
     except Exception:
         restore(pipeline)
         raise
-    wanted = {t.key for t in targets}
-    for key in state.applied - wanted:  # layers only the previous checkpoint touched
-        state.layers[key].weight.copy_(state.pristine[key])
+    wanted = _slots(targets)
+    for key in state.applied - wanted:  # tensors only the previous checkpoint touched
+        _param(state, key).copy_(state.pristine[key])
     try:
         _write(state, targets, s)
         _add_embeddings(state, pipeline, checkpoint)
     except BaseException:  # out of memory mid-way: never leave a half-applied model
         for key in (state.applied | wanted) & state.pristine.keys():
-            state.layers[key].weight.copy_(state.pristine[key])
+            _param(state, key).copy_(state.pristine[key])
         _remove_embeddings(state, pipeline)
         state.applied, state.current = set(), None
         raise

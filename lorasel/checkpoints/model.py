@@ -15,7 +15,7 @@ import torch
 
 FORMATS = ("kohya", "lycoris", "peft", "diffusers", "omi")
 FAMILIES = ("sd1", "sd2", "sdxl", "unknown")
-ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora")
+ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora", "full", "norm")
 # Pipeline components a LoRA can touch, in the order a component-less key is tried.
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -45,6 +45,7 @@ class LoraModule:
     delta_shape: tuple[int, ...]
     dora_scale: torch.Tensor | None = None
     dora_on_output: bool = True
+    bias_delta: torch.Tensor | None = None  # Δb at full strength (LyCORIS' diff_b / b_norm)
 
     @property
     def out_features(self) -> int:
@@ -52,8 +53,9 @@ class LoraModule:
 
     @property
     def in_features(self) -> int:
-        """Input width (times the kernel area when the factors flatten a conv)."""
-        return self.delta_shape[1]
+        """Input width (times the kernel area when the factors flatten a conv); a norm layer's
+        width for its 1-D ΔW."""
+        return self.delta_shape[1] if len(self.delta_shape) > 1 else self.delta_shape[0]
 
     @property
     def flat_target(self) -> str:

@@ -23,7 +23,8 @@ from torch import nn
 from lorasel.checkpoints.model import COMPONENTS, TEXT_ENCODERS, LoraCheckpoint, LoraModule
 from lorasel.errors import CheckpointError
 
-_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Layers a module can change: LoRA-style ΔW on Linear/Conv, LyCORIS train_norm's on norm layers.
+_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm)
 _SGM_MARKS = ("input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_", "out_2")
 FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "toy": "SD1-style toy", "unknown": "unknown"}
 
@@ -116,6 +117,13 @@ def fits(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
     )
 
 
+def _bias_fits(module: LoraModule, layer: nn.Module) -> bool:
+    bias = getattr(layer, "bias", None)
+    return module.bias_delta is None or (
+        bias is not None and tuple(bias.shape) == tuple(module.bias_delta.shape)
+    )
+
+
 def _dora_fits(module: LoraModule, weight_shape: tuple[int, ...]) -> bool:
     if module.dora_scale is None:
         return True
@@ -165,14 +173,21 @@ class Resolver:
             fitting = [
                 h
                 for h in hits
-                if fits(module.delta_shape, tuple(h[2].weight.shape))
+                if getattr(h[2], "weight", None) is not None
+                and fits(module.delta_shape, tuple(h[2].weight.shape))
                 and _dora_fits(module, tuple(h[2].weight.shape))
+                and _bias_fits(module, h[2])
             ]
             if not fitting:
                 comp, name, layer = hits[0]
-                misfits.append(
-                    f"{module.name} (ΔW {list(module.delta_shape)} vs {comp}.{name} {list(layer.weight.shape)})"
-                )
+                weight = getattr(layer, "weight", None)
+                have = list(weight.shape) if weight is not None else "without weights"
+                what = f"ΔW {list(module.delta_shape)}"
+                if module.bias_delta is not None:
+                    bias = getattr(layer, "bias", None)
+                    what += f", Δb {list(module.bias_delta.shape)}"
+                    have = f"{have}, bias {list(bias.shape) if bias is not None else 'none'}"
+                misfits.append(f"{module.name} ({what} vs {comp}.{name} {have})")
                 continue
             comp, name, layer = fitting[0]
             key = f"{comp}.{name}"

@@ -31,4 +31,8 @@ def factor_delta(kind: str, t: dict[str, torch.Tensor], scale: float) -> torch.T
     if kind == "lokr":
         names = ("w1", "w1a", "w1b", "w2", "w2a", "w2b", "t2")
         return lokr_delta(**{n: t.get(n) for n in names}, scale=scale)
+    if kind == "full":
+        return t["diff"].float() * scale  # LyCORIS "full": ΔW itself
+    if kind == "norm":
+        return t["w"].float() * scale  # LyCORIS train_norm: Δ of a norm layer's weight
     raise ValueError(f"unknown factorisation {kind!r}")
