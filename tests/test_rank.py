@@ -585,8 +585,9 @@ def test_pick_json_has_the_design_fields():
     ranking = rank(make_results(checkpoints=3), n_boot=50)
     data = choose(ranking).to_json()
     fields = ["checkpoint", "epoch", "step", "strength", "score", "metrics", "p_best", "seeds", "prompt_tag"]
-    # DESIGN.md's fields, seeds and the prompt tag, then the ties and the warnings
-    assert list(data) == [*fields, "runner_up", "tied_with", "warnings"]
+    # DESIGN.md's fields, seeds and the prompt tag, then the ties, the warnings and the embeddings
+    assert list(data) == [*fields, "runner_up", "tied_with", "warnings", "embeddings"]
+    assert data["embeddings"] == []  # no such file: nothing bundled to say
     assert list(data["runner_up"]) == fields
     assert all(list(t) == fields for t in data["tied_with"])
     assert set(data["metrics"]) == set(METRICS) and data["seeds"] == 3  # make_results: 3 seeds per prompt
