@@ -7,6 +7,7 @@ Reference: ``load_lora_weights`` + ``fuse_lora(lora_scale=s)`` on the same kohya
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -273,3 +274,62 @@ def test_the_registry_does_not_keep_a_model_alive(tmp_path):
     del unet
     gc.collect()
     assert alive() is None
+
+
+COMFY_PREFIXES = {
+    "unet.": "diffusion_model.",
+    "clip_l.": "text_encoders.clip_l.transformer.",
+    "clip_g.": "text_encoders.clip_g.transformer.",
+}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_comfyui_lora_with_bias_and_norm_changes(family, tmp_path):
+    """ComfyUI's Train LoRA node: ``diffusion_model.`` + SGM paths, LoRA factors on the layers'
+    weights, ``diff`` on the norm layers' weights and ``diff_b`` on every bias it trains. The LoRA
+    part merges as the kohya file it renames (checked against diffusers above); each bias and norm
+    weight, found by the test's own SGM map, moves by exactly strength × its change."""
+    pipe = shared_pipeline(family)
+    sdxl = family == "sdxl"
+    only = r"(attn1\.to_out\.0|proj_in|q_proj)$"
+    kohya = kohya_lora(pipe, rank=2, alpha=1.0, seed=5, sgm=sdxl, only=only)
+    comfy = {}
+    for key, tensor in kohya_lora(pipe, rank=2, alpha=1.0, seed=5, omi=True, only=only).items():
+        prefix = next(p for p in COMFY_PREFIXES if key.startswith(p))
+        comfy[COMFY_PREFIXES[prefix] + key[len(prefix) :]] = tensor
+    gen = torch.Generator().manual_seed(9)
+    changes = {}  # diffusers parameter name -> its change
+    for name, layer in pipe.unet.named_modules():
+        if re.search(r"(attn1\.to_out\.0|proj_in)$", name) or re.search(
+            r"(\.(norm1|norm2|norm)|^conv_norm_out)$", name
+        ):
+            if isinstance(layer, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                delta = torch.randn(layer.weight.shape, generator=gen) * 0.1
+                comfy[f"diffusion_model.{sdxl_sgm_name(name)}.diff"] = delta
+                changes[f"unet.{name}.weight"] = delta
+            if getattr(layer, "bias", None) is not None:
+                delta = torch.randn(layer.bias.shape, generator=gen) * 0.1
+                comfy[f"diffusion_model.{sdxl_sgm_name(name)}.diff_b"] = delta
+                changes[f"unet.{name}.bias"] = delta
+    assert any(k.endswith(".diff") for k in comfy) and any(k.endswith(".diff_b") for k in comfy)
+    assert {"diffusion_model.out.0.diff", "diffusion_model.input_blocks.1.0.out_layers.0.diff"} <= set(comfy)
+    ours = read_checkpoint(
+        save_checkpoint(tmp_path / "ComfyUI_trained_lora_40_steps_00001_.safetensors", comfy)
+    )
+    reference = read_checkpoint(save_checkpoint(tmp_path / "kohya.safetensors", kohya))
+    assert ours.format == "comfyui" and ours.step == 40 and ours.touches_text_encoder
+    assert {"lora", "full"} <= set(ours.algorithms)
+    pristine = _snapshot(pipe)
+    try:
+        apply(pipe, reference, 0.5)
+        lora_only = _snapshot(pipe)
+        apply(pipe, ours, 0.5)
+        merged = _snapshot(pipe)
+    finally:
+        restore(pipe, release=True)
+    assert all(torch.equal(v, pristine[k]) for k, v in _snapshot(pipe).items())
+    for key, value in merged.items():
+        if key in changes:
+            torch.testing.assert_close(value, pristine[key] + 0.5 * changes[key])
+        else:
+            assert torch.equal(value, lora_only[key]), key

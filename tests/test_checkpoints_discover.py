@@ -153,6 +153,15 @@ def test_onetrainer_backups_are_not_checkpoints(tmp_path):
     assert all(e.path.parent.name == "save" for e in discover(tmp_path))
 
 
+def test_comfyui_save_lora_names(tmp_path):
+    """ComfyUI's Save LoRA Weights node: ``{prefix}_{steps}_steps_{counter:05}_``."""
+    for steps, counter in ((500, 2), (1000, 3), (250, 1)):
+        fake(tmp_path / f"ComfyUI_trained_lora_{steps}_steps_{counter:05d}_.safetensors")
+    entries = discover(tmp_path)
+    assert [e.step for e in entries] == [250, 500, 1000]
+    assert {e.run for e in entries} == {"ComfyUI_trained_lora"}
+
+
 def test_runs_are_grouped_and_ordered_each(tmp_path):
     for name in ["b-000002", "a-000001", "b-000001", "a", "a-000002"]:
         fake(tmp_path / f"{name}.safetensors")

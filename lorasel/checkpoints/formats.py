@@ -7,6 +7,9 @@
 - OMI (OneTrainer's "OMI" files and backups, InvokeAI): ``unet.`` + the SGM path
   (``input_blocks.4.1.…``) / ``clip_l.`` / ``clip_g.`` + dotted path, with kohya's suffixes; the
   UNet stems go through the same SGM map as kohya's SDXL ones.
+- ComfyUI (its Train LoRA node, and Extract and Save Lora): ``diffusion_model.`` + the SGM path,
+  ``text_encoders.clip_l.transformer.`` / ``text_encoders.clip_g.transformer.`` + dotted path,
+  with kohya's suffixes and LyCORIS' ``diff`` / ``diff_b`` (norm weights and biases it trains).
 - PEFT: ``base_model.model.<dotted path>.lora_A.weight`` / ``.lora_B.weight`` /
   ``.lora_magnitude_vector`` (and PEFT's LoHa/LoKr tensors, named like LyCORIS'); alpha
   from the adapter config.
@@ -351,7 +354,7 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
     rank = _rank(kind, t)
     if rank == 0:
         raise CheckpointError(f"{path}: module {stem!r} has rank 0", hint="the file is corrupt")
-    if fmt in ("kohya", "lycoris", "omi"):
+    if fmt in ("kohya", "lycoris", "omi", "comfyui"):
         alpha = _scalar(path, group["alpha"][1], group["alpha"][2]) if "alpha" in group else None
         alpha, scale = _kohya_scale(kind, t, rank, alpha)
     else:
@@ -402,6 +405,8 @@ def _file_format(formats: set[str], modules: tuple[LoraModule, ...], metadata: M
         return "peft"
     if "omi" in formats:
         return "omi"
+    if "comfyui" in formats:
+        return "comfyui"
     lycoris = "lycoris" in formats or any(m.kind != "lora" for m in modules)
     lycoris = lycoris or "lycoris" in metadata.get("ss_network_module", "").lower()
     return "lycoris" if lycoris else "kohya"

@@ -2,7 +2,7 @@
 
 Names only (no tensors), so discovery can tell a LoRA from a base model by its header.
 kohya/LyCORIS keys are ``<prefix><flattened path>.<suffix>``; PEFT/diffusers keys are
-``<prefix><dotted path>.<suffix>``; OMI keys are kohya's suffixes on dotted paths; older
+``<prefix><dotted path>.<suffix>``; OMI and ComfyUI keys are kohya's suffixes on dotted paths; older
 diffusers spellings are first mapped to PEFT's by diffusers' own key maps
 (``diffusers.utils.state_dict_utils``).
 """
@@ -45,10 +45,20 @@ DIFFUSERS_PREFIXES = (
     ("text_encoder.", "text_encoder"),
     ("text_encoder_2.", "text_encoder_2"),
 )
-# The Open Model Initiative's LoRA format (OneTrainer's "OMI" output and its backups, InvokeAI):
-# kohya's suffixes on dotted paths, the UNet in the original SGM naming (``unet.input_blocks.4.1.``,
-# SD 1.x as well as SDXL), the text encoders named for the CLIP model (``clip_l.`` / ``clip_g.``).
-OMI_PREFIXES = (("unet.", "unet"), ("clip_l.", "text_encoder"), ("clip_g.", "text_encoder_2"))
+# Formats with kohya's suffixes on dotted paths, the UNet in the original SGM naming
+# (``input_blocks.4.1.``, SD 1.x as well as SDXL), the text encoders named for the CLIP model:
+# - "omi", the Open Model Initiative's (OneTrainer's OMI output and its backups, InvokeAI):
+#   ``unet.`` / ``clip_l.`` / ``clip_g.``;
+# - "comfyui", ComfyUI's own (its Train LoRA and Extract and Save Lora nodes):
+#   ``diffusion_model.`` / ``text_encoders.clip_l.transformer.`` / ``text_encoders.clip_g.transformer.``.
+SGM_STYLE_PREFIXES = (
+    ("unet.", "unet", "omi"),
+    ("clip_l.", "text_encoder", "omi"),
+    ("clip_g.", "text_encoder_2", "omi"),
+    ("diffusion_model.", "unet", "comfyui"),
+    ("text_encoders.clip_l.transformer.", "text_encoder", "comfyui"),
+    ("text_encoders.clip_g.transformer.", "text_encoder_2", "comfyui"),
+)
 SGM_UNET = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
 PEFT_PREFIX = "base_model.model."
 LYCORIS_PREFIX = "lycoris_"
@@ -87,15 +97,16 @@ def key_style(stem: str) -> tuple[str, str | None, str, bool] | None:
     return None
 
 
-def omi_style(stem: str) -> tuple[str, str, str, bool] | None:
-    """(format, component, target, dotted) for an OMI key stem, or None. ``unet.`` is diffusers'
-    prefix too: an OMI UNet path is in SGM naming, which diffusers keys never are."""
-    for prefix, component in OMI_PREFIXES:
+def sgm_style(stem: str) -> tuple[str, str, str, bool] | None:
+    """(format, component, target, dotted) for an OMI or ComfyUI key stem, or None. ``unet.`` is
+    diffusers' prefix too: these formats' UNet paths are in SGM naming, which diffusers' never are
+    (and ComfyUI's DiT LoRAs, ``diffusion_model.`` + other paths, are not SD's)."""
+    for prefix, component, fmt in SGM_STYLE_PREFIXES:
         if stem.startswith(prefix):
             target = stem[len(prefix) :]
             if component == "unet" and not target.startswith(SGM_UNET):
                 return None
-            return "omi", component, target, True
+            return fmt, component, target, True
     return None
 
 
@@ -159,7 +170,7 @@ def classify(key: str) -> tuple[str, tuple[str | None, str], tuple] | None:
         split = split_suffix(key, peft)
         if not split:
             continue
-        style = (None if peft else omi_style(split[0])) or key_style(split[0])
+        style = (None if peft else sgm_style(split[0])) or key_style(split[0])
         if style and (style[0] in ("peft", "diffusers")) == peft:
             return split[0], split[1], style
     return None

@@ -65,12 +65,15 @@ _ONETRAINER = re.compile(
     r"^(?P<run>.*?)(?:\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})?-save-(?P<step>\d+)-(?P<epoch>\d+)-(?P<epoch_step>\d+)$"
 )
 _DIFFUSERS_DIR = re.compile(r"^checkpoint-(?P<step>\d+)$")
+# ComfyUI's Save LoRA Weights node: ``{prefix}_{steps}_steps_{counter:05}_``.
+_COMFYUI = re.compile(r"^(?P<run>.+?)_(?P<step>\d+)_steps_\d{5}_?$")
 
 
 def parse_name(stem: str) -> dict:
     """What a file name (without suffix) says: ``run``, ``epoch``, ``step``, ``scheme``.
 
     kohya ``name-000004`` (epoch 4), ``name-step00000500``; ai-toolkit ``job_000000500``;
+    ComfyUI ``prefix_500_steps_00001_``;
     OneTrainer ``prefix-save-{global_step}-{epoch}-{epoch_step}`` (0-based epoch counter:
     an epoch-end save, epoch_step 0, belongs to the epoch it ends, else to the running one).
     A name matching none is a run's final (or only) file.
@@ -87,6 +90,8 @@ def parse_name(stem: str) -> dict:
         return {"run": m["run"], "step": int(m["step"]), "epoch": None, "scheme": "kohya-step"}
     if m := _KOHYA_EPOCH.match(stem):
         return {"run": m["run"], "step": None, "epoch": int(m["epoch"]), "scheme": "kohya-epoch"}
+    if m := _COMFYUI.match(stem):
+        return {"run": m["run"], "step": int(m["step"]), "epoch": None, "scheme": "comfyui"}
     if m := _AI_TOOLKIT.match(stem):
         return {"run": m["run"], "step": int(m["step"]), "epoch": None, "scheme": "ai-toolkit"}
     return {"run": stem, "step": None, "epoch": None, "scheme": None}

@@ -1,6 +1,6 @@
 """What a LoRA checkpoint is, once read: per-module factor tensors with their scale.
 
-Every key format (kohya, LyCORIS, PEFT, diffusers, OMI) is normalised into these plain
+Every key format (kohya, LyCORIS, PEFT, diffusers, OMI, ComfyUI) is normalised into these plain
 records; the ΔW maths (``lorasel.checkpoints.deltas``) and the merge into a pipeline
 (``lorasel.checkpoints.merge``) only ever see them.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-FORMATS = ("kohya", "lycoris", "peft", "diffusers", "omi")
+FORMATS = ("kohya", "lycoris", "peft", "diffusers", "omi", "comfyui")
 FAMILIES = ("sd1", "sd2", "sdxl", "unknown")
 ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora", "full", "norm")
 # Pipeline components a LoRA can touch, in the order a component-less key is tried.

@@ -15,6 +15,7 @@ error: a LoRA made for another base must never half-apply.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,15 @@ from lorasel.errors import CheckpointError
 
 # Layers a module can change: LoRA-style ΔW on Linear/Conv, LyCORIS train_norm's on norm layers.
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm)
-_SGM_MARKS = ("input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_", "out_2")
+_SGM_MARKS = (
+    "input_blocks_",
+    "middle_block_",
+    "output_blocks_",
+    "time_embed_",
+    "label_emb_",
+    "out_2",
+    "out_0",
+)
 FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "toy": "SD1-style toy", "unknown": "unknown"}
 
 
@@ -103,6 +112,15 @@ def sgm_to_diffusers(stem: str, unet_config) -> str | None:
     return None
 
 
+def _sgm_norms(flat: str) -> str:
+    """SGM names of the norm layers diffusers' LoRA key maps do not know (no LoRA trains them;
+    ComfyUI's and LyCORIS' full-rank changes do): a resnet's ``in_layers_0`` / ``out_layers_0``,
+    and ``out_0``, the UNet's last norm."""
+    if flat == "out_0":
+        return "conv_norm_out"
+    return re.sub(r"_in_layers_0$", "_norm1", re.sub(r"_out_layers_0$", "_norm2", flat))
+
+
 def fits(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
     """ΔW fits W if equal, or equal after flattening everything but the output rows
     (a 1×1 conv LoRA on a Linear, LyCORIS' flattened conv factors)."""
@@ -153,7 +171,7 @@ class Resolver:
                 continue
             hit = index.get(module.flat_target)
             if hit is None and comp == "unet" and module.flat_target.startswith(_SGM_MARKS):
-                path = sgm_to_diffusers("lora_unet_" + module.flat_target, self.unet_config)
+                path = sgm_to_diffusers("lora_unet_" + _sgm_norms(module.flat_target), self.unet_config)
                 hit = index.get(path.replace(".", "_")) if path else None
             if hit is not None and hit[0]:
                 hits.append((comp, hit[0], hit[1]))
