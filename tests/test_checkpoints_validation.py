@@ -114,6 +114,7 @@ def _bad_files(tmp_path):
     pair = lambda stem, a="lora_down", b="lora_up": {f"{stem}.{a}.weight": torch.zeros(2, 8), f"{stem}.{b}.weight": torch.zeros(8, 2)}  # noqa: E731  # fmt: skip
     case("flux-kohya", pair("lora_unet_double_blocks_0_img_attn_proj"), "a LoRA for Flux;")
     case("flux-comfy", pair("diffusion_model.single_blocks.3.linear1", "lora_A", "lora_B"), "for Flux;")
+    case("dit-comfy", pair("diffusion_model.blocks.0.self_attn.q"), "for a diffusion transformer;")
     case(
         "dit-diffusers",
         pair("transformer.transformer_blocks.0.attn.to_q", "lora_A", "lora_B"),
