@@ -15,6 +15,7 @@ import torch
 
 from lorasel.checkpoints import apply, current, read_checkpoint, restore, save_checkpoint
 from lorasel.checkpoints import merge as merge_module
+from tests.ldm_files import ldm_unet_name
 from tests.lora_files import (
     kohya_lora,
     one_torch_thread,  # noqa: F401 (autouse fixture)
@@ -333,3 +334,42 @@ def test_comfyui_lora_with_bias_and_norm_changes(family, tmp_path):
             torch.testing.assert_close(value, pristine[key] + 0.5 * changes[key])
         else:
             assert torch.equal(value, lora_only[key]), key
+
+
+def test_sgm_upsampler_of_an_up_level_without_attention(tmp_path):
+    """SD 1.x's first up level has no attention, so its upsampler is ``output_blocks.2.1.conv`` in
+    the original naming (ComfyUI's), which diffusers' map reads as an attention. On a UNet laid out
+    as SD 1.x's (up levels: plain, then cross-attention), it lands on that upsampler, by the test's
+    own map."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+    )
+    name = "up_blocks.0.upsamplers.0.conv"
+    sgm = ldm_unet_name(name, 2, up_attention=(False, True))
+    assert sgm == "output_blocks.2.1.conv"
+    layer = unet.get_submodule(name)
+    g = torch.Generator().manual_seed(1)
+    down = torch.randn(2, layer.in_channels * 9, generator=g)  # ComfyUI's flattened conv factors
+    up = torch.randn(layer.out_channels, 2, generator=g)
+    tensors = {f"diffusion_model.{sgm}.lora_down.weight": down, f"diffusion_model.{sgm}.lora_up.weight": up}
+    tensors[f"diffusion_model.{sgm}.alpha"] = torch.tensor(1.0)
+    checkpoint = read_checkpoint(save_checkpoint(tmp_path / "up.safetensors", tensors))
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    try:
+        apply(unet, checkpoint, 1.0)
+        after = {k: v.clone() for k, v in unet.state_dict().items()}
+    finally:
+        restore(unet, release=True)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == [f"{name}.weight"]
+    torch.testing.assert_close(
+        after[changed[0]], before[changed[0]] + (up @ down / 2).reshape(layer.weight.shape)
+    )

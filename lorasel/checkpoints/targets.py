@@ -112,6 +112,20 @@ def sgm_to_diffusers(stem: str, unet_config) -> str | None:
     return None
 
 
+def _sgm_upsampler(flat: str, unet_config) -> str | None:
+    """The upsampler of an up level without attention, ``output_blocks_<k>_1_conv`` in SGM naming
+    (SD 1.x/2.x's first up level: ComfyUI's names), which diffusers' map takes for an attention."""
+    m = re.fullmatch(r"output_blocks_(\d+)_1_conv", flat)
+    per = getattr(unet_config, "layers_per_block", None)
+    types = getattr(unet_config, "up_block_types", None)
+    if not m or not isinstance(per, int) or not types:
+        return None
+    level, last = divmod(int(m[1]), per + 1)
+    if last != per or level >= len(types) - 1 or "CrossAttn" in types[level]:
+        return None
+    return f"up_blocks.{level}.upsamplers.0.conv"
+
+
 def _sgm_norms(flat: str) -> str:
     """SGM names of the norm layers diffusers' LoRA key maps do not know (no LoRA trains them;
     ComfyUI's and LyCORIS' full-rank changes do): a resnet's ``in_layers_0`` / ``out_layers_0``,
@@ -171,7 +185,9 @@ class Resolver:
                 continue
             hit = index.get(module.flat_target)
             if hit is None and comp == "unet" and module.flat_target.startswith(_SGM_MARKS):
-                path = sgm_to_diffusers("lora_unet_" + _sgm_norms(module.flat_target), self.unet_config)
+                path = _sgm_upsampler(module.flat_target, self.unet_config) or sgm_to_diffusers(
+                    "lora_unet_" + _sgm_norms(module.flat_target), self.unet_config
+                )
                 hit = index.get(path.replace(".", "_")) if path else None
             if hit is not None and hit[0]:
                 hits.append((comp, hit[0], hit[1]))
