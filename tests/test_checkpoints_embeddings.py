@@ -6,6 +6,7 @@ diffusers' own loaders: ``load_lora_weights`` + ``fuse_lora`` for the LoRA and
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -255,3 +256,24 @@ def test_eval_renders_a_bundled_embedding_only_where_a_prompt_names_it(tmp_path,
     assert picked["embeddings"] == (["ohwx"] if bundles else [])
     text = " ".join(CliRunner().invoke(app, ["pick", str(root)]).stdout.split())
     assert ("embedding 'ohwx' bundled in the file: write it in the prompt" in text) == bundles
+
+
+def test_an_embedding_diffusers_refuses_is_one_error_and_leaves_the_base(tmp_path):
+    """``ohwx_1`` taken by the base's tokenizer: diffusers refuses to add a 2-vector ``ohwx``; that is
+    a CheckpointError (one line in ``lorasel eval``), and the base is left as it was."""
+    pipe = shared_pipeline("sd1")
+    lora = kohya_lora(pipe, rank=2, seed=1, only=r"to_q$", text=False)
+    checkpoint = read_checkpoint(
+        save_checkpoint(tmp_path / "x.safetensors", {**lora, **_bundle(_vectors(pipe, 2), False)})
+    )
+    own = pipe.tokenizer
+    pipe.tokenizer = copy.deepcopy(own)  # the shared pipeline's own tokenizer stays as it is
+    pipe.tokenizer.add_tokens(["ohwx_1"])
+    try:
+        fingerprint, size = pipeline_fingerprint(pipe), len(pipe.tokenizer)
+        with pytest.raises(CheckpointError, match="cannot add the bundled embedding 'ohwx'"):
+            apply(pipe, checkpoint, 1.0)
+        assert pipeline_fingerprint(pipe) == fingerprint and len(pipe.tokenizer) == size
+    finally:
+        restore(pipe, release=True)
+        pipe.tokenizer = own

@@ -160,11 +160,17 @@ def _add_embeddings(state: _State, pipeline, checkpoint: LoraCheckpoint) -> None
             text_model = getattr(encoder, "text_model", encoder)
             eos = getattr(text_model, "eos_token_id", None)
             weight = encoder.get_input_embeddings().weight
-            with _quiet_transformers():  # its note on initialising new rows: ours are overwritten
-                pipeline.load_textual_inversion(
-                    vectors.to(device=weight.device, dtype=weight.dtype), token=name,
-                    tokenizer=tokenizer, text_encoder=encoder,
-                )  # fmt: skip
+            try:
+                with _quiet_transformers():  # its note on initialising new rows: ours are overwritten
+                    pipeline.load_textual_inversion(
+                        vectors.to(device=weight.device, dtype=weight.dtype), token=name,
+                        tokenizer=tokenizer, text_encoder=encoder,
+                    )  # fmt: skip
+            except (ValueError, RuntimeError) as exc:  # diffusers' own refusals (a token taken, ...)
+                raise CheckpointError(
+                    f"{checkpoint.path}: cannot add the bundled embedding {name!r}: {str(exc)[:200]}",
+                    hint="use the base model the LoRA was trained on (--base)",
+                ) from None
             state.tokens.append((component, tokens, vocab, eos))
             if eos == 2 and tokenizer.eos_token_id is not None:
                 text_model.eos_token_id = tokenizer.eos_token_id
