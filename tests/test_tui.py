@@ -582,3 +582,38 @@ def test_detail_pane_says_each_candidates_seeds_only_after_a_refinement():
             shown[name, checkpoint == first] = text.plain
     assert not any("seeds per prompt" in shown["plain", f] for f in (True, False))
     assert "3 seeds per prompt" in shown["refined", True] and "2 seeds per prompt" in shown["refined", False]
+
+
+def test_detail_pane_names_a_bundled_embedding_as_plain_text(tmp_path):
+    """A pivotal-tuning LoRA: the detail pane says which embedding goes in the prompt; its name,
+    from a stranger's file, is not Rich markup."""
+    from pathlib import Path
+
+    import torch
+    from rich.text import Text
+    from safetensors.torch import save_file
+
+    from lorasel.tui.views import RankingIndex, candidate_key
+    from lorasel.tui.widgets.detail_pane import _summary
+    from tests.synthetic_results import make_results
+
+    results = make_results(checkpoints=2, strengths=(1.0,), seeds=2, state_dir=tmp_path / "lorasel")
+    ranked = RankingIndex(rank(results, n_boot=50))
+    first, second = results.checkpoints["checkpoint"].astype(str)
+    bundled = Path(ranked.rows[candidate_key(first, 1.0)].path)
+    bundled.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            "bundle_emb.[bold]x[/bold].clip_l": torch.zeros(1, 8),
+            "lora_unet_a.lora_down.weight": torch.zeros(1, 8),
+        },
+        bundled,
+    )
+    shown = {}
+    for checkpoint in (first, second):
+        key = candidate_key(checkpoint, 1.0)
+        text = Text()
+        _summary(ranked.rows[key], key, ranked, text)
+        shown[checkpoint] = text.plain
+    assert "embedding [bold]x[/bold] bundled: write it in the prompt" in shown[first]
+    assert "embedding" not in shown[second]
