@@ -4,9 +4,10 @@ kohya-style stems are the layer's dotted path with ``_`` for ``.`` (``lora_unet_
 ``down_blocks_0_attentions_0_proj_in``): they are matched against the same flattening of
 every Linear/Conv layer of the UNet and the text encoders, exactly as kohya, A1111 and
 ComfyUI name them. SDXL files name UNet layers the original SGM way
-(``input_blocks_4_1_...``), and OMI files every UNet (``unet.input_blocks.4.1...``): those
-stems go through diffusers' own conversion
-(``_maybe_map_sgm_blocks_to_diffusers`` and the kohya→diffusers key map) first.
+(``input_blocks_4_1_...``), and OMI and ComfyUI files every UNet (``unet.input_blocks.4.1...``,
+``diffusion_model.input_blocks.4.1...``): those stems go through diffusers' own conversion
+(``_maybe_map_sgm_blocks_to_diffusers`` and the kohya→diffusers key map) first, after naming the
+norm layers and the attention-less upsampler that conversion does not know.
 
 A module that matches no layer, or whose ΔW does not fit the layer's weight, is an
 error: a LoRA made for another base must never half-apply.
