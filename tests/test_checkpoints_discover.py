@@ -88,6 +88,9 @@ def test_ai_toolkit_names_and_training_info(tmp_path):
         names,
         lambda n: {"training_info": json.dumps({"step": 7})} if n == "job.safetensors" else None,
     )
+    # ai-toolkit keeps its optimizer state beside the LoRAs, as one file: not a state folder.
+    (tmp_path / "optimizer.pt").write_bytes(b"\x80 never opened")
+    (tmp_path / "config.yaml").write_text("job: extension\n")
     entries = discover(tmp_path)
     assert _names(entries) == names
     assert [e.step for e in entries] == [250, 500, 1750, 7]  # the final's step comes from training_info
