@@ -193,3 +193,49 @@ def test_omi_files_read_with_their_family(tmp_path, stem, shape, family):
     assert (module.name, module.scale) == (stem, 0.5)
     result = runner.invoke(app, ["inspect", str(tmp_path / "omi.safetensors")])
     assert result.exit_code == 0 and "omi checkpoint for" in result.stdout
+
+
+def test_inspect_a_folder_lists_what_eval_would_find(tmp_path):
+    """``lorasel inspect FOLDER``: each checkpoint discovery finds, in training order, what it is
+    or the one-line reason it cannot be evaluated; nothing rendered; stranger text plain."""
+    stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    good = {f"{stem}.lora_down.weight": torch.randn(4, 768), f"{stem}.lora_up.weight": torch.randn(320, 4)}
+    good[f"{stem}.alpha"] = torch.tensor(2.0)
+    tags = json.dumps({"10_zkz star": {"zkz": 3}})
+    for epoch in (2, 1):
+        save_checkpoint(
+            tmp_path / f"zkz-{epoch:06d}.safetensors",
+            good,
+            {"ss_epoch": str(epoch), "ss_tag_frequency": tags},
+        )
+    broken = {**good, f"{stem}.lora_up.weight": torch.full((320, 4), float("nan"))}
+    save_checkpoint(tmp_path / "[red]x[/red]-000003.safetensors", broken, {})
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    lines = [line for line in text.splitlines() if "zkz-00000" in line]
+    assert [line.split()[0] for line in lines] == ["zkz-000001", "zkz-000002"]  # training order
+    assert all(
+        "kohya" in line and "SD1" in line and "1 lora r4 a2" in line and line.rstrip().endswith("zkz")
+        for line in lines
+    )
+    assert "[red]x[/red]-000003: " in text and "cannot be" in text and "NaN" in text
+    assert "3 checkpoints in 2 runs; 1 cannot be evaluated" in " ".join(text.split())
+    data = json.loads(runner.invoke(app, ["inspect", str(tmp_path), "--json"]).stdout)
+    rows = data["checkpoints"]
+    assert [r["label"] for r in rows][:2] == ["zkz-000001", "zkz-000002"]
+    assert rows[0] | {"path": None} == {
+        "path": None, "label": "zkz-000001", "run": "zkz", "epoch": 1, "step": None, "format": "kohya",
+        "base_family": "sd1", "algorithms": ["lora"], "modules": 1, "rank": 4, "alpha": 2.0,
+        "trigger": "zkz", "embeddings": [],
+    }  # fmt: skip
+    assert set(rows[2]) == {"path", "label", "run", "epoch", "step", "error"} and "NaN" in rows[2]["error"]
+    assert not (tmp_path / "lorasel").exists()
+
+
+def test_inspect_an_empty_folder_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("no LoRAs here")
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: no LoRA checkpoints (.safetensors) found under {tmp_path}")
+    assert len(result.stderr.strip().splitlines()) == 1
