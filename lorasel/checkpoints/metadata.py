@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 
+from lorasel.checkpoints.keys import SGM_UNET
 from lorasel.checkpoints.model import LoraModule
 
 MAX_TEXT = 200
@@ -262,7 +263,6 @@ _OTHER_MODELS = (
 )
 # Module paths of diffusion transformers: Flux's double and single stream blocks (kohya's, ComfyUI's
 # and BFL's names); diffusers' and PEFT's ``transformer`` (Flux, SD 3, ...); SD 3's T5 (``lora_te3_``).
-_SGM_DOTTED = tuple(f"{block}." for block in (*_SGM, "time_embed", "out"))
 _DIT_KEY = re.compile(
     r"(^|[._])(double_blocks|single_blocks)[._]"
     r"|^(transformer\.|lora_transformer_|base_model\.model\.(single_)?transformer_blocks\.)"
@@ -280,7 +280,7 @@ def other_model(keys: Iterable[str] = (), metadata: Mapping[str, str] | None = N
             return "SD 3"
         if _DIT_KEY.search(key):
             return "Flux" if ("double_blocks" in key or "single_blocks" in key) else "a diffusion transformer"
-        if key.startswith("diffusion_model.") and not key[len("diffusion_model.") :].startswith(_SGM_DOTTED):
+        if key.startswith("diffusion_model.") and not key[len("diffusion_model.") :].startswith(SGM_UNET):
             return "a diffusion transformer"  # ComfyUI's names; its SD UNet paths are SGM's
     metadata = metadata or {}
     text = " ".join(str(metadata.get(k) or "") for k in ("ss_base_model_version", "modelspec.architecture"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -100,10 +101,26 @@ def _for_another_model(path: Path, model: str) -> CheckpointError:
     )
 
 
+#: What a user of a LoRA with bundled embeddings must know (pick, the report and the TUI say it).
+EMBEDDING_ADVICE = (
+    "write it in the prompt; A1111 loads bundled embeddings with the LoRA, ComfyUI and Forge do not"
+)
+
+
 def bundled_embeddings(path: str | os.PathLike) -> list[str]:
     """The names of the textual-inversion embeddings a LoRA file bundles, from its header alone;
-    [] when the file is gone or unreadable."""
+    [] when the file is gone or unreadable. Memoised by (path, size, mtime): the TUI asks on every
+    cursor move."""
     try:
-        return bundled_names(read_header(path).tensors)
-    except (CheckpointError, OSError):
+        st = os.stat(path)
+    except OSError:
         return []
+    return list(_bundled_embeddings(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=1024)
+def _bundled_embeddings(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    try:
+        return tuple(bundled_names(read_header(path).tensors))
+    except (CheckpointError, OSError):
+        return ()

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from lorasel.checkpoints.read import EMBEDDING_ADVICE
 from lorasel.cli.app import app
 from lorasel.cli.ranking_output import (
     PathArg,
@@ -74,10 +75,7 @@ def pick_command(
     )
     if embeddings:
         names = " and ".join(repr(printable(n)) for n in embeddings)
-        typer.echo(
-            f"  embedding   {names} bundled in the file: write it in the prompt (A1111 loads it with the "
-            "LoRA; ComfyUI and Forge do not read bundled embeddings)"
-        )
+        typer.echo(f"  embedding   {names} bundled in the file: {EMBEDDING_ADVICE}")
     where = ", ".join(x for x in (f"epoch {best.epoch}" if best.epoch is not None else "",
                                    f"step {best.step}" if best.step is not None else "") if x)  # fmt: skip
     if where:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from lorasel import __version__
-from lorasel.checkpoints.read import bundled_embeddings
+from lorasel.checkpoints.read import EMBEDDING_ADVICE, bundled_embeddings
 from lorasel.io import atomic_write_text
 from lorasel.rank.bootstrap import TIE_LEVEL
 from lorasel.rank.ranking import Candidate, Ranking
@@ -348,6 +348,7 @@ def render_html(
         ),
         "pick": _candidate_view(best),
         "embeddings": bundled_embeddings(best.path),
+        "embedding_advice": EMBEDDING_ADVICE,
         "runner_up": _candidate_view(ranking.runner_up) if ranking.runner_up else None,
         "tied": tied,
         "tie_advice": ranking.tie_advice(len(tied)),

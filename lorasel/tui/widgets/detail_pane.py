@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from lorasel.checkpoints.read import bundled_embeddings
+from lorasel.checkpoints.read import EMBEDDING_ADVICE, bundled_embeddings
 from lorasel.rank import Candidate
 from lorasel.results import METRIC_SHORT
 from lorasel.tui.session import CandidateKey
@@ -68,9 +68,7 @@ def _summary(c: Candidate, key: CandidateKey, ranked: RankingIndex, text: Text) 
     if not c.is_base and (embeddings := bundled_embeddings(c.path)):  # a pivotal-tuning LoRA
         text.append("\nembedding ")
         text.append(clean(", ".join(embeddings)))
-        text.append(
-            " bundled: write it in the prompt (A1111 loads it; ComfyUI and Forge do not)", style="dim"
-        )
+        text.append(f" bundled: {EMBEDDING_ADVICE}", style="dim")
     text.append("\n")
 
 
