@@ -79,7 +79,26 @@ def _bad_files(tmp_path):
     case("nothing-lora", {"foo.bar": torch.zeros(1)}, "not a LoRA")
     case("flux-model", {"double_blocks.0.img_attn.proj.weight": torch.zeros(1)}, "no key is a LoRA key")
     case("extra-keys", {**good_tensors(), "model.diffusion_model.x.weight": torch.zeros(1)}, "not LoRA keys")
-    case("oft", {f"{STEM}.oft_blocks": torch.zeros(2, 2, 2), f"{STEM}.alpha": torch.tensor(1.0)}, "OFT")
+    case("oft-old", {f"{STEM}.oft_diag": torch.zeros(2, 2, 2)}, "uses the LyCORIS algorithm OFT (its pre-2.0")
+    case("glora", {f"{STEM}.a1.weight": torch.zeros(2, 4)}, "uses the LyCORIS algorithm GLoRA")
+
+    def oft(blocks, **more):
+        return {f"{STEM}.oft_blocks": blocks, f"{STEM}.alpha": torch.tensor(0.0)} | {
+            f"{STEM}.{k}": v for k, v in more.items()
+        }
+
+    case("oft-not-square", oft(torch.zeros(4, 2, 3)), "oft_blocks should be [blocks, size, size]")
+    case("oft-flat", oft(torch.zeros(8, 8)), "oft_blocks should be [blocks, size, size]")
+    case("boft-too-many-stages", oft(torch.zeros(4, 4, 2, 2)), "a BOFT of 4 stages cannot pair 4 blocks of 2")
+    case("boft-odd-size", oft(torch.zeros(1, 4, 3, 3)), "cannot pair 4 blocks of 3")
+    case("oft-rescale-misfit", oft(torch.zeros(4, 2, 2), rescale=torch.ones(6, 1)), "rescales 6 rows")
+    case("oft-nan", oft(torch.full((4, 2, 2), float("nan"))), "NaN")
+    case(
+        "rescale-without-oft", {**good_tensors(), f"{STEM}.rescale": torch.ones(64, 1)}, "OFT rescale without"
+    )
+    case(
+        "oft-with-dora", oft(torch.zeros(4, 2, 2), dora_scale=torch.ones(8, 1)), "mixes an OFT rotation with"
+    )
     case("incomplete", {f"{STEM}.lora_down.weight": torch.zeros(2, 4)}, "missing up")
     case("full-bias-only", {f"{STEM}.diff_b": torch.zeros(4)}, "no key is a LoRA key")
     case(

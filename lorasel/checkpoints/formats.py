@@ -3,7 +3,9 @@
 - kohya / LyCORIS: ``lora_unet_<path>`` / ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` (and
   LyCORIS' standalone ``lycoris_``) + ``.lora_down.weight`` / ``.lora_up.weight`` /
   ``.lora_mid.weight`` / ``.alpha`` / ``.dora_scale`` / ``.hada_*`` / ``.lokr_*``, and LyCORIS'
-  full-rank ``.diff`` / ``.diff_b`` ("full") and ``.w_norm`` / ``.b_norm`` (``train_norm``).
+  full-rank ``.diff`` / ``.diff_b`` ("full") and ``.w_norm`` / ``.b_norm`` (``train_norm``), and
+  OFT's ``.oft_blocks`` (+ ``.rescale``): LyCORIS' diag-oft (3-D) and boft (4-D), kohya's
+  ``networks.oft`` (``oft_unet_`` keys), their ``.alpha`` the rotation's constraint.
 - OMI (OneTrainer's "OMI" files and backups, InvokeAI): ``unet.`` + the SGM path
   (``input_blocks.4.1.…``) / ``clip_l.`` / ``clip_g.`` + dotted path, with kohya's suffixes; the
   UNet stems go through the same SGM map as kohya's SDXL ones.
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 
 from lorasel.checkpoints.deltas import factor_delta
+from lorasel.checkpoints.deltas.oft import OFT_KINDS, check_layout
 from lorasel.checkpoints.keys import classify, modernise_diffusers_keys, natural_key, original_stem
 from lorasel.checkpoints.metadata import PREDICTION_MARKERS
 from lorasel.checkpoints.model import LoraModule
@@ -37,7 +40,7 @@ from lorasel.errors import CheckpointError
 
 # LyCORIS algorithms lorasel does not merge (yet): named so the error says what the file is.
 _UNSUPPORTED = {
-    "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "BOFT", "a1.weight": "GLoRA",
+    "oft_diag": "OFT (its pre-2.0 layout)", "oft_R": "BOFT (its pre-2.0 layout)", "a1.weight": "GLoRA",
     "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA", "on_input": "(IA)^3",
 }  # fmt: skip
 
@@ -61,7 +64,7 @@ def _unsupported(path: Path, keys: list[str]) -> CheckpointError | None:
             if key.endswith("." + suffix):
                 return CheckpointError(
                     f"{path} uses the LyCORIS algorithm {algo} (key {key!r}), which lorasel does not merge",
-                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker, DoRA, full and norm checkpoints",
+                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker, DoRA, OFT, BOFT, full and norm checkpoints",
                 )
     return None
 
@@ -109,6 +112,8 @@ _REQUIRED = {
     "lokr": [("w1", "w1a"), ("w2", "w2a")],
     "full": [("diff",)],
     "norm": [("w",)],
+    "oft": [("blocks",)],
+    "boft": [("blocks",)],
 }
 
 
@@ -128,8 +133,8 @@ def _check_complete(path: Path, stem: str, kind: str, t: dict[str, torch.Tensor]
 
 
 def _rank(kind: str, t: dict[str, torch.Tensor]) -> int | None:
-    if kind in ("full", "norm"):
-        return None  # full-rank: ΔW itself
+    if kind in ("full", "norm", *OFT_KINDS):
+        return None  # full-rank: ΔW itself; OFT: a rotation, in blocks
     if kind == "lora":
         return int(t["down"].shape[0])
     if kind == "loha":
@@ -152,7 +157,23 @@ def _algo(kind: str, t: dict[str, torch.Tensor], dora: bool) -> str:
 
 
 def _delta_shape(path: Path, stem: str, kind: str, t: dict[str, torch.Tensor]) -> tuple[int, ...]:
-    """ΔW's shape, found by running the maths on shape-only tensors: a mismatch is a clear error."""
+    """ΔW's shape, found by running the maths on shape-only tensors: a mismatch is a clear error.
+    An OFT's ΔW takes the base weight's shape; its blocks fix the output rows only: (rows,)."""
+    if kind in OFT_KINDS:
+        blocks = tuple(t["blocks"].shape)
+        problem = check_layout(blocks)
+        if problem:
+            raise CheckpointError(
+                f"{path}: module {stem!r}: {problem}, not {list(blocks)}", hint="the file is corrupt"
+            )
+        rows = blocks[-3] * blocks[-1]
+        rescale = t.get("rescale")
+        if rescale is not None and rescale.numel() != rows:
+            raise CheckpointError(
+                f"{path}: module {stem!r} rescales {rescale.numel()} rows; its rotation turns {rows}",
+                hint="the file is corrupt",
+            )
+        return (rows,)
     meta = {k: torch.empty(v.shape, device="meta") for k, v in t.items()}
     try:
         return tuple(factor_delta(kind, meta, 1.0).shape)
@@ -191,8 +212,8 @@ def _number(path: Path, where: str, value, positive: bool = False) -> float:
 
 def _kohya_scale(kind: str, t, rank: int | None, alpha: float | None) -> tuple[float | None, float]:
     """(alpha as reported, γ) for kohya/LyCORIS files."""
-    if kind in ("full", "norm"):
-        return alpha, 1.0  # ΔW itself: LyCORIS scales it by the strength only
+    if kind in ("full", "norm", *OFT_KINDS):
+        return alpha, 1.0  # ΔW itself, or a rotation (alpha its constraint): no γ
     if kind == "lokr" and "w1" in t and "w2" in t:
         return alpha, 1.0  # both factors full: LyCORIS, A1111 and ComfyUI use γ = 1
     if not alpha:
@@ -349,6 +370,20 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
         _check_finite(path, key, tensor)
     kind = _kind(path, stem, {k for k, _, _ in group.values() if k})
     t = {name: tensor for name, (k, _, tensor) in group.items() if k}
+    if kind == "oft" and t["blocks"].dim() == 4:
+        kind = "boft"  # LyCORIS' butterfly: stages of blocks
+    if "rescale" in group:
+        if kind not in OFT_KINDS or "dora_scale" in group:
+            raise CheckpointError(
+                f"{path}: module {stem!r} has an OFT rescale without an OFT rotation, or with DoRA",
+                hint="the file is corrupt or in a format lorasel does not know",
+            )
+        t["rescale"] = group["rescale"][2]
+    if kind in OFT_KINDS and "dora_scale" in group:
+        raise CheckpointError(
+            f"{path}: module {stem!r} mixes an OFT rotation with a DoRA magnitude",
+            hint="the file is corrupt or in a format lorasel does not know",
+        )
     _check_complete(path, stem, kind, t)
     shape = _delta_shape(path, stem, kind, t)
     rank = _rank(kind, t)
@@ -407,6 +442,8 @@ def _file_format(formats: set[str], modules: tuple[LoraModule, ...], metadata: M
         return "omi"
     if "comfyui" in formats:
         return "comfyui"
+    if modules and all(m.name.startswith("oft_unet_") for m in modules):
+        return "kohya"  # kohya's networks.oft
     lycoris = "lycoris" in formats or any(m.kind != "lora" for m in modules)
     lycoris = lycoris or "lycoris" in metadata.get("ss_network_module", "").lower()
     return "lycoris" if lycoris else "kohya"

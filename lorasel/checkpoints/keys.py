@@ -25,6 +25,9 @@ KOHYA_SUFFIXES = {
     "alpha": (None, "alpha"), "dora_scale": (None, "dora_scale"),
     # LyCORIS' full-rank modules: "full" (ΔW itself, and Δbias) and train_norm's norm layers.
     "diff": ("full", "diff"), "diff_b": (None, "bias"), "w_norm": ("norm", "w"), "b_norm": (None, "bias"),
+    # OFT (LyCORIS' diag-oft and boft, kohya's networks.oft): the blocks of a rotation, and
+    # LyCORIS' per-row rescale; their alpha is the rotation's constraint.
+    "oft_blocks": ("oft", "blocks"), "rescale": (None, "rescale"),
 }  # fmt: skip
 # PEFT names its LoHa/LoKr tensors like LyCORIS does.
 PEFT_SUFFIXES = {
@@ -36,6 +39,7 @@ _KOHYA_ORDER = sorted(KOHYA_SUFFIXES, key=len, reverse=True)
 _PEFT_ORDER = sorted(PEFT_SUFFIXES, key=len, reverse=True)
 KOHYA_PREFIXES = (
     ("lora_unet_", "unet"),
+    ("oft_unet_", "unet"),  # kohya's networks.oft (UNet only)
     ("lora_te1_", "text_encoder"),
     ("lora_te2_", "text_encoder_2"),
     ("lora_te_", "text_encoder"),

@@ -15,7 +15,7 @@ import torch
 
 FORMATS = ("kohya", "lycoris", "peft", "diffusers", "omi", "comfyui")
 FAMILIES = ("sd1", "sd2", "sdxl", "unknown")
-ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora", "full", "norm")
+ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora", "full", "norm", "oft", "boft")
 # Pipeline components a LoRA can touch, in the order a component-less key is tried.
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -26,7 +26,9 @@ class LoraModule:
     """One adapted layer: its factors, and how to scale them.
 
     ``name`` is the key stem exactly as in the file. ``kind`` is the factorisation
-    (``lora`` | ``loha`` | ``lokr``) whatever ``algo`` says (``dora`` hides it).
+    (``lora`` | ``loha`` | ``lokr`` | ``full`` | ``norm`` | ``oft`` | ``boft``) whatever ``algo``
+    says (``dora`` hides it). An OFT's ``delta_shape`` is (output rows,): it rotates the base's
+    weight, whatever its input width; ``alpha`` is its constraint.
     ``component`` is the pipeline part the key names (``None`` when the file does not
     say: ``lycoris_`` and bare PEFT keys), ``target`` the layer's path inside it, dotted
     (``down_blocks.0.attentions.0.proj_in``) or flattened with ``_`` as kohya writes it.
@@ -54,7 +56,7 @@ class LoraModule:
     @property
     def in_features(self) -> int:
         """Input width (times the kernel area when the factors flatten a conv); a norm layer's
-        width for its 1-D ΔW."""
+        width for its 1-D ΔW (an OFT's factors do not say: its output width)."""
         return self.delta_shape[1] if len(self.delta_shape) > 1 else self.delta_shape[0]
 
     @property

@@ -3,7 +3,7 @@
 ``delta_norm`` is the Frobenius norm of a module's full-strength γ·ΔW. It is computed
 without forming ΔW where the algebra allows (LoRA: ‖UD‖² = ⟨UᵀU, DDᵀ⟩; LoKr:
 ‖W1 ⊗ W2‖ = ‖W1‖·‖W2‖), so inspecting an SDXL LoRA takes milliseconds, not a minute.
-DoRA's ΔW depends on the base weights, so its norm is null without a base.
+DoRA's and OFT's ΔW depend on the base weights, so their norm is null without a base.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import Counter
 import torch
 
 from lorasel.checkpoints.deltas import lokr_delta, module_delta
+from lorasel.checkpoints.deltas.oft import OFT_KINDS
 from lorasel.checkpoints.metadata import PREDICTION_WORDS
 from lorasel.checkpoints.model import LoraCheckpoint, LoraModule
 
@@ -21,8 +22,8 @@ FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "an unkn
 
 
 def delta_norm(module: LoraModule) -> float | None:
-    """‖γ·ΔW‖_F at full strength; None for DoRA (its ΔW needs the base weights)."""
-    if module.dora_scale is not None:
+    """‖γ·ΔW‖_F at full strength; None for DoRA and OFT (their ΔW needs the base weights)."""
+    if module.dora_scale is not None or module.kind in OFT_KINDS:
         return None
     t = module.tensors
     if module.kind == "lora" and "mid" not in t:
@@ -74,15 +75,18 @@ def summary_line(checkpoint: LoraCheckpoint) -> str:
     """Algorithms, module count, rank/alpha, epoch/step and trigger in one line."""
     algos = Counter(m.algo for m in checkpoint.modules)
     algo_text = ", ".join(f"{n} {a}" for a, n in algos.most_common())
-    pairs = Counter((m.rank, m.alpha) for m in checkpoint.modules)
-    ranks = ", ".join(f"{_number(r)}/{_number(a)}" for (r, a), _ in pairs.most_common(3))
-    if len(pairs) > 3:
-        ranks += ", …"
     parts = [
         f"{checkpoint.format} checkpoint for {FAMILY_LABELS.get(checkpoint.base_family, checkpoint.base_family)}",
         f"{len(checkpoint.modules)} modules ({algo_text})",
-        f"rank/alpha {ranks}",
     ]
+    pairs = Counter((m.rank, m.alpha) for m in checkpoint.modules if m.kind not in OFT_KINDS)
+    if pairs:
+        ranks = ", ".join(f"{_number(r)}/{_number(a)}" for (r, a), _ in pairs.most_common(3))
+        parts.append(f"rank/alpha {ranks}{', …' if len(pairs) > 3 else ''}")
+    constraints = Counter(m.alpha or 0.0 for m in checkpoint.modules if m.kind in OFT_KINDS)
+    if constraints:  # an OFT's alpha is its rotation's constraint (0: none)
+        values = ", ".join(f"{c:g}" if c > 0 else "none" for c, _ in constraints.most_common(3))
+        parts.append(f"OFT constraint {values}{', …' if len(constraints) > 3 else ''}")
     progress = []
     if checkpoint.epoch is not None:
         progress.append(f"epoch {checkpoint.epoch}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lorasel.checkpoints.deltas.oft import OFT_KINDS
 from lorasel.checkpoints.model import COMPONENTS, TEXT_ENCODERS, LoraCheckpoint, LoraModule
 from lorasel.errors import CheckpointError
 
@@ -150,6 +151,12 @@ def fits(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
     )
 
 
+def _weight_fits(module: LoraModule, weight_shape: tuple[int, ...]) -> bool:
+    if module.kind in OFT_KINDS:  # a rotation of the output rows of a Linear or a conv
+        return len(weight_shape) >= 2 and weight_shape[0] == module.out_features
+    return fits(module.delta_shape, weight_shape)
+
+
 def _bias_fits(module: LoraModule, layer: nn.Module) -> bool:
     bias = getattr(layer, "bias", None)
     return module.bias_delta is None or (
@@ -209,7 +216,7 @@ class Resolver:
                 h
                 for h in hits
                 if getattr(h[2], "weight", None) is not None
-                and fits(module.delta_shape, tuple(h[2].weight.shape))
+                and _weight_fits(module, tuple(h[2].weight.shape))
                 and _dora_fits(module, tuple(h[2].weight.shape))
                 and _bias_fits(module, h[2])
             ]
@@ -218,6 +225,8 @@ class Resolver:
                 weight = getattr(layer, "weight", None)
                 have = list(weight.shape) if weight is not None else "without weights"
                 what = f"ΔW {list(module.delta_shape)}"
+                if module.kind in OFT_KINDS:
+                    what = f"a rotation of {module.out_features} output rows"
                 if module.bias_delta is not None:
                     bias = getattr(layer, "bias", None)
                     what += f", Δb {list(module.bias_delta.shape)}"

@@ -11,13 +11,19 @@ from lorasel.checkpoints.deltas.dora import dora_delta, dora_weight
 from lorasel.checkpoints.deltas.loha import loha_delta
 from lorasel.checkpoints.deltas.lokr import lokr_delta
 from lorasel.checkpoints.deltas.lora import lora_delta
+from lorasel.checkpoints.deltas.oft import OFT_KINDS, oft_delta
 from lorasel.checkpoints.model import LoraModule
 
-__all__ = ["dora_delta", "dora_weight", "loha_delta", "lokr_delta", "lora_delta", "module_delta"]
+__all__ = [
+    "dora_delta", "dora_weight", "loha_delta", "lokr_delta", "lora_delta", "module_delta", "oft_delta",
+]  # fmt: skip
 
 
 def module_delta(module: LoraModule, device: torch.device | str | None = None) -> torch.Tensor:
-    """γ·ΔW of one module at full strength, float32 (the low-rank part; DoRA's rescale needs W0)."""
+    """γ·ΔW of one module at full strength, float32 (the low-rank part; DoRA's rescale needs W0).
+    An OFT's ΔW is the base weight's rotation: ``oft_delta(w0, module)``."""
+    if module.kind in OFT_KINDS:
+        raise ValueError(f"{module.name}: an OFT's ΔW depends on the base weight (use oft_delta)")
     t = {k: v.to(device) if device is not None else v for k, v in module.tensors.items()}
     return factor_delta(module.kind, t, module.scale)
 
