@@ -79,7 +79,11 @@ def _bad_files(tmp_path):
     case("nothing-lora", {"foo.bar": torch.zeros(1)}, "not a LoRA")
     case("flux-model", {"double_blocks.0.img_attn.proj.weight": torch.zeros(1)}, "no key is a LoRA key")
     case("extra-keys", {**good_tensors(), "model.diffusion_model.x.weight": torch.zeros(1)}, "not LoRA keys")
-    case("oft-old", {f"{STEM}.oft_diag": torch.zeros(2, 2, 2)}, "uses the LyCORIS algorithm OFT (its pre-2.0")
+    case(
+        "oft-old",
+        {f"{STEM}.oft_diag": torch.zeros(2, 2, 2)},
+        "uses the LyCORIS algorithm OFT in an older layout",
+    )
     case("glora", {f"{STEM}.a1.weight": torch.zeros(2, 4)}, "uses the LyCORIS algorithm GLoRA")
 
     def oft(blocks, **more):

@@ -40,7 +40,7 @@ from lorasel.errors import CheckpointError
 
 # LyCORIS algorithms lorasel does not merge (yet): named so the error says what the file is.
 _UNSUPPORTED = {
-    "oft_diag": "OFT (its pre-2.0 layout)", "oft_R": "BOFT (its pre-2.0 layout)", "a1.weight": "GLoRA",
+    "oft_diag": "OFT in an older layout", "oft_R": "OFT/BOFT in an older layout", "a1.weight": "GLoRA",
     "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA", "on_input": "(IA)^3",
 }  # fmt: skip
 
@@ -373,9 +373,9 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
     if kind == "oft" and t["blocks"].dim() == 4:
         kind = "boft"  # LyCORIS' butterfly: stages of blocks
     if "rescale" in group:
-        if kind not in OFT_KINDS or "dora_scale" in group:
+        if kind not in OFT_KINDS:
             raise CheckpointError(
-                f"{path}: module {stem!r} has an OFT rescale without an OFT rotation, or with DoRA",
+                f"{path}: module {stem!r} has an OFT rescale without an OFT rotation",
                 hint="the file is corrupt or in a format lorasel does not know",
             )
         t["rescale"] = group["rescale"][2]
