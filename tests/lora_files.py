@@ -210,3 +210,14 @@ def lycoris_reference_delta(lora) -> torch.Tensor:
             w2, None if w2 is not None else get("lokr_w2_a"), None if w2 is not None else get("lokr_w2_b"),
             t2, scale=lora.scale,
         )  # fmt: skip
+
+
+def unet_inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded (latents, timestep, text states) for a tiny SD 1.x UNet's forward."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 4, 8, 8, generator=gen), torch.tensor([10]), torch.randn(1, 7, 32, generator=gen)
+
+
+def unet_forward(unet, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return unet(*inputs).sample

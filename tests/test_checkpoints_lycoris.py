@@ -20,6 +20,8 @@ from tests.lora_files import (
     randomise_lycoris,
     render_small,
     shared_pipeline,
+    unet_forward,
+    unet_inputs,
 )
 
 CASES = {
@@ -56,31 +58,17 @@ EXPECTED_ALGOS = {
 }
 
 
-def _unet_inputs():
-    gen = torch.Generator().manual_seed(1)
-    return (
-        torch.randn(1, 4, 8, 8, generator=gen),
-        torch.tensor([10]),
-        torch.randn(1, 7, 32, generator=gen),
-    )
-
-
-def _forward(unet, inputs):
-    with torch.no_grad():
-        return unet(*inputs).sample
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_lycoris_file_matches_lycoris(case, tmp_path):
     algo, kwargs = CASES[case]
     kwargs = dict(kwargs)
     dim = kwargs.pop("dim", 2)
     unet = shared_pipeline("sd1").unet
-    inputs = _unet_inputs()
-    base_out = _forward(unet, inputs)
+    inputs = unet_inputs()
+    base_out = unet_forward(unet, inputs)
     net = lycoris_network(unet, algo, dim=dim, alpha=1.5, seed=hash(case) % 1000, **kwargs)
     try:
-        lycoris_out = _forward(unet, inputs)  # LyCORIS' own forward at multiplier 1
+        lycoris_out = unet_forward(unet, inputs)  # LyCORIS' own forward at multiplier 1
         file = tmp_path / f"{case}.safetensors"
         net.save_weights(str(file), torch.float32, {"ss_network_module": "lycoris.kohya"})
         loras = {lora.lora_name: lora for lora in net.loras}
@@ -108,12 +96,12 @@ def test_lycoris_file_matches_lycoris(case, tmp_path):
 
     apply(unet, checkpoint, 1.0)
     try:
-        merged_out = _forward(unet, inputs)
+        merged_out = unet_forward(unet, inputs)
     finally:
         restore(unet, release=True)
     assert not torch.allclose(lycoris_out, base_out, atol=1e-3)  # the LoRA does something
     torch.testing.assert_close(merged_out, lycoris_out, rtol=1e-4, atol=1e-4)
-    assert torch.equal(_forward(unet, inputs), base_out)
+    assert torch.equal(unet_forward(unet, inputs), base_out)
 
 
 LOKR_LAYOUTS = [

@@ -26,6 +26,8 @@ from tests.lora_files import (
     one_torch_thread,  # noqa: F401 (autouse fixture)
     sdxl_sgm_name,
     shared_pipeline,
+    unet_forward,
+    unet_inputs,
 )
 
 LYCORIS_CASES = {
@@ -36,31 +38,17 @@ LYCORIS_CASES = {
 }
 
 
-def _unet_inputs():
-    gen = torch.Generator().manual_seed(3)
-    return (
-        torch.randn(1, 4, 8, 8, generator=gen),
-        torch.tensor([10]),
-        torch.randn(1, 7, 32, generator=gen),
-    )
-
-
-def _forward(unet, inputs):
-    with torch.no_grad():
-        return unet(*inputs).sample
-
-
 @pytest.mark.parametrize("case", list(LYCORIS_CASES))
 def test_lycoris_oft_file_matches_lycoris(case, tmp_path):
     """Every module's ΔW equals LyCORIS' ``get_diff_weight``; the merged UNet computes what
     LyCORIS' own forward computes; restore gives the base back bit-exactly."""
     algo, kwargs = LYCORIS_CASES[case]
     unet = shared_pipeline("sd1").unet
-    inputs = _unet_inputs()
-    base_out = _forward(unet, inputs)
+    inputs = unet_inputs(3)
+    base_out = unet_forward(unet, inputs)
     net = lycoris_network(unet, algo, dim=4, seed=sum(map(ord, case)), **kwargs)
     try:
-        lycoris_out = _forward(unet, inputs)
+        lycoris_out = unet_forward(unet, inputs)
         file = tmp_path / f"{case}.safetensors"
         net.save_weights(str(file), torch.float32, {"ss_network_module": "lycoris.kohya"})
         loras = {lora.lora_name: lora for lora in net.loras}
@@ -91,30 +79,30 @@ def test_lycoris_oft_file_matches_lycoris(case, tmp_path):
 
     apply(unet, checkpoint, 1.0)
     try:
-        merged_out = _forward(unet, inputs)
+        merged_out = unet_forward(unet, inputs)
     finally:
         restore(unet, release=True)
     assert not torch.allclose(lycoris_out, base_out, atol=1e-2)  # the rotation does something
     torch.testing.assert_close(merged_out, lycoris_out, rtol=1e-4, atol=1e-4)
-    assert torch.equal(_forward(unet, inputs), base_out)
+    assert torch.equal(unet_forward(unet, inputs), base_out)
 
 
 def test_diag_oft_strength_is_lycoris_multiplier(tmp_path):
     """For a diag-OFT without rescale, lorasel's strength s (W + s·ΔW) is LyCORIS' own multiplier."""
     unet = shared_pipeline("sd1").unet
-    inputs = _unet_inputs()
+    inputs = unet_inputs(3)
     net = lycoris_network(unet, "diag-oft", dim=4, seed=11)
     try:
         for lora in net.loras:
             lora.multiplier = 0.6
-        lycoris_out = _forward(unet, inputs)
+        lycoris_out = unet_forward(unet, inputs)
         file = tmp_path / "oft.safetensors"
         net.save_weights(str(file), torch.float32, {})
     finally:
         net.restore()
     apply(unet, read_checkpoint(file), 0.6)
     try:
-        merged_out = _forward(unet, inputs)
+        merged_out = unet_forward(unet, inputs)
     finally:
         restore(unet, release=True)
     torch.testing.assert_close(merged_out, lycoris_out, rtol=1e-4, atol=1e-4)
