@@ -23,20 +23,14 @@ import torch
 from torch import nn
 
 from lorasel.checkpoints.deltas.oft import OFT_KINDS
+from lorasel.checkpoints.keys import SGM_UNET
 from lorasel.checkpoints.model import COMPONENTS, TEXT_ENCODERS, LoraCheckpoint, LoraModule
 from lorasel.errors import CheckpointError
 
 # Layers a module can change: LoRA-style ΔW on Linear/Conv, LyCORIS train_norm's on norm layers.
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm)
-_SGM_MARKS = (
-    "input_blocks_",
-    "middle_block_",
-    "output_blocks_",
-    "time_embed_",
-    "label_emb_",
-    "out_2",
-    "out_0",
-)
+# The SGM block names (keys.SGM_UNET) as a flattened target starts with them.
+_SGM_MARKS = tuple(prefix.replace(".", "_") for prefix in SGM_UNET)
 FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "toy": "SD1-style toy", "unknown": "unknown"}
 
 
