@@ -84,7 +84,50 @@ def _bad_files(tmp_path):
         {f"{STEM}.oft_diag": torch.zeros(2, 2, 2)},
         "uses the LyCORIS algorithm OFT in an older layout",
     )
-    case("glora", {f"{STEM}.a1.weight": torch.zeros(2, 4)}, "uses the LyCORIS algorithm GLoRA")
+    glora = lambda **shapes: {f"{STEM}.{k}.weight": torch.zeros(*v) for k, v in shapes.items()}  # noqa: E731
+    case("glora-incomplete", glora(a1=(64, 2)), "missing a2, b1, b2")
+    case("glora-misfit", glora(a1=(64, 2), a2=(3, 64), b1=(64, 2), b2=(2, 64)), "GLoRA factors of module")
+    case("glora-wa-misfit", glora(a1=(32, 2), a2=(2, 32), b1=(64, 2), b2=(2, 64)), "do not fit together")
+    case(
+        "glora-first-layout-conv",
+        glora(a1=(2, 64, 1, 1), a2=(64, 2, 1, 1), b1=(2, 64, 1, 1), b2=(32, 2, 1, 1)),
+        "GLoRA factors of module",
+    )
+    case(
+        "glora-tucker",
+        {
+            **glora(a1=(64, 2), a2=(2, 64), b1=(64, 2), b2=(2, 64)),
+            f"{STEM}.bm.weight": torch.zeros(2, 2, 3, 3),
+        },
+        "uses the LyCORIS algorithm GLoRA with a Tucker factor",
+    )
+    case(
+        "glora-with-dora",
+        {**glora(a1=(64, 2), a2=(2, 64), b1=(64, 2), b2=(2, 64)), f"{STEM}.dora_scale": torch.ones(64, 1)},
+        "mixes a GLoRA with a DoRA magnitude",
+    )
+    case("ia3-without-on-input", {f"{STEM}.weight": torch.ones(64)}, "missing on_input")
+    case(
+        "ia3-on-input-2",
+        {f"{STEM}.weight": torch.ones(64), f"{STEM}.on_input": torch.tensor(2)},
+        "not 0 or 1",
+    )
+    case(
+        "ia3-nan",
+        {f"{STEM}.weight": torch.full((64,), float("nan")), f"{STEM}.on_input": torch.tensor(0)},
+        "NaN",
+    )
+    case(
+        "ia3-with-lora",
+        {**good_tensors(), f"{STEM}.weight": torch.ones(64), f"{STEM}.on_input": torch.tensor(0)},
+        "mixes tensors of different algorithms",
+    )
+    # A bare ``.weight`` is (IA)³'s on kohya/LyCORIS stems only: a ComfyUI-named model's key is not.
+    case(
+        "comfy-model-key",
+        {**good_tensors(), "diffusion_model.input_blocks.0.0.weight": torch.zeros(1)},
+        "not LoRA keys",
+    )
 
     def oft(blocks, **more):
         return {f"{STEM}.oft_blocks": blocks, f"{STEM}.alpha": torch.tensor(0.0)} | {

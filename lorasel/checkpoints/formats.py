@@ -5,7 +5,9 @@
   ``.lora_mid.weight`` / ``.alpha`` / ``.dora_scale`` / ``.hada_*`` / ``.lokr_*``, and LyCORIS'
   full-rank ``.diff`` / ``.diff_b`` ("full") and ``.w_norm`` / ``.b_norm`` (``train_norm``), and
   OFT's ``.oft_blocks`` (+ ``.rescale``): LyCORIS' diag-oft (3-D) and boft (4-D), kohya's
-  ``networks.oft`` (``oft_unet_`` keys), their ``.alpha`` the rotation's constraint.
+  ``networks.oft`` (``oft_unet_`` keys), their ``.alpha`` the rotation's constraint, and
+  GLoRA's ``.a1.weight`` … ``.b2.weight`` (either of LyCORIS' layouts) and (IA)³'s ``.weight``
+  + ``.on_input`` (kohya and LyCORIS prefixes only: elsewhere a bare ``.weight`` is a model's).
 - OMI (OneTrainer's "OMI" files and backups, InvokeAI): ``unet.`` + the SGM path
   (``input_blocks.4.1.…``) / ``clip_l.`` / ``clip_g.`` + dotted path, with kohya's suffixes; the
   UNet stems go through the same SGM map as kohya's SDXL ones.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from lorasel.checkpoints.deltas import factor_delta
+from lorasel.checkpoints.deltas import BASE_KINDS, factor_delta, glora_delta, lora_delta
 from lorasel.checkpoints.deltas.oft import OFT_KINDS, check_layout
 from lorasel.checkpoints.keys import classify, modernise_diffusers_keys, natural_key, original_stem
 from lorasel.checkpoints.metadata import PREDICTION_MARKERS
@@ -40,8 +42,8 @@ from lorasel.errors import CheckpointError
 
 # LyCORIS algorithms lorasel does not merge (yet): named so the error says what the file is.
 _UNSUPPORTED = {
-    "oft_diag": "OFT in an older layout", "oft_R": "OFT/BOFT in an older layout", "a1.weight": "GLoRA",
-    "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA", "on_input": "(IA)^3",
+    "oft_diag": "OFT in an older layout", "oft_R": "OFT/BOFT in an older layout",
+    "bm.weight": "GLoRA with a Tucker factor",
 }  # fmt: skip
 
 
@@ -64,7 +66,7 @@ def _unsupported(path: Path, keys: list[str]) -> CheckpointError | None:
             if key.endswith("." + suffix):
                 return CheckpointError(
                     f"{path} uses the LyCORIS algorithm {algo} (key {key!r}), which lorasel does not merge",
-                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker, DoRA, OFT, BOFT, full and norm checkpoints",
+                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker, DoRA, OFT, BOFT, GLoRA, (IA)^3, full and norm files",
                 )
     return None
 
@@ -114,6 +116,8 @@ _REQUIRED = {
     "norm": [("w",)],
     "oft": [("blocks",)],
     "boft": [("blocks",)],
+    "glora": [("a1",), ("a2",), ("b1",), ("b2",)],
+    "ia3": [("w",)],
 }
 
 
@@ -133,8 +137,10 @@ def _check_complete(path: Path, stem: str, kind: str, t: dict[str, torch.Tensor]
 
 
 def _rank(kind: str, t: dict[str, torch.Tensor]) -> int | None:
-    if kind in ("full", "norm", *OFT_KINDS):
-        return None  # full-rank: ΔW itself; OFT: a rotation, in blocks
+    if kind in ("full", "norm", "ia3", *OFT_KINDS):
+        return None  # full-rank: ΔW itself; OFT: a rotation, in blocks; (IA)³: a scale per channel
+    if kind == "glora":
+        return int(t["a_down"].shape[0])
     if kind == "lora":
         return int(t["down"].shape[0])
     if kind == "loha":
@@ -174,8 +180,14 @@ def _delta_shape(path: Path, stem: str, kind: str, t: dict[str, torch.Tensor]) -
                 hint="the file is corrupt",
             )
         return (rows,)
+    if kind == "ia3":
+        return (t["w"].numel(),)  # the channels it scales
     meta = {k: torch.empty(v.shape, device="meta") for k, v in t.items()}
     try:
+        if kind == "glora":  # B's shape; W·A must then fit it
+            shape = tuple(lora_delta(meta["down"], meta["up"]).shape)
+            glora_delta(torch.empty(shape, device="meta"), meta, 1.0)
+            return shape
         return tuple(factor_delta(kind, meta, 1.0).shape)
     except (RuntimeError, ValueError, IndexError):
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(t.items()))
@@ -212,8 +224,8 @@ def _number(path: Path, where: str, value, positive: bool = False) -> float:
 
 def _kohya_scale(kind: str, t, rank: int | None, alpha: float | None) -> tuple[float | None, float]:
     """(alpha as reported, γ) for kohya/LyCORIS files."""
-    if kind in ("full", "norm", *OFT_KINDS):
-        return alpha, 1.0  # ΔW itself, or a rotation (alpha its constraint): no γ
+    if kind in ("full", "norm", "ia3", *OFT_KINDS):
+        return alpha, 1.0  # ΔW itself, a rotation (alpha its constraint) or a channel scale: no γ
     if kind == "lokr" and "w1" in t and "w2" in t:
         return alpha, 1.0  # both factors full: LyCORIS, A1111 and ComfyUI use γ = 1
     if not alpha:
@@ -379,12 +391,17 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
                 hint="the file is corrupt or in a format lorasel does not know",
             )
         t["rescale"] = group["rescale"][2]
-    if kind in OFT_KINDS and "dora_scale" in group:
+    if kind in BASE_KINDS and "dora_scale" in group:
         raise CheckpointError(
-            f"{path}: module {stem!r} mixes an OFT rotation with a DoRA magnitude",
+            f"{path}: module {stem!r} mixes {_BASE_WHAT[kind]} with a DoRA magnitude",
             hint="the file is corrupt or in a format lorasel does not know",
         )
     _check_complete(path, stem, kind, t)
+    on_input = False
+    if kind == "ia3":
+        on_input = _ia3_on_input(path, stem, group)
+    if kind == "glora":
+        t = _glora_factors(path, stem, t)
     shape = _delta_shape(path, stem, kind, t)
     rank = _rank(kind, t)
     if rank == 0:
@@ -430,6 +447,57 @@ def _module(path: Path, stem: str, group, style, peft_config: Mapping | None) ->
         dora_scale=dora,
         dora_on_output=on_output,
         bias_delta=bias,
+        on_input=on_input,
+    )
+
+
+_BASE_WHAT = {
+    "oft": "an OFT rotation",
+    "boft": "an OFT rotation",
+    "glora": "a GLoRA",
+    "ia3": "an (IA)^3 scale",
+}
+
+
+def _ia3_on_input(path: Path, stem: str, group) -> bool:
+    """Which side an (IA)³ scales: its ``on_input`` (LyCORIS writes it with every module)."""
+    if "on_input" not in group:
+        raise CheckpointError(
+            f"{path}: module {stem!r} is incomplete: missing on_input (with an (IA)^3 weight)",
+            hint="the file is corrupt or was cut while saving",
+        )
+    _, key, tensor = group["on_input"]
+    value = _scalar(path, key, tensor)
+    if value not in (0.0, 1.0):
+        raise CheckpointError(f"{path}: {key} is {value:g}, not 0 or 1", hint="the file is corrupt")
+    return value == 1.0
+
+
+def _glora_factors(path: Path, stem: str, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GLoRA's a1/a2/b1/b2 as ``a_up``, ``a_down``, ``up``, ``down`` (``deltas/glora.py``), in
+    either layout: LyCORIS 2's (a1 [in, r], …) or LyCORIS 1's (a1 [r, in], …, Linear layers only)."""
+    a1, a2, b1, b2 = (tuple(t[n].shape) for n in ("a1", "a2", "b1", "b2"))
+
+    def fits(a_up, a_down, up, down) -> bool:  # [in, r], [r, in], [out, r], [r, in(, k, k)]
+        rank, width = a_down[0], math.prod(a_down[1:])
+        return (
+            len(down) >= 2
+            and math.prod(a_up[1:]) == rank == math.prod(up[1:]) == down[0]
+            and (a_up[0] == width == down[1])
+        )
+
+    current = fits(a1, a2, b1, b2)
+    first = all(len(s) == 2 for s in (a1, a2, b1, b2)) and fits(a2, a1, b2, b1)
+    if current and first:  # a square layer: the rank is the narrow side of a2
+        current = a2[0] <= a2[1]
+    if current:
+        return {"a_up": t["a1"], "a_down": t["a2"], "up": t["b1"], "down": t["b2"]}
+    if first:
+        return {"a_up": t["a2"], "a_down": t["a1"], "up": t["b2"], "down": t["b1"]}
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(t.items()))
+    raise CheckpointError(
+        f"{path}: the GLoRA factors of module {stem!r} do not fit together ({shapes})",
+        hint="the file is corrupt or in a GLoRA layout lorasel does not know",
     )
 
 

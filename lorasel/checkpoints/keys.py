@@ -28,7 +28,14 @@ KOHYA_SUFFIXES = {
     # OFT (LyCORIS' diag-oft and boft, kohya's networks.oft): the blocks of a rotation, and
     # LyCORIS' per-row rescale; their alpha is the rotation's constraint.
     "oft_blocks": ("oft", "blocks"), "rescale": (None, "rescale"),
+    # GLoRA (LyCORIS' glora): W·A + B, each a pair of low-rank factors.
+    "a1.weight": ("glora", "a1"), "a2.weight": ("glora", "a2"), "b1.weight": ("glora", "b1"),
+    "b2.weight": ("glora", "b2"),
+    # (IA)³ (LyCORIS' ia3): a scale per channel, on the input columns when on_input is 1. A bare
+    # ``weight`` is (IA)³'s only on a flat kohya/LyCORIS stem (elsewhere it is a full model's key).
+    "weight": ("ia3", "w"), "on_input": (None, "on_input"),
 }  # fmt: skip
+_IA3_FORMATS = ("kohya", "lycoris")
 # PEFT names its LoHa/LoKr tensors like LyCORIS does.
 PEFT_SUFFIXES = {
     "lora_A.weight": ("lora", "down"), "lora_B.weight": ("lora", "up"), **_LYCORIS_FACTORS,
@@ -175,6 +182,8 @@ def classify(key: str) -> tuple[str, tuple[str | None, str], tuple] | None:
         if not split:
             continue
         style = (None if peft else sgm_style(split[0])) or key_style(split[0])
+        if split[1][0] == "ia3" and (not style or style[0] not in _IA3_FORMATS or "." in split[0]):
+            continue  # kohya/LyCORIS stems are flat: ``<stem>.bm.weight`` is another algorithm's
         if style and (style[0] in ("peft", "diffusers")) == peft:
             return split[0], split[1], style
     return None

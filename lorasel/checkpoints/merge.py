@@ -1,7 +1,7 @@
 """Apply a checkpoint to a pipeline at a strength, in place, and restore it bit-exactly.
 
-``apply`` writes W = W0 + s·ΔW into the touched weights (DoRA and OFT: W0 + s·(W' − W0); LyCORIS'
-full and norm modules also b = b0 + s·Δb into biases), so a
+``apply`` writes W = W0 + s·ΔW into the touched weights (DoRA and OFT: W0 + s·(W' − W0); GLoRA and
+(IA)³: ΔW computed from W0; LyCORIS' full and norm modules also b = b0 + s·Δb into biases), so a
 render runs at base-model speed; ``restore`` copies the pristine W0 back, so a thousand
 switches never drift. Per pipeline, a registry keeps:
 
@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lorasel.checkpoints.deltas import dora_delta, module_delta, oft_delta
-from lorasel.checkpoints.deltas.oft import OFT_KINDS
+from lorasel.checkpoints.deltas import BASE_KINDS, base_delta, dora_delta, module_delta
 from lorasel.checkpoints.model import LoraCheckpoint
 from lorasel.checkpoints.targets import Resolver, Target
 from lorasel.errors import CheckpointError, ConfigError
@@ -181,8 +180,8 @@ def _add_embeddings(state: _State, pipeline, checkpoint: LoraCheckpoint) -> None
 def _effective_delta(target: Target, pristine: torch.Tensor) -> torch.Tensor:
     """What strength scales for this layer, float32 on the weight's device, shaped like it."""
     module = target.module
-    if module.kind in OFT_KINDS:
-        return oft_delta(pristine, module)
+    if module.kind in BASE_KINDS:
+        return base_delta(pristine, module)
     delta = module_delta(module, device=pristine.device).reshape(pristine.shape)
     if module.dora_scale is not None:
         magnitude = module.dora_scale.to(pristine.device)

@@ -12,7 +12,6 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 
-from lorasel.checkpoints.deltas.oft import OFT_KINDS
 from lorasel.checkpoints.keys import SGM_UNET
 from lorasel.checkpoints.model import LoraModule
 
@@ -193,7 +192,7 @@ def family_from_modules(modules: Iterable[LoraModule]) -> str | None:
             return "sdxl"
         if "add_embedding" in flat or (m.component == "unet" and flat.startswith("label_emb")):
             return "sdxl"  # the size conditioning only SDXL's UNet has (diffusers' / SGM's name)
-    modules = [m for m in modules if m.kind not in OFT_KINDS]  # an OFT's factors give no input width
+    modules = [m for m in modules if m.in_features is not None]  # OFT, (IA)³: no input width
     for m in modules:
         if m.flat_target.endswith(("attn2_to_k", "attn2_to_v")) and m.in_features in _CROSS_WIDTH:
             return _CROSS_WIDTH[m.in_features]

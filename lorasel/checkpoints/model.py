@@ -15,7 +15,10 @@ import torch
 
 FORMATS = ("kohya", "lycoris", "peft", "diffusers", "omi", "comfyui")
 FAMILIES = ("sd1", "sd2", "sdxl", "unknown")
-ALGOS = ("lora", "locon", "lora_tucker", "loha", "lokr", "dora", "full", "norm", "oft", "boft")
+ALGOS = (
+    "lora", "locon", "lora_tucker", "loha", "lokr", "dora", "full", "norm", "oft", "boft", "glora", "ia3",
+)  # fmt: skip
+OFT_KINDS = ("oft", "boft")  # rotations: LyCORIS' diag-oft (and kohya's OFT), and its butterfly
 # Pipeline components a LoRA can touch, in the order a component-less key is tried.
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -26,9 +29,10 @@ class LoraModule:
     """One adapted layer: its factors, and how to scale them.
 
     ``name`` is the key stem exactly as in the file. ``kind`` is the factorisation
-    (``lora`` | ``loha`` | ``lokr`` | ``full`` | ``norm`` | ``oft`` | ``boft``) whatever ``algo``
-    says (``dora`` hides it). An OFT's ``delta_shape`` is (output rows,): it rotates the base's
-    weight, whatever its input width; ``alpha`` is its constraint.
+    (``lora`` | ``loha`` | ``lokr`` | ``full`` | ``norm`` | ``oft`` | ``boft`` | ``glora`` | ``ia3``)
+    whatever ``algo`` says (``dora`` hides it). An OFT's ``delta_shape`` is (output rows,): it rotates
+    the base's weight, whatever its input width; ``alpha`` is its constraint. An (IA)³'s is
+    (channels,): the output rows it scales, or the input columns when ``on_input``.
     ``component`` is the pipeline part the key names (``None`` when the file does not
     say: ``lycoris_`` and bare PEFT keys), ``target`` the layer's path inside it, dotted
     (``down_blocks.0.attentions.0.proj_in``) or flattened with ``_`` as kohya writes it.
@@ -48,15 +52,19 @@ class LoraModule:
     dora_scale: torch.Tensor | None = None
     dora_on_output: bool = True
     bias_delta: torch.Tensor | None = None  # Δb at full strength (LyCORIS' diff_b / b_norm)
+    on_input: bool = False  # (IA)³: the scale is on the input columns, not the output rows
 
     @property
-    def out_features(self) -> int:
-        return self.delta_shape[0]
+    def out_features(self) -> int | None:
+        """Output width; None when the factors do not say (an (IA)³ on the input)."""
+        return None if self.on_input else self.delta_shape[0]
 
     @property
-    def in_features(self) -> int:
+    def in_features(self) -> int | None:
         """Input width (times the kernel area when the factors flatten a conv); a norm layer's
-        width for its 1-D ΔW (an OFT's factors do not say: its output width)."""
+        width for its 1-D ΔW; None when the factors do not say (OFT, (IA)³ on the output)."""
+        if self.kind in OFT_KINDS or (self.kind == "ia3" and not self.on_input):
+            return None
         return self.delta_shape[1] if len(self.delta_shape) > 1 else self.delta_shape[0]
 
     @property

@@ -3,7 +3,7 @@
 ``delta_norm`` is the Frobenius norm of a module's full-strength γ·ΔW. It is computed
 without forming ΔW where the algebra allows (LoRA: ‖UD‖² = ⟨UᵀU, DDᵀ⟩; LoKr:
 ‖W1 ⊗ W2‖ = ‖W1‖·‖W2‖), so inspecting an SDXL LoRA takes milliseconds, not a minute.
-DoRA's and OFT's ΔW depend on the base weights, so their norm is null without a base.
+DoRA's, OFT's, GLoRA's and (IA)³'s ΔW depend on the base weights, so their norm is null without a base.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from collections import Counter
 
 import torch
 
-from lorasel.checkpoints.deltas import lokr_delta, module_delta
-from lorasel.checkpoints.deltas.oft import OFT_KINDS
+from lorasel.checkpoints.deltas import BASE_KINDS, OFT_KINDS, lokr_delta, module_delta
 from lorasel.checkpoints.metadata import PREDICTION_WORDS
 from lorasel.checkpoints.model import LoraCheckpoint, LoraModule
 
@@ -22,8 +21,8 @@ FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "an unkn
 
 
 def delta_norm(module: LoraModule) -> float | None:
-    """‖γ·ΔW‖_F at full strength; None for DoRA and OFT (their ΔW needs the base weights)."""
-    if module.dora_scale is not None or module.kind in OFT_KINDS:
+    """‖γ·ΔW‖_F at full strength; None for DoRA and ``BASE_KINDS`` (their ΔW needs the base weights)."""
+    if module.dora_scale is not None or module.kind in BASE_KINDS:
         return None
     t = module.tensors
     if module.kind == "lora" and "mid" not in t:
@@ -79,7 +78,7 @@ def summary_line(checkpoint: LoraCheckpoint) -> str:
         f"{checkpoint.format} checkpoint for {FAMILY_LABELS.get(checkpoint.base_family, checkpoint.base_family)}",
         f"{len(checkpoint.modules)} modules ({algo_text})",
     ]
-    pairs = Counter((m.rank, m.alpha) for m in checkpoint.modules if m.kind not in OFT_KINDS)
+    pairs = Counter((m.rank, m.alpha) for m in checkpoint.modules if m.kind not in (*OFT_KINDS, "ia3"))
     if pairs:
         ranks = ", ".join(f"{_number(r)}/{_number(a)}" for (r, a), _ in pairs.most_common(3))
         parts.append(f"rank/alpha {ranks}{', …' if len(pairs) > 3 else ''}")

@@ -148,6 +148,8 @@ def fits(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
 def _weight_fits(module: LoraModule, weight_shape: tuple[int, ...]) -> bool:
     if module.kind in OFT_KINDS:  # a rotation of the output rows of a Linear or a conv
         return len(weight_shape) >= 2 and weight_shape[0] == module.out_features
+    if module.kind == "ia3":  # a scale of its output rows, or of its input columns
+        return len(weight_shape) >= 2 and weight_shape[1 if module.on_input else 0] == module.delta_shape[0]
     return fits(module.delta_shape, weight_shape)
 
 
@@ -221,6 +223,8 @@ class Resolver:
                 what = f"ΔW {list(module.delta_shape)}"
                 if module.kind in OFT_KINDS:
                     what = f"a rotation of {module.out_features} output rows"
+                if module.kind == "ia3":
+                    what = f"a scale of {module.delta_shape[0]} {'input' if module.on_input else 'output'} channels"
                 if module.bias_delta is not None:
                     bias = getattr(layer, "bias", None)
                     what += f", Δb {list(module.bias_delta.shape)}"

@@ -162,7 +162,9 @@ def _inspect_folder(folder: Path, json_output: bool) -> None:
         trigger = plain(r["trigger"] or "-", 60)
         if r["embeddings"]:
             trigger.append(" (bundled embedding)", style="dim")
-        modules = f"{r['modules']} {'/'.join(r['algorithms'])} r{dash(r['rank'])} a{dash(r['alpha'])}"
+        modules = f"{r['modules']} {'/'.join(r['algorithms'])}"
+        if r["rank"] is not None or r["alpha"] is not None:  # (IA)³ has neither
+            modules += f" r{dash(r['rank'])} a{dash(r['alpha'])}"
         family = FAMILY_LABELS.get(r["base_family"], r["base_family"])
         table.add_row(*cells, r["format"], family, modules, trigger)
     console.print(table)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-OFT_KINDS = ("oft", "boft")
+from lorasel.checkpoints.model import OFT_KINDS
+
+__all__ = ["OFT_KINDS", "cayley", "check_layout", "oft_delta", "rotated_weight"]
 
 
 def cayley(blocks: torch.Tensor, constraint: float) -> torch.Tensor:
