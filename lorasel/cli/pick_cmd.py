@@ -81,7 +81,7 @@ def pick_command(
     if where:
         typer.echo(f"  trained     {where}")
     typer.echo(
-        f"  score       {num(best.score)} (95% interval {num(best.score_lo)}-{num(best.score_hi)}), "
+        f"  score       {num(best.score)} (95% interval {num(best.score_lo)} to {num(best.score_hi)}), "
         f"P(best) {num(best.p_best, 2)}"
     )
     typer.echo(

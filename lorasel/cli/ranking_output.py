@@ -122,7 +122,7 @@ def table_text(ranking: Ranking) -> str:
                 _num(m["diversity"], 2),
                 _num(m["preservation"]),
                 _num(c.score),
-                f"{_num(c.score_lo)}-{_num(c.score_hi)}",
+                f"{_num(c.score_lo)}–{_num(c.score_hi)}",
                 _num(c.p_best),
                 marks,
                 _num(c.loss, 4),
