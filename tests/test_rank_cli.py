@@ -137,6 +137,10 @@ def test_pick_human_output(run):
     assert "lowest loss would pick:" in result.stdout
     tag = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)["prompt_tag"]
     assert f"  prompt tag  {tag}   (A1111, Forge; ComfyUI: LoraLoader" in result.stdout
+    # The score's interval reads "a to b": a negative lower bound stays legible.
+    assert re.search(
+        r"\n  score       -?[\d.]+ \(95% interval -?[\d.]+ to -?[\d.]+\), P\(best\)", result.stdout
+    )
     # Candidates tied with the pick at the run's 2 seeds: the way to separate them.
     tied = json.loads(runner.invoke(app, ["pick", str(run.root), "--json"]).stdout)["tied_with"]
     assert len(tied) >= 1
