@@ -6,17 +6,20 @@ tensor bytes. Reading the header alone is enough for discovery (names, metadata,
 whether the file is complete), so 100 checkpoints are listed without loading a tensor.
 
 Files come from strangers: the header is checked before anything trusts it, pickle
-formats are refused by suffix without being opened, and metadata values are kept as
-plain strings that callers must treat as hostile text.
+formats are refused by suffix without being opened, metadata values are kept as
+plain strings that callers must treat as hostile text, and tensors are checked finite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from lorasel.errors import CheckpointError
 
@@ -185,3 +188,19 @@ def read_bytes_hashed(path: Path) -> bytes:
     if unchanged and key not in _HASHES:
         _HASHES[key] = hashlib.sha256(data).hexdigest()
     return data
+
+
+def check_finite(path: Path, key: str, t: torch.Tensor) -> None:
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    # One float32 reduction is NaN/Inf iff an element is (bar an absurd overflow, which the exact
+    # check below rules out): much faster than an element-wise isfinite on half-precision tensors.
+    wide = t if t.element_size() > 1 else t.float()  # float8 has no reductions
+    if math.isfinite(float(wide.sum(dtype=torch.float32))):
+        return
+    if not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+        raise CheckpointError(
+            f"{path}: tensor {key!r} contains {bad} values",
+            hint="training diverged or the file is corrupt; use an earlier checkpoint",
+        )

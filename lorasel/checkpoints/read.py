@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lorasel.checkpoints.discover import progress
+from lorasel.checkpoints.embeddings import bundled_names, parse_embeddings
 from lorasel.checkpoints.files import check_path, file_hash, parse_header, read_bytes_hashed, read_header
-from lorasel.checkpoints.formats import bundled_names, parse_embeddings, parse_modules
+from lorasel.checkpoints.formats import parse_modules
 from lorasel.checkpoints.metadata import base_family, other_model, stated_prediction, trigger_and_class
 from lorasel.checkpoints.model import LoraCheckpoint
 from lorasel.errors import CheckpointError
