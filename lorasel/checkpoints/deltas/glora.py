@@ -24,8 +24,12 @@ def glora_delta(w0: torch.Tensor, t: Mapping[str, torch.Tensor], scale: float) -
     """γ·(W·A + B) in float32, shaped like ``w0`` (a Linear's or a convolution's weight)."""
     a_up = t["a_up"].float().reshape(t["a_up"].shape[0], -1)
     a_down = t["a_down"].float().reshape(t["a_down"].shape[0], -1)
-    # W·A along the input axis, the kernel axes kept: (W·a_up)·a_down, never the [in, in] product.
-    wa = torch.einsum("oi...,ir->or...", w0.float(), a_up)
-    wa = torch.einsum("or...,ri->oi...", wa, a_down)
-    b = lora_delta(t["down"], t["up"]).reshape(w0.shape)
-    return (wa + b) * scale
+    w = w0.float()
+    # W·A along the input axis as (W·a_up)·a_down, never the [in, in] product. On a Linear, W·A + B
+    # is one matmul of the factors side by side: [W·a_up | up]·[a_down; down].
+    if w.dim() == 2 and t["down"].dim() == 2:
+        left = torch.cat([w @ a_up, t["up"].float().reshape(w.shape[0], -1)], 1)
+        return (left @ torch.cat([a_down, t["down"].float()], 0)).mul_(scale)
+    # A convolution: its input axis moved last for the matmuls, its kernel axes carried through.
+    wa = ((w.movedim(1, -1) @ a_up) @ a_down).movedim(-1, 1)
+    return wa.add_(lora_delta(t["down"], t["up"]).reshape(w.shape)).mul_(scale)
