@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from lorasel.checkpoints.deltas import BASE_KINDS, factor_delta, glora_delta, lora_delta
+from lorasel.checkpoints.deltas import BASE_KINDS, factor_delta, lora_delta
 from lorasel.checkpoints.deltas.oft import OFT_KINDS, check_layout
 from lorasel.checkpoints.embeddings import BUNDLE_PREFIX
 from lorasel.checkpoints.files import check_finite
@@ -170,10 +170,8 @@ def _delta_shape(path: Path, stem: str, kind: str, t: dict[str, torch.Tensor]) -
         return (t["w"].numel(),)  # the channels it scales
     meta = {k: torch.empty(v.shape, device="meta") for k, v in t.items()}
     try:
-        if kind == "glora":  # B's shape; W·A must then fit it
-            shape = tuple(lora_delta(meta["down"], meta["up"]).shape)
-            glora_delta(torch.empty(shape, device="meta"), meta, 1.0)
-            return shape
+        if kind == "glora":  # B's shape (_glora_factors fitted A to it)
+            return tuple(lora_delta(meta["down"], meta["up"]).shape)
         return tuple(factor_delta(kind, meta, 1.0).shape)
     except (RuntimeError, ValueError, IndexError):
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(t.items()))
