@@ -46,6 +46,13 @@ def machine() -> str:
     )
 
 
+def measured_on() -> str:
+    """The line that ends each section regenerated: where and when, since sections are rerun alone."""
+    cpu, _, rest = machine().partition("\n")
+    date = rest.rsplit("Date: ", 1)[-1]
+    return f"_Measured on {cpu.removeprefix('- CPU: ')}; {date}._"
+
+
 def _existing_sections() -> dict[str, str]:
     if not REPORT.is_file():
         return {}
@@ -83,12 +90,13 @@ def main(argv: list[str]) -> int:
             failed.append(name)
             continue
         print(f"[bench] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
-        sections[name] = body
+        sections[name] = f"{body}\n{measured_on()}\n"
     head = (
         "# lorasel benchmarks\n\n"
         "Regenerate with `make bench` (all sections) or `python -m benchmarks.run SECTION`.\n"
         "Speed figures are ratios against a baseline measured in the same run; absolute times are\n"
-        "only indicative on this shared machine.\n\n"
+        "only indicative on this shared machine. Sections are rerun alone at times: each ends with the\n"
+        "machine it was measured on, where known.\n\n"
         f"Machine of the last run:\n\n{machine()}\n"
     )
     body = "".join(f"\n{MARK.format(n)}\n{sections[n]}" for n in SECTIONS if n in sections)

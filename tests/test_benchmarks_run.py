@@ -47,6 +47,27 @@ def test_bad_bench_setting_is_one_line_and_keeps_the_report(
     assert "earlier figures" in report.read_text()  # the section is kept as it was
 
 
+def test_a_section_rerun_alone_says_where_it_was_measured_and_keeps_the_others(tmp_path, monkeypatch):
+    import types
+
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# lorasel benchmarks\n\n<!-- section: switch -->\nearlier figures\n")
+    monkeypatch.setattr(bench_run, "ROOT", tmp_path)
+    monkeypatch.setattr(bench_run, "REPORT", report)
+    monkeypatch.setattr(bench_run, "FIGURES", tmp_path / "figures")
+    fake = types.ModuleType("benchmarks.bench_rank")
+    fake.run = lambda out_dir: "## rank\n\nnew figures\n"
+    monkeypatch.setitem(sys.modules, "benchmarks.bench_rank", fake)
+    monkeypatch.setattr(
+        bench_run, "machine", lambda: "- CPU: Some CPU, 2 cores; GPU: none\n- Python\n- Date: 2030-01-02"
+    )
+    assert bench_run.main(["rank"]) == 0
+    text = report.read_text()
+    assert "<!-- section: switch -->\nearlier figures\n" in text  # not rerun: kept as it was
+    assert "new figures\n\n_Measured on Some CPU, 2 cores; GPU: none; 2030-01-02._\n" in text
+    assert text.index("section: switch") < text.index("section: rank")  # the report's order
+
+
 def test_seed_study_table_averages_over_runs():
     from benchmarks.selection_report import seed_study_lines
 
