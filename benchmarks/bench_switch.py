@@ -12,7 +12,9 @@ Measured in one run:
   ``set_adapters``: an extra low-rank matmul per layer), each ÷ the bare base, as the median of
   per-rep ratios over interleaved reps (256 px steps on CPU, 20-step 512 px renders on CUDA);
 - a switch: ``apply`` of the other checkpoint (restore + ΔW + W0 + s·ΔW), a strength change of the
-  same checkpoint (cached ΔW), and the first apply (pristine copies made).
+  same checkpoint (cached ΔW), and the first apply (pristine copies made);
+- a switch to a checkpoint of each other algorithm lorasel merges (LoHa, LoKr, DoRA, OFT, GLoRA,
+  (IA)³) on the same layers, as a ratio to a LoRA switch measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -66,18 +68,57 @@ def target_layers(unet) -> dict[str, torch.nn.Linear]:
     }
 
 
-def kohya_file(unet, path: Path, seed: int) -> Path:
+# The other algorithms lorasel merges, on the same layers at a comparable size as the rank-32 LoRA:
+# their switch costs next to a LoRA's. LoHa's rank is half (its ΔW has rank r²); LoKr a factor of 8 with a rank-32 second
+# factor; DoRA a LoRA with a magnitude per output row; OFT blocks of 32 rows; GLoRA rank 32.
+ALGORITHMS = ("loha", "lokr", "dora", "oft", "glora", "ia3")
+_ALGORITHM_LABELS = {
+    "lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "oft": "OFT (diag-oft)",
+    "glora": "GLoRA", "ia3": "(IA)³",
+}  # fmt: skip
+
+
+def algorithm_file(layers: dict[str, torch.nn.Linear], algo: str, path: Path, seed: int) -> Path:
+    """A kohya (``lora``) or LyCORIS file of ``algo`` on ``layers`` (Linear): seeded random fp16 factors."""
     from lorasel.checkpoints import save_checkpoint
 
     gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=0.01):
+        return (torch.randn(*shape, generator=gen) * std).half()
+
     tensors = {}
-    for name, layer in target_layers(unet).items():
+    for name, layer in layers.items():
         out_dim, in_dim = layer.weight.shape
         stem = "lora_unet_" + name.replace(".", "_")
-        tensors[f"{stem}.lora_down.weight"] = (torch.randn(RANK, in_dim, generator=gen) / in_dim**0.5).half()
-        tensors[f"{stem}.lora_up.weight"] = (torch.randn(out_dim, RANK, generator=gen) * 0.01).half()
-        tensors[f"{stem}.alpha"] = torch.tensor(ALPHA)
-    return save_checkpoint(path, tensors, {"ss_network_dim": str(RANK), "ss_network_alpha": str(ALPHA)})
+        t: dict[str, torch.Tensor] = {}
+        if algo in ("lora", "dora"):
+            t = {
+                "lora_down.weight": rand(RANK, in_dim, std=in_dim**-0.5),
+                "lora_up.weight": rand(out_dim, RANK),
+            }
+            if algo == "dora":
+                t["dora_scale"] = (layer.weight.float().norm(dim=1, keepdim=True) * 1.01).half()
+        elif algo == "loha":
+            r = RANK // 2
+            t = {"hada_w1_a": rand(out_dim, r, std=0.1), "hada_w1_b": rand(r, in_dim, std=0.1)}
+            t |= {"hada_w2_a": rand(out_dim, r, std=0.1), "hada_w2_b": rand(r, in_dim, std=0.1)}
+        elif algo == "lokr":
+            t = {"lokr_w1": rand(8, 8, std=0.1), "lokr_w2_a": rand(out_dim // 8, RANK, std=0.1)}
+            t["lokr_w2_b"] = rand(RANK, in_dim // 8, std=0.1)
+        elif algo == "oft":
+            t = {"oft_blocks": rand(out_dim // 32, 32, 32)}
+        elif algo == "glora":
+            t = {"a1.weight": rand(in_dim, RANK), "a2.weight": rand(RANK, in_dim, std=in_dim**-0.5)}
+            t |= {"b1.weight": rand(out_dim, RANK), "b2.weight": rand(RANK, in_dim, std=in_dim**-0.5)}
+        elif algo == "ia3":
+            t = {"weight": rand(out_dim, std=0.05), "on_input": torch.tensor(0)}
+        if algo not in ("ia3",):
+            t["alpha"] = torch.tensor(0.0 if algo == "oft" else ALPHA)
+        tensors |= {f"{stem}.{k}": v for k, v in t.items()}
+    network = "networks.lora" if algo == "lora" else "lycoris.kohya"
+    meta = {"ss_network_module": network, "ss_network_dim": str(RANK), "ss_network_alpha": str(ALPHA)}
+    return save_checkpoint(path, tensors, meta)
 
 
 def _sync(device: torch.device) -> None:
@@ -128,7 +169,9 @@ def run(out_dir: Path) -> str:
     render_ratio = make_render(ratio_latent, ratio_steps)
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = [kohya_file(unet, Path(tmp) / f"lora_{i}.safetensors", seed=10 + i) for i in range(2)]
+        files = [
+            algorithm_file(layers, "lora", Path(tmp) / f"lora_{i}.safetensors", seed=10 + i) for i in range(2)
+        ]
         read = time.perf_counter()
         checkpoints = [read_checkpoint(f) for f in files]
         read = (time.perf_counter() - read) / 2
@@ -183,6 +226,19 @@ def run(out_dir: Path) -> str:
     switch_strength = [
         _timed(lambda s=s: apply(unet, checkpoints[1], s), device) for s in (0.5, 0.75, 1.0) * 2
     ]
+    # Every other algorithm's switch, in rounds with LoRA's (each round switches to each in turn,
+    # alternating its two files): per-round ratios to LoRA's switch cancel the machine's drift.
+    with tempfile.TemporaryDirectory() as tmp:
+        others = {
+            algo: [read_checkpoint(algorithm_file(layers, algo, Path(tmp) / f"{algo}_{i}.safetensors", 20 + i)) for i in range(2)]
+            for algo in ALGORITHMS
+        }  # fmt: skip
+    others["lora"] = checkpoints
+    switches: dict[str, list[float]] = {algo: [] for algo in others}
+    for rnd in range(4):
+        for algo in ("lora", *ALGORITHMS):
+            checkpoint = others[algo][rnd % 2]
+            switches[algo].append(_timed(lambda c=checkpoint: apply(unet, c, 1.0), device))
     restore(unet, release=True)
 
     render_20 = base_512 * 20 / render_steps
@@ -207,6 +263,14 @@ def run(out_dir: Path) -> str:
         ("read_checkpoint of one file", f"{read:.3f} s", f"{file_mb:.0f} MB, {len(checkpoints[0].modules)} modules"),
     ]  # fmt: skip
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    algo_rows = []
+    for algo in ("lora", *ALGORITHMS):
+        ratio = statistics.median(t / lo for t, lo in zip(switches[algo], switches["lora"], strict=True))
+        took = statistics.median(switches[algo])
+        algo_rows.append(
+            f"| {_ALGORITHM_LABELS[algo]} | {took:.3f} s | {ratio:.2f} | {took / render_20:.2%} |"
+        )
+    algo_table = "\n".join(algo_rows)
     per_rep = ", ".join(f"{m / b:.3f}" for m, b in zip(merged_t, base_t, strict=True))
     return f"""## switch: checkpoint and strength switches on the SD1.5 UNet
 
@@ -219,6 +283,15 @@ machine's noise: merged and base run the same kernels on same-shaped weights).
 | measure | value | note |
 |---|---|---|
 {table}
+
+A checkpoint switch by algorithm, on the same {len(layers)} layers (median of 4 rounds; LoHa rank
+{RANK // 2}, LoKr factor 8 with a rank-{RANK} second factor, DoRA rank {RANK}, OFT blocks of 32 rows,
+GLoRA rank {RANK}). OFT's, GLoRA's and (IA)³'s ΔW are computed from the base weight, DoRA's
+rescaled by it:
+
+| algorithm | switch | ÷ LoRA switch (per round) | of one render |
+|---|---|---|---|
+{algo_table}
 
 Reproduce: `python -m benchmarks.run switch` (CUDA fp16 when a GPU is present, else CPU fp32).
 """
