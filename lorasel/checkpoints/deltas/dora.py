@@ -23,11 +23,11 @@ def dora_weight(
         cols = w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
         norm = cols.reshape(w.shape[1], *ones).transpose(0, 1)
     m = magnitude.float().reshape(norm.shape)
-    return w * (m / norm.clamp_min(torch.finfo(torch.float32).tiny))
+    return w.mul_(m / norm.clamp_min(torch.finfo(torch.float32).tiny))  # w is this function's own
 
 
 def dora_delta(
     w0: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, on_output: bool
 ) -> torch.Tensor:
     """W' − W0 in float32: what strength s scales."""
-    return dora_weight(w0, delta, magnitude, on_output) - w0.float()
+    return dora_weight(w0, delta, magnitude, on_output).sub_(w0.float())

@@ -26,6 +26,6 @@ def loha_delta(
     """γ·ΔW in float32: [out, in, k, k] with Tucker cores, else [out, in·k·k] (reshape to the weight)."""
     if t1 is not None and t2 is not None:
         return _tucker(t1, w1a, w1b) * _tucker(t2, w2a, w2b) * scale
-    first = w1a.float() @ w1b.float().reshape(w1b.shape[0], -1)
-    second = w2a.float() @ w2b.float().reshape(w2b.shape[0], -1)
-    return first * second * scale
+    # γ on the small factor and the product in place: one full-size pass besides the two matmuls.
+    first = (w1a.float() * scale) @ w1b.float().reshape(w1b.shape[0], -1)
+    return first.mul_(w2a.float() @ w2b.float().reshape(w2b.shape[0], -1))

@@ -74,7 +74,7 @@ def oft_delta(w0: torch.Tensor, module) -> torch.Tensor:
     """ΔW = W' − W of an OFT/BOFT ``LoraModule`` on the base weight ``w0``, float32."""
     t = module.tensors
     constraint = (module.alpha or 0.0) * module.out_features
-    return rotated_weight(w0, t["blocks"], t.get("rescale"), constraint) - w0.float()
+    return rotated_weight(w0, t["blocks"], t.get("rescale"), constraint).sub_(w0.float())  # W' is new
 
 
 def check_layout(blocks_shape: tuple[int, ...]) -> str | None:
