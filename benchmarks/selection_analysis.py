@@ -18,11 +18,20 @@ from benchmarks.selection_settings import LABELS
 def mean_interval(values, rounds: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (the runs resampled with
     replacement): how far the mean over this handful of runs could be from the mean over many."""
+    return _bootstrap_interval(values, np.mean, rounds, level, seed)
+
+
+def median_interval(values, rounds: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``values`` (a benchmark's reps resampled)."""
+    return _bootstrap_interval(values, np.median, rounds, level, seed)
+
+
+def _bootstrap_interval(values, statistic, rounds: int, level: float, seed: int) -> tuple[float, float]:
     x = np.asarray(values, dtype=np.float64)
     draws = np.random.default_rng(seed).integers(0, len(x), size=(rounds, len(x)))
-    means = x[draws].mean(axis=1)
+    stats = statistic(x[draws], axis=1)
     tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
 
 
 def oracle_sums(renders: pd.DataFrame, attributes: pd.DataFrame, candidates=None):

@@ -101,6 +101,19 @@ def test_mean_interval_matches_the_normal_theory():
     assert mean_interval([0.1] * 10) == pytest.approx((0.1, 0.1))
 
 
+def test_median_interval_matches_the_normal_theory():
+    import numpy as np
+
+    from benchmarks.selection_analysis import median_interval
+
+    x = np.random.default_rng(2).normal(1.0, 0.1, 2000)
+    low, high = median_interval(x, rounds=4000)
+    se = 1.2533 * 0.1 / np.sqrt(len(x))  # a median of a normal sample: √(π/2)·σ/√n
+    assert (high - low) == pytest.approx(2 * 1.96 * se, rel=0.1)
+    assert low < np.median(x) < high and low > 0.99 and high < 1.01
+    assert median_interval([1.0] * 16) == pytest.approx((1.0, 1.0))
+
+
 def test_precision_line_gives_paired_differences():
     import pandas as pd
 
