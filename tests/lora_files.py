@@ -221,3 +221,23 @@ def unet_inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 def unet_forward(unet, inputs) -> torch.Tensor:
     with torch.no_grad():
         return unet(*inputs).sample
+
+
+def lycoris_saved(unet, algo: str, path, inputs, multipliers=(1.0,), **network_kwargs):
+    """Save a LyCORIS network (``lycoris_network(unet, algo, **network_kwargs)``) to ``path`` and
+    return what the package itself says of it: per module name, ``get_diff_weight(1)`` and the base
+    weight, and the UNet's output under the network at each multiplier. The UNet is restored."""
+    net = lycoris_network(unet, algo, **network_kwargs)
+    try:
+        outputs = []
+        for multiplier in multipliers:
+            for lora in net.loras:
+                lora.multiplier = multiplier
+            outputs.append(unet_forward(unet, inputs))
+        net.save_weights(str(path), torch.float32, {"ss_network_module": "lycoris.kohya"})
+        with torch.no_grad():
+            references = {lora.lora_name: lora.get_diff_weight(1)[0] for lora in net.loras}
+        weights = {lora.lora_name: lora.org_weight.detach().clone() for lora in net.loras}
+    finally:
+        net.restore()
+    return references, weights, outputs

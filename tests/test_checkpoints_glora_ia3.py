@@ -20,7 +20,7 @@ from lorasel.checkpoints.summary import checkpoint_info, summary_line
 from lorasel.cli import app
 from lorasel.errors import CheckpointError
 from tests.lora_files import (
-    lycoris_network,
+    lycoris_saved,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     shared_pipeline,
     unet_forward,
@@ -35,24 +35,14 @@ def test_lycoris_file_matches_lycoris(algo, tmp_path):
     unet = shared_pipeline("sd1").unet
     inputs = unet_inputs(5)
     base_out = unet_forward(unet, inputs)
-    net = lycoris_network(unet, algo, dim=4, alpha=2.0, seed=sum(map(ord, algo)))
-    try:
-        lycoris_out = unet_forward(unet, inputs)
-        for lora in net.loras:
-            lora.multiplier = 0.6
-        lycoris_out_06 = unet_forward(unet, inputs)
-        file = tmp_path / f"{algo}.safetensors"
-        net.save_weights(str(file), torch.float32, {"ss_network_module": "lycoris.kohya"})
-        loras = {lora.lora_name: lora for lora in net.loras}
-        with torch.no_grad():
-            references = {name: lora.get_diff_weight(1)[0] for name, lora in loras.items()}
-        weights = {name: lora.org_weight.detach().clone() for name, lora in loras.items()}
-    finally:
-        net.restore()
+    file = tmp_path / f"{algo}.safetensors"
+    references, weights, (lycoris_out, lycoris_out_06) = lycoris_saved(
+        unet, algo, file, inputs, (1.0, 0.6), dim=4, alpha=2.0, seed=sum(map(ord, algo))
+    )
 
     checkpoint = read_checkpoint(file)
     assert checkpoint.format == "lycoris" and checkpoint.algorithms == (algo,)
-    assert {m.name for m in checkpoint.modules} == set(loras)
+    assert {m.name for m in checkpoint.modules} == set(references)
     assert any(w.dim() == 4 for w in weights.values())  # convolutions too
     for module in checkpoint.modules:
         if algo == "glora":

@@ -22,7 +22,7 @@ from lorasel.checkpoints.summary import checkpoint_info, summary_line
 from lorasel.cli import app
 from lorasel.errors import CheckpointError
 from tests.lora_files import (
-    lycoris_network,
+    lycoris_saved,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     sdxl_sgm_name,
     shared_pipeline,
@@ -46,22 +46,15 @@ def test_lycoris_oft_file_matches_lycoris(case, tmp_path):
     unet = shared_pipeline("sd1").unet
     inputs = unet_inputs(3)
     base_out = unet_forward(unet, inputs)
-    net = lycoris_network(unet, algo, dim=4, seed=sum(map(ord, case)), **kwargs)
-    try:
-        lycoris_out = unet_forward(unet, inputs)
-        file = tmp_path / f"{case}.safetensors"
-        net.save_weights(str(file), torch.float32, {"ss_network_module": "lycoris.kohya"})
-        loras = {lora.lora_name: lora for lora in net.loras}
-        with torch.no_grad():
-            references = {name: lora.get_diff_weight(1)[0] for name, lora in loras.items()}
-        weights = {name: lora.org_weight.detach().clone() for name, lora in loras.items()}
-    finally:
-        net.restore()
+    file = tmp_path / f"{case}.safetensors"
+    references, weights, (lycoris_out,) = lycoris_saved(
+        unet, algo, file, inputs, dim=4, seed=sum(map(ord, case)), **kwargs
+    )
 
     checkpoint = read_checkpoint(file)
     expected = "boft" if algo == "boft" else "oft"
     assert checkpoint.format == "lycoris" and checkpoint.algorithms == (expected,)
-    assert {m.name for m in checkpoint.modules} == set(loras)
+    assert {m.name for m in checkpoint.modules} == set(references)
     assert any(w.dim() == 4 for w in weights.values())  # convolutions are rotated too
     for module in checkpoint.modules:
         assert module.rank is None and module.scale == 1.0
@@ -91,15 +84,8 @@ def test_diag_oft_strength_is_lycoris_multiplier(tmp_path):
     """For a diag-OFT without rescale, lorasel's strength s (W + s·ΔW) is LyCORIS' own multiplier."""
     unet = shared_pipeline("sd1").unet
     inputs = unet_inputs(3)
-    net = lycoris_network(unet, "diag-oft", dim=4, seed=11)
-    try:
-        for lora in net.loras:
-            lora.multiplier = 0.6
-        lycoris_out = unet_forward(unet, inputs)
-        file = tmp_path / "oft.safetensors"
-        net.save_weights(str(file), torch.float32, {})
-    finally:
-        net.restore()
+    file = tmp_path / "oft.safetensors"
+    _, _, (lycoris_out,) = lycoris_saved(unet, "diag-oft", file, inputs, (0.6,), dim=4, seed=11)
     apply(unet, read_checkpoint(file), 0.6)
     try:
         merged_out = unet_forward(unet, inputs)
