@@ -223,6 +223,25 @@ def unet_forward(unet, inputs) -> torch.Tensor:
         return unet(*inputs).sample
 
 
+def merged_unet_state(pipe, checkpoint, strength: float) -> dict[str, torch.Tensor]:
+    """A copy of the UNet's state with ``checkpoint`` applied at ``strength``; the base restored."""
+    from lorasel.checkpoints import apply, restore
+
+    try:
+        apply(pipe, checkpoint, strength)
+        return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+    finally:
+        restore(pipe, release=True)
+
+
+def assert_changed_to(before, after, expected, rtol=1e-4, atol=1e-5) -> None:
+    """Exactly the tensors named in ``expected`` differ between the state dicts ``before`` and
+    ``after``, each now close to its expected value."""
+    assert {k for k in before if not torch.equal(before[k], after[k])} == set(expected)
+    for key, want in expected.items():
+        torch.testing.assert_close(after[key], want, rtol=rtol, atol=atol)
+
+
 def lycoris_saved(unet, algo: str, path, inputs, multipliers=(1.0,), **network_kwargs):
     """Save a LyCORIS network (``lycoris_network(unet, algo, **network_kwargs)``) to ``path`` and
     return what the package itself says of it: per module name, ``get_diff_weight(1)`` and the base

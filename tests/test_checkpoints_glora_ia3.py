@@ -20,7 +20,9 @@ from lorasel.checkpoints.summary import checkpoint_info, summary_line
 from lorasel.cli import app
 from lorasel.errors import CheckpointError
 from tests.lora_files import (
+    assert_changed_to,
     lycoris_saved,
+    merged_unet_state,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     shared_pipeline,
     unet_forward,
@@ -146,19 +148,13 @@ def test_glora_first_layout_merges_as_a1111_and_comfyui(tmp_path):
     assert checkpoint.format == "lycoris" and checkpoint.algorithms == ("glora",)
     assert {(m.rank, m.scale) for m in checkpoint.modules} == {(3, 0.5)}
     strength = 0.8
-    try:
-        apply(pipe, checkpoint, strength)
-        after = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    finally:
-        restore(pipe, release=True)
+    after = merged_unet_state(pipe, checkpoint, strength)
     expected = {}
     for stem, name in layers.items():
         w = before[f"{name}.weight"]
         a1, a2, b1, b2 = (tensors[f"{stem}.{f}.weight"] for f in ("a1", "a2", "b1", "b2"))
         expected[f"{name}.weight"] = w + strength * 0.5 * (b2 @ b1 + w @ a2 @ a1)
-    assert {k for k in before if not torch.equal(before[k], after[k])} == set(expected)
-    for key, want in expected.items():
-        torch.testing.assert_close(after[key], want, rtol=1e-4, atol=1e-5)
+    assert_changed_to(before, after, expected)
     assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
 
 

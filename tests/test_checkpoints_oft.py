@@ -22,7 +22,9 @@ from lorasel.checkpoints.summary import checkpoint_info, summary_line
 from lorasel.cli import app
 from lorasel.errors import CheckpointError
 from tests.lora_files import (
+    assert_changed_to,
     lycoris_saved,
+    merged_unet_state,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     sdxl_sgm_name,
     shared_pipeline,
@@ -156,11 +158,7 @@ def test_kohya_oft_merges_as_kohya_does(family, tmp_path):
     if family == "sdxl":
         assert checkpoint.base_family == "sdxl"  # SGM names
     strength = 0.7
-    try:
-        apply(pipe, checkpoint, strength)
-        after = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    finally:
-        restore(pipe, release=True)
+    after = merged_unet_state(pipe, checkpoint, strength)
     clamped = 0
     expected = {}
     for stem, name in layers.items():
@@ -170,10 +168,7 @@ def test_kohya_oft_merges_as_kohya_does(family, tmp_path):
         clamped += int(float(torch.norm(skew)) > 0.04 * w0.shape[0])
         expected[f"{name}.weight"] = kohya_merged_weight(w0, blocks, 0.04, strength)
     assert 0 < clamped < len(layers)
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == set(expected)  # biases are not rotated: kohya's merge_to leaves them
-    for key, want in expected.items():
-        torch.testing.assert_close(after[key], want, rtol=1e-4, atol=1e-5)
+    assert_changed_to(before, after, expected)  # biases are not rotated: kohya's merge_to leaves them
     assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
 
 
