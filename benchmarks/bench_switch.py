@@ -68,9 +68,10 @@ def target_layers(unet) -> dict[str, torch.nn.Linear]:
     }
 
 
-# The other algorithms lorasel merges, on the same layers at a comparable size as the rank-32 LoRA:
-# their switch costs next to a LoRA's. LoHa's rank is half (its ΔW has rank r²); LoKr a factor of 8 with a rank-32 second
-# factor; DoRA a LoRA with a magnitude per output row; OFT blocks of 32 rows; GLoRA rank 32.
+# The other algorithms lorasel merges, on the same layers at a size comparable with the rank-32
+# LoRA's: their switch costs next to a LoRA's. LoHa's rank is half (its ΔW has rank r²); LoKr a
+# factor of 8 with a rank-32 second factor; DoRA a LoRA with a magnitude per output row; OFT
+# blocks of 32 rows; GLoRA rank 32.
 ALGORITHMS = ("loha", "lokr", "dora", "oft", "glora", "ia3")
 _ALGORITHM_LABELS = {
     "lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "oft": "OFT (diag-oft)",
@@ -234,10 +235,14 @@ def run(out_dir: Path) -> str:
     # Every other algorithm's switch, in rounds with LoRA's (each round switches to each in turn,
     # alternating its two files): per-round ratios to LoRA's switch cancel the machine's drift.
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
         others = {
-            algo: [read_checkpoint(algorithm_file(layers, algo, Path(tmp) / f"{algo}_{i}.safetensors", 20 + i)) for i in range(2)]
+            algo: [
+                read_checkpoint(algorithm_file(layers, algo, folder / f"{algo}_{i}.safetensors", 20 + i))
+                for i in range(2)
+            ]
             for algo in ALGORITHMS
-        }  # fmt: skip
+        }
     others["lora"] = checkpoints
     switches: dict[str, list[float]] = {algo: [] for algo in others}
     for rnd in range(4):

@@ -68,7 +68,8 @@ def _unsupported(path: Path, keys: list[str]) -> CheckpointError | None:
             if key.endswith("." + suffix):
                 return CheckpointError(
                     f"{path} uses the LyCORIS algorithm {algo} (key {key!r}), which lorasel does not merge",
-                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker, DoRA, OFT, BOFT, GLoRA, (IA)^3, full and norm files",
+                    hint="lorasel reads LoRA, LoCon, LoHa, LoKr, Tucker, DoRA, OFT, BOFT, GLoRA, (IA)^3, "
+                    "full and norm files",
                 )
     return None
 

@@ -17,8 +17,8 @@ from lorasel.checkpoints.deltas.oft import OFT_KINDS, oft_delta
 from lorasel.checkpoints.model import LoraModule
 
 __all__ = [
-    "BASE_KINDS", "OFT_KINDS", "base_delta", "dora_delta", "dora_weight", "glora_delta", "ia3_delta", "loha_delta",
-    "lokr_delta", "lora_delta", "module_delta", "oft_delta",
+    "BASE_KINDS", "OFT_KINDS", "base_delta", "dora_delta", "dora_weight", "glora_delta", "ia3_delta",
+    "loha_delta", "lokr_delta", "lora_delta", "module_delta", "oft_delta",
 ]  # fmt: skip
 
 #: Factorisations whose ΔW is a function of the base weight (OFT's rotation, GLoRA's W·A, (IA)³'s
