@@ -1,7 +1,8 @@
 """GLoRA and (IA)³ checkpoints, whose ΔW is a function of the base weight: files made by the
 ``lycoris-lora`` package, checked against its own ``get_diff_weight`` and forward; GLoRA's first
-layout (LyCORIS 1.x) against the formula A1111's and ComfyUI's loaders apply to it, written out here:
-ΔW = alpha / rank · (b2·b1 + W·a2·a1), a1 [r, in], a2 [in, r], b1 [r, in], b2 [out, r].
+layout (LyCORIS 1.x) against the formula ComfyUI's loader applies to it, written out here:
+ΔW = alpha / rank · (b2·b1 + W·a2·a1), a1 [r, in], a2 [in, r], b1 [r, in], b2 [out, r] (A1111's
+``network_glora`` computes the same product but scales it by 1, ignoring alpha).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def _first_layout_glora(pipe, rank: int, alpha: float):
     return tensors, layers
 
 
-def test_glora_first_layout_merges_as_a1111_and_comfyui(tmp_path):
+def test_glora_first_layout_merges_as_comfyui_does(tmp_path):
     """LyCORIS 1.x's GLoRA layout (told apart from today's by which axis holds the rank, on square
     layers too) changes exactly its layers, each to W + s·alpha/r·(b2·b1 + W·a2·a1)."""
     pipe = shared_pipeline("sd1")
