@@ -106,6 +106,12 @@ def _bad_files(tmp_path):
         {**glora(a1=(64, 2), a2=(2, 64), b1=(64, 2), b2=(2, 64)), f"{STEM}.dora_scale": torch.ones(64, 1)},
         "mixes a GLoRA with a DoRA magnitude",
     )
+    case(
+        "tlora",
+        {f"{STEM}.q_layer.weight": torch.zeros(2, 64), f"{STEM}.p_layer.weight": torch.zeros(64, 2)}
+        | {f"{STEM}.lambda_layer": torch.ones(1, 2), f"{STEM}.alpha": torch.tensor(1.0)},
+        "uses the LyCORIS algorithm T-LoRA",
+    )
     case("ia3-without-on-input", {f"{STEM}.weight": torch.ones(64)}, "missing on_input")
     case(
         "ia3-on-input-2",

@@ -46,6 +46,8 @@ from lorasel.errors import CheckpointError
 _UNSUPPORTED = {
     "oft_diag": "OFT in an older layout", "oft_R": "OFT/BOFT in an older layout",
     "bm.weight": "GLoRA with a Tucker factor",
+    # T-LoRA masks its rank by timestep and subtracts an SVD of the base the file does not hold.
+    "lambda_layer": "T-LoRA",
 }  # fmt: skip
 
 
