@@ -223,6 +223,17 @@ def unet_forward(unet, inputs) -> torch.Tensor:
         return unet(*inputs).sample
 
 
+def merged_forward(unet, checkpoint, strength: float, inputs) -> torch.Tensor:
+    """The UNet's output on ``inputs`` with ``checkpoint`` applied at ``strength``; the base restored."""
+    from lorasel.checkpoints import apply, restore
+
+    try:
+        apply(unet, checkpoint, strength)
+        return unet_forward(unet, inputs)
+    finally:
+        restore(unet, release=True)
+
+
 def merged_unet_state(pipe, checkpoint, strength: float) -> dict[str, torch.Tensor]:
     """A copy of the UNet's state with ``checkpoint`` applied at ``strength``; the base restored."""
     from lorasel.checkpoints import apply, restore

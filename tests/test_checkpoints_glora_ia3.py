@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from lorasel.checkpoints import apply, read_checkpoint, restore
+from lorasel.checkpoints import apply, read_checkpoint
 from lorasel.checkpoints.deltas import base_delta, module_delta
 from lorasel.checkpoints.summary import checkpoint_info, summary_line
 from lorasel.cli import app
@@ -23,6 +23,7 @@ from lorasel.errors import CheckpointError
 from tests.lora_files import (
     assert_changed_to,
     lycoris_saved,
+    merged_forward,
     merged_unet_state,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     shared_pipeline,
@@ -63,15 +64,10 @@ def test_lycoris_file_matches_lycoris(algo, tmp_path):
     assert ("rank/alpha 4/2" in line) == (algo == "glora")
 
     for strength, want in ((1.0, lycoris_out), (0.6, lycoris_out_06)):
-        apply(unet, checkpoint, strength)
-        try:
-            merged_out = unet_forward(unet, inputs)
-        finally:
-            restore(unet)
+        merged_out = merged_forward(unet, checkpoint, strength, inputs)
         assert not torch.allclose(want, base_out, atol=1e-2)  # the module does something
         torch.testing.assert_close(merged_out, want, rtol=1e-4, atol=1e-4)
-    restore(unet, release=True)
-    assert torch.equal(unet_forward(unet, inputs), base_out)
+    assert torch.equal(unet_forward(unet, inputs), base_out)  # restored bit-exactly
 
 
 def test_ia3_on_input_matches_lycoris(tmp_path):
@@ -106,11 +102,7 @@ def test_ia3_on_input_matches_lycoris(tmp_path):
     assert {m.on_input for m in checkpoint.modules} == {True}
     widths = {path.replace(".", "_"): layer.weight.shape[1] for path, layer in layers.items()}
     assert {m.target: m.delta_shape[0] for m in checkpoint.modules} == widths  # input columns
-    apply(unet, checkpoint, 0.7)
-    try:
-        merged_out = unet_forward(unet, inputs)
-    finally:
-        restore(unet, release=True)
+    merged_out = merged_forward(unet, checkpoint, 0.7, inputs)
     assert not torch.allclose(lycoris_out, base_out, atol=1e-2)
     torch.testing.assert_close(merged_out, lycoris_out, rtol=1e-4, atol=1e-4)
 

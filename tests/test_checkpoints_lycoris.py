@@ -16,6 +16,7 @@ from lorasel.checkpoints.deltas import lokr_delta
 from tests.lora_files import (
     lycoris_network,
     lycoris_reference_delta,
+    merged_forward,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     randomise_lycoris,
     render_small,
@@ -94,11 +95,7 @@ def test_lycoris_file_matches_lycoris(case, tmp_path):
         if module.algo == "dora":
             assert module.dora_on_output == lora.wd_on_out
 
-    apply(unet, checkpoint, 1.0)
-    try:
-        merged_out = unet_forward(unet, inputs)
-    finally:
-        restore(unet, release=True)
+    merged_out = merged_forward(unet, checkpoint, 1.0, inputs)
     assert not torch.allclose(lycoris_out, base_out, atol=1e-3)  # the LoRA does something
     torch.testing.assert_close(merged_out, lycoris_out, rtol=1e-4, atol=1e-4)
     assert torch.equal(unet_forward(unet, inputs), base_out)

@@ -24,6 +24,7 @@ from lorasel.errors import CheckpointError
 from tests.lora_files import (
     assert_changed_to,
     lycoris_saved,
+    merged_forward,
     merged_unet_state,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     sdxl_sgm_name,
@@ -72,11 +73,7 @@ def test_lycoris_oft_file_matches_lycoris(case, tmp_path):
     assert f"({len(checkpoint.modules)} {expected})" in line and "rank/alpha" not in line
     assert ("OFT constraint none" in line) == ("constraint" not in kwargs)
 
-    apply(unet, checkpoint, 1.0)
-    try:
-        merged_out = unet_forward(unet, inputs)
-    finally:
-        restore(unet, release=True)
+    merged_out = merged_forward(unet, checkpoint, 1.0, inputs)
     assert not torch.allclose(lycoris_out, base_out, atol=1e-2)  # the rotation does something
     torch.testing.assert_close(merged_out, lycoris_out, rtol=1e-4, atol=1e-4)
     assert torch.equal(unet_forward(unet, inputs), base_out)
@@ -88,11 +85,7 @@ def test_diag_oft_strength_is_lycoris_multiplier(tmp_path):
     inputs = unet_inputs(3)
     file = tmp_path / "oft.safetensors"
     _, _, (lycoris_out,) = lycoris_saved(unet, "diag-oft", file, inputs, (0.6,), dim=4, seed=11)
-    apply(unet, read_checkpoint(file), 0.6)
-    try:
-        merged_out = unet_forward(unet, inputs)
-    finally:
-        restore(unet, release=True)
+    merged_out = merged_forward(unet, read_checkpoint(file), 0.6, inputs)
     torch.testing.assert_close(merged_out, lycoris_out, rtol=1e-4, atol=1e-4)
 
 
