@@ -146,10 +146,9 @@ def fits(delta_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
 
 
 def _weight_fits(module: LoraModule, weight_shape: tuple[int, ...]) -> bool:
-    if module.kind in OFT_KINDS:  # a rotation of the output rows of a Linear or a conv
-        return len(weight_shape) >= 2 and weight_shape[0] == module.out_features
-    if module.kind == "ia3":  # a scale of its output rows, or of its input columns
-        return len(weight_shape) >= 2 and weight_shape[1 if module.on_input else 0] == module.delta_shape[0]
+    if module.kind in (*OFT_KINDS, "ia3"):  # its factors fix one axis of W (the other is None)
+        out, width = module.out_features, module.in_features
+        return len(weight_shape) >= 2 and out in (None, weight_shape[0]) and width in (None, weight_shape[1])
     return fits(module.delta_shape, weight_shape)
 
 
