@@ -186,6 +186,32 @@ def test_bad_input_is_one_line_with_exit_2(run, tmp_path, case):
 
 
 @pytest.mark.parametrize(
+    ("make_base", "message"),
+    [
+        (lambda t: t / "nowhere" / "model.safetensors", "base model '{base}' not found"),
+        (lambda t: t / "nowhere", "base model '{base}' not found"),
+        (lambda t: t / "model.ckpt", "{base} is a pickle file"),
+        (lambda t: t, "{base} is not a diffusers pipeline folder"),
+    ],
+    ids=["missing file", "missing folder", "pickle", "not a pipeline"],
+)
+def test_a_bad_base_is_one_line_before_the_scorer_loads(run, tmp_path, monkeypatch, make_base, message):
+    """A mistyped --base fails at once: the default scorer for a real base is fetched from the
+    hub, which offline takes half a minute of retries to fail, and would hide the real mistake."""
+
+    def scorer_first(spec, **kw):
+        raise AssertionError("the scorer was loaded before the base was checked")
+
+    monkeypatch.setattr(models, "load_base", REAL_LOAD_BASE)
+    monkeypatch.setattr(models, "load_scorer", scorer_first)
+    base = make_base(tmp_path)
+    result = _invoke(run, "--base", str(base))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: " + message.format(base=base)), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     ("content", "message"),
     [
         (b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header", "could not load base model"),
@@ -335,11 +361,11 @@ def test_loras_for_another_family_than_the_base_are_one_line_before_any_render(t
         root / "checkpoints" / "x.safetensors", weights, {"ss_sd_model_name": "v1-5-pruned.safetensors"}
     )
     (tmp_path / "prompts.toml").write_text(h.TEST_PROMPTS)
-    result = runner.invoke(app, ["eval", str(root), "--base", "my-sdxl", "--prompts", str(tmp_path / "prompts.toml"),
+    result = runner.invoke(app, ["eval", str(root), "--base", "org/my-sdxl", "--prompts", str(tmp_path / "prompts.toml"),
                                  *FAST])  # fmt: skip
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(
-        "error: the checkpoints are SD1 LoRAs and the base model my-sdxl is SDXL: none of them fits it (hint: "
+        "error: the checkpoints are SD1 LoRAs and the base model org/my-sdxl is SDXL: none of them fits it (hint: "
         "pass --base with the SD1 model they were trained on (their metadata names v1-5-pruned.safetensors))"
     )
     assert not (root / "lorasel" / "renders").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import warnings
 
 import pytest
 import torch
@@ -247,11 +248,25 @@ def test_a_half_precision_file_loads_without_library_noise(tmp_path, monkeypatch
     verbosity = diffusers_logging.get_verbosity()
     capfd.readouterr()
 
-    pipe = load_base(str(tmp_path / "model.safetensors"), device="cpu", dtype=torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_base(str(tmp_path / "model.safetensors"), device="cpu", dtype=torch.float32)
 
     assert pipe.unet.dtype == torch.float32
     assert "should be kept in float32" not in capfd.readouterr().err
     assert diffusers_logging.get_verbosity() == verbosity
+    assert [str(w.message) for w in caught] == []
+
+
+def test_a_diffusers_folder_loads_without_deprecation_warnings(tiny_base_folder):
+    """diffusers 0.42 deprecates ``torch_dtype`` with a FutureWarning printed on every load of a
+    real base: lorasel passes ``dtype``, and a load warns of nothing."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_base(tiny_base_folder, device="cpu", dtype=torch.float32)
+
+    assert pipe.unet.dtype == torch.float32
+    assert [str(w.message) for w in caught] == []
 
 
 @pytest.mark.parametrize(
@@ -429,3 +444,22 @@ def test_a_full_size_single_file_loads_offline(family, gigabytes, tmp_path, no_n
         got, want = getattr(pipe, name).state_dict(), getattr(source, name).state_dict()
         assert set(got) == set(want), name
         assert all(torch.equal(got[k], want[k]) for k in want), name
+
+
+def test_libraries_quiet_keeps_each_library_at_errors_then_puts_it_back_even_on_an_error():
+    import importlib
+    import logging
+
+    from lorasel.models.logs import libraries_quiet
+
+    names = ("diffusers", "transformers", "huggingface_hub")
+    loggers = [importlib.import_module(f"{name}.utils.logging") for name in names]
+    before = [log.get_verbosity() for log in loggers]
+    loggers[2].set_verbosity(logging.INFO)
+    try:
+        with pytest.raises(RuntimeError), libraries_quiet(*names):
+            assert [log.get_verbosity() for log in loggers] == [logging.ERROR] * 3
+            raise RuntimeError("a load failed")
+        assert [log.get_verbosity() for log in loggers] == [*before[:2], logging.INFO]
+    finally:
+        loggers[2].set_verbosity(before[2])

@@ -21,6 +21,7 @@ from lorasel.evaluate.prompts import Prompt, load_prompt_set, resolve_prompt_spe
 from lorasel.evaluate.render import make_settings, pipeline_fingerprints
 from lorasel.evaluate.scoring import reference_embeddings
 from lorasel.evaluate.store import Store
+from lorasel.models.base import check_base_spec
 from lorasel.models.scorer import scorer_caveat
 from lorasel.rundir import RunDir
 
@@ -124,6 +125,8 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
             hint="pass --reference DIR with the training images",
         )
     references = reference_images(reference_dir)
+    if isinstance(base, str):  # a mistyped base fails now, not after the scorer's download
+        check_base_spec(base)
     score_model = reference_vectors = None
     if procs.is_main:  # scoring happens on the main process only
         score_model = _load_scorer(scorer, device or procs.device)

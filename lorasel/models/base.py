@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from lorasel.checkpoints.metadata import stated_prediction
 from lorasel.errors import ModelLoadError, first_line
 from lorasel.models.devices import default_device, default_dtype
+from lorasel.models.logs import libraries_quiet
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
@@ -44,7 +44,7 @@ def load_base(spec: str = "toy", *, device=None, dtype=None):
 
         pipe = load_toy_pipeline(device=dev, dtype=torch_dtype)
     else:
-        with _library_warnings_quiet():
+        with libraries_quiet("diffusers", "transformers", "huggingface_hub"):
             pipe = _load_external(spec, torch_dtype)
         _require_every_weight(pipe, spec)
         pipe = pipe.to(dev)
@@ -54,29 +54,50 @@ def load_base(spec: str = "toy", *, device=None, dtype=None):
     return pipe
 
 
-def _load_external(spec: str, torch_dtype: torch.dtype):
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-
+def check_base_spec(spec: str) -> None:
+    """What a base spec's own text and the file system tell without loading anything: a pickle
+    file, a folder that is not a diffusers pipeline, a file that is not ``.safetensors``, and a
+    path that does not exist are each one :class:`ModelLoadError`. ``evaluate`` asks this before
+    it loads the scorer, which may take the network a while to fail."""
+    if spec == "toy":
+        return
     path = Path(spec).expanduser()
-    common = {"torch_dtype": torch_dtype, "safety_checker": None, "requires_safety_checker": False}
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelLoadError(
             f"{spec} is a pickle file; lorasel never loads pickle (it can run code)",
             hint="convert it to .safetensors, or pass a diffusers folder",
         )
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{spec} is not a diffusers pipeline folder (no model_index.json)",
+                hint="pass a folder saved by save_pretrained, a hub id, or a .safetensors file",
+            )
+    elif path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise ModelLoadError(f"{spec} is not a .safetensors file", hint="pass a .safetensors checkpoint")
+    elif not _is_hub_id(spec):
+        raise ModelLoadError(
+            f"base model {spec!r} not found",
+            hint="use 'toy', a diffusers folder, a hub id (org/name) or a .safetensors file",
+        )
+
+
+def _is_hub_id(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+
+
+def _load_external(spec: str, torch_dtype: torch.dtype):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    check_base_spec(spec)
+    path = Path(spec).expanduser()
+    # ``dtype``, not ``torch_dtype``: diffusers 0.42 deprecates the latter with a FutureWarning.
+    common = {"dtype": torch_dtype, "safety_checker": None, "requires_safety_checker": False}
     try:
         if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelLoadError(
-                    f"{spec} is not a diffusers pipeline folder (no model_index.json)",
-                    hint="pass a folder saved by save_pretrained, a hub id, or a .safetensors file",
-                )
             return DiffusionPipeline.from_pretrained(path, use_safetensors=True, **common)
         if path.is_file():
-            if path.suffix.lower() != ".safetensors":
-                raise ModelLoadError(
-                    f"{spec} is not a .safetensors file", hint="pass a .safetensors checkpoint"
-                )
             from diffusers.loaders.single_file_utils import infer_diffusers_model_type
             from safetensors import safe_open
 
@@ -91,8 +112,7 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
             if stated is not None:  # diffusers reads neither the markers nor the metadata
                 pipe.scheduler = with_prediction(pipe.scheduler, stated)
             return pipe
-        if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-            return DiffusionPipeline.from_pretrained(spec, use_safetensors=True, **common)
+        return DiffusionPipeline.from_pretrained(spec, use_safetensors=True, **common)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises many types; the message is what matters
@@ -100,29 +120,6 @@ def _load_external(spec: str, torch_dtype: torch.dtype):
             f"could not load base model {spec!r}: {first_line(exc)}",
             hint="check the path or hub id; without network, pass a local diffusers folder",
         ) from exc
-    raise ModelLoadError(
-        f"base model {spec!r} not found",
-        hint="use 'toy', a diffusers folder, a hub id (org/name) or a .safetensors file",
-    )
-
-
-@contextmanager
-def _library_warnings_quiet():
-    """diffusers' and transformers' loggers at errors only while a base loads: their warnings
-    there are noise to a lorasel user (diffusers warns of "modules that should be kept in
-    float32: []" whenever it casts a half-precision file), and what matters, a file short of
-    weights, lorasel checks itself. Their progress bars stay: a big base takes a while."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(before[0])
-        transformers_logging.set_verbosity(before[1])
 
 
 def _refuse_a_lora(spec: str, keys: list[str]) -> None:
