@@ -1,11 +1,14 @@
-"""open_clip scorers by spec: local safetensors weights, pretrained tags from the hub (never the
-pickle file open_clip would fall back to), and bad specs as one-line errors. The toy CLIP's
+"""open_clip scorers by spec: local safetensors weights, pretrained tags from the hub (their
+safetensors file only, never the pickle open_clip would fall back to), and bad specs as one-line
+errors. The toy CLIP's
 registered config and weights stand in for a real model: no network."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 
+import huggingface_hub
 import open_clip
 import pytest
 import torch
@@ -74,37 +77,95 @@ def test_a_pretrained_tag_loads_the_hubs_safetensors_with_the_tags_preprocessing
     asked = []
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: tag if name == "mytag" else {})
     monkeypatch.setattr(
-        open_clip, "download_pretrained", lambda cfg, **kw: asked.append(cfg) or str(toy_weights)
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo, name, **kw: asked.append((repo, name)) or str(toy_weights),
     )
     scorer = load_scorer(f"{MODEL_NAME}:mytag")
-    assert asked == [tag] and scorer.name == f"{MODEL_NAME}:mytag"
+    assert asked == [("org/clip", "open_clip_model.safetensors")] and scorer.name == f"{MODEL_NAME}:mytag"
     assert tuple(_normalize(scorer).mean) == (0.1, 0.2, 0.3)
     assert any(isinstance(m, QuickGELU) for m in scorer.model.modules())
 
 
-def test_a_tag_whose_hub_weights_are_pickle_is_refused_unread(tmp_path, monkeypatch, no_pickle):
+@pytest.mark.parametrize(
+    ("hf_hub", "file"),
+    [
+        ("org/clip/open_clip_pytorch_model.bin", "open_clip_model.safetensors"),
+        ("org/clip/open_clip_model.safetensors", "open_clip_model.safetensors"),
+        ("org/clip/weights.pth", "weights.safetensors"),
+    ],
+)
+def test_a_tag_asks_the_hub_for_the_safetensors_twin_of_its_file(hf_hub, file, toy_weights, monkeypatch):
+    """open_clip's ``hf_hub`` names a repo and, at times, a file: the safetensors file beside it is
+    what open_clip prefers, and the only one lorasel asks for."""
+    asked = []
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: {"hf_hub": hf_hub})
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo, name, **kw: asked.append((repo, name)) or str(toy_weights),
+    )
+    load_scorer(f"{MODEL_NAME}:mytag")
+    assert asked == [("org/clip", file)]
+
+
+def _no_such_file(repo, name, **kw):
+    """What hf_hub_download raises for a file the repo does not have (HTTP 404)."""
+    from huggingface_hub import errors
+
+    http = importlib.import_module(errors.Response.__module__.split(".")[0])  # httpx2 or httpx
+    url = f"https://huggingface.co/{repo}/resolve/main/{name}"
+    response = http.Response(404, request=http.Request("HEAD", url))
+    raise errors.RemoteEntryNotFoundError(
+        f"404 Client Error.\n\nEntry Not Found for url: {url}.", response=response
+    )
+
+
+def test_a_tag_whose_hub_weights_are_pickle_only_is_refused_without_fetching_them(monkeypatch, no_pickle):
+    """The hub has no safetensors file for the tag: one line, and the pickle open_clip would fall
+    back to is never asked for (it would be refused after a download of up to gigabytes)."""
     register_config()
-    pickled = tmp_path / "open_clip_pytorch_model.bin"
-    pickled.write_bytes(b"\x80\x04not really")
+    asked = []
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: {"hf_hub": "org/clip/"})
-    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, **kw: str(pickled))
-    with pytest.raises(ModelLoadError, match=r"pickle file \(open_clip_pytorch_model\.bin\)") as err:
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo, name, **kw: asked.append(name) or _no_such_file(repo, name),
+    )
+    with pytest.raises(ModelLoadError) as err:
         load_scorer(f"{MODEL_NAME}:mytag")
+    message = str(err.value)
+    assert message.startswith(f"the hub has no safetensors weights for scorer '{MODEL_NAME}:mytag'")
+    assert "never loads the pickle" in message and "\n" not in message
     assert "MODEL:/path/to/weights.safetensors" in err.value.hint
+    assert asked == ["open_clip_model.safetensors"]
 
 
-def test_a_tag_that_cannot_be_fetched_is_one_line(monkeypatch):
-    def offline(cfg, **kw):
-        raise FileNotFoundError("Failed to download file (x.bin) for org/clip.\nLast error: no connection")
+def test_a_tag_that_cannot_be_fetched_is_one_line_and_the_hub_clients_retries_are_quiet(monkeypatch, caplog):
+    def offline(repo, name, **kw):
+        from huggingface_hub.utils import logging as hub_logging
 
-    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+        log = hub_logging.get_logger("huggingface_hub.utils._http")
+        log.warning(f"'[Errno -2] Name or service not known' thrown while requesting HEAD {repo}/{name}")
+        log.warning("Retrying in 1s [Retry 1/5].")
+        raise OSError(
+            "An error happened while trying to locate the file on the Hub.\nLast error: no connection"
+        )
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity = hub_logging.get_verbosity()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(ModelLoadError) as err:
         load_scorer("ViT-L-14:datacomp_xl_s13b_b90k")
     message = str(err.value)
-    assert (
-        message.startswith("could not fetch scorer 'ViT-L-14:datacomp_xl_s13b_b90k'") and "\n" not in message
+    assert message.startswith(
+        "could not fetch scorer 'ViT-L-14:datacomp_xl_s13b_b90k' "
+        "(laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K/open_clip_model.safetensors): An error happened"
     )
-    assert "without network" in err.value.hint
+    assert "\n" not in message and "without network" in err.value.hint
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("huggingface_hub")] == []
+    assert hub_logging.get_verbosity() == verbosity
 
 
 @pytest.mark.parametrize(
@@ -146,29 +207,33 @@ def test_weights_of_another_architecture_are_one_error(tmp_path):
 def test_a_tag_already_in_the_hub_cache_loads_without_the_network(
     toy_weights, hf_cache, monkeypatch, no_pickle
 ):
-    def network(cfg, **kw):
+    def network(repo, name, **kw):
         raise AssertionError("went to the network for cached weights")
 
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: {"hf_hub": "org/clip/"})
-    monkeypatch.setattr(open_clip, "download_pretrained", network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", network)
     _cache_file(hf_cache, "org/clip", "open_clip_model.safetensors", toy_weights)
     scorer = load_scorer(f"{MODEL_NAME}:mytag")
     torch.testing.assert_close(scorer.embed_texts(TEXTS), load_scorer("toy").embed_texts(TEXTS))
 
 
 def test_a_cached_pickle_is_not_taken_for_the_weights(tmp_path, hf_cache, monkeypatch, no_pickle):
-    """Only the pickle in the cache: the hub is asked (here: it has nothing else), and the
-    pickle it returns is refused."""
+    """Only the pickle in the cache: the hub is asked for the safetensors file (here: it has
+    none), and the cached pickle is left alone."""
     register_config()
     pickled = tmp_path / "open_clip_pytorch_model.bin"
     pickled.write_bytes(b"\x80\x04not really")
     _cache_file(hf_cache, "org/clip", "open_clip_pytorch_model.bin", pickled)
     asked = []
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: {"hf_hub": "org/clip/"})
-    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, **kw: asked.append(cfg) or str(pickled))
-    with pytest.raises(ModelLoadError, match="pickle"):
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo, name, **kw: asked.append(name) or _no_such_file(repo, name),
+    )
+    with pytest.raises(ModelLoadError, match="no safetensors weights"):
         load_scorer(f"{MODEL_NAME}:mytag")
-    assert asked
+    assert asked == ["open_clip_model.safetensors"]
 
 
 @pytest.mark.parametrize(

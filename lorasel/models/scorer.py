@@ -11,6 +11,7 @@ import torch
 
 from lorasel.errors import ModelLoadError, first_line
 from lorasel.models.devices import default_device
+from lorasel.models.logs import libraries_quiet
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
@@ -148,47 +149,63 @@ def _local_weights(spec: str, weights: Path) -> Path:
 
 
 def _hub_weights(open_clip, spec: str, model_name: str, tag: str, cfg: dict) -> Path:
-    """open_clip's weights for a pretrained tag (``cfg``: its pretrained config), from the Hugging
-    Face Hub or its local cache: the safetensors file, which open_clip prefers where the hub has
-    one; lorasel never loads the pickle it would fall back to."""
+    """open_clip's weights for a pretrained tag (``cfg``: its pretrained config): the tag's
+    safetensors file on the Hugging Face Hub, from the local cache if it is there. Only that file
+    is asked for: the pickle open_clip's own download falls back to would be refused after a
+    download of up to gigabytes, and offline, asking for both doubles the hub client's retries."""
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)[:6]) or "none"
         raise ModelLoadError(
             f"open_clip has no pretrained weights {tag!r} for {model_name} (in scorer {spec!r})",
             hint=f"its tags: {tags}; or MODEL:/path/to/weights.safetensors",
         )
-    cached = _cached_safetensors(cfg)
+    location = _safetensors_on_hub(cfg)
+    if location is None:
+        raise ModelLoadError(
+            f"open_clip's weights for scorer {spec!r} are not on the Hugging Face Hub",
+            hint="download them as .safetensors and pass MODEL:/path/to/weights.safetensors",
+        )
+    repo, name = location
+    cached = _cached(repo, name)
     if cached is not None:  # without asking the hub for a newer version (immutable weights)
         return cached
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
     try:
-        file = Path(open_clip.download_pretrained(cfg))
+        with libraries_quiet("huggingface_hub"):
+            return Path(hf_hub_download(repo, name))
+    except RemoteEntryNotFoundError as exc:
+        raise ModelLoadError(
+            f"the hub has no safetensors weights for scorer {spec!r} ({repo} has no {name}); "
+            "lorasel never loads the pickle file open_clip falls back to",
+            hint="convert them to .safetensors and pass MODEL:/path/to/weights.safetensors",
+        ) from exc
     except Exception as exc:
         raise ModelLoadError(
-            f"could not fetch scorer {spec!r}: {first_line(exc)}",
+            f"could not fetch scorer {spec!r} ({repo}/{name}): {first_line(exc)}",
             hint="without network, pass local weights as MODEL:/path/to/weights.safetensors",
         ) from exc
-    if file.suffix.lower() != ".safetensors":
-        raise ModelLoadError(
-            f"open_clip's weights for scorer {spec!r} are a pickle file ({file.name}); lorasel never loads pickle",
-            hint="convert them to .safetensors and pass MODEL:/path/to/weights.safetensors",
-        )
-    return file
 
 
-def _cached_safetensors(cfg: dict) -> Path | None:
-    """The tag's safetensors weights if the Hugging Face cache already holds them, else None.
-    Where open_clip would look: ``hf_hub`` is ``org/repo/`` (its default file) or
-    ``org/repo/file``, and the safetensors twin of a ``.bin`` / ``.pth`` file is what it prefers."""
-    from huggingface_hub import try_to_load_from_cache
+def _safetensors_on_hub(cfg: dict) -> tuple[str, str] | None:
+    """(repo, file name) of a tag's safetensors weights on the hub, where open_clip looks:
+    ``hf_hub`` is ``org/repo/`` (its default file) or ``org/repo/file``, and the safetensors twin
+    of a ``.bin`` / ``.pth`` file is the one it prefers."""
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     repo, filename = os.path.split(cfg.get("hf_hub", ""))
     if not repo:
         return None
     if filename in ("", HF_WEIGHTS_NAME):
-        name = HF_SAFE_WEIGHTS_NAME
-    else:
-        name = os.path.splitext(filename)[0] + ".safetensors"
+        return repo, HF_SAFE_WEIGHTS_NAME
+    return repo, os.path.splitext(filename)[0] + ".safetensors"
+
+
+def _cached(repo: str, name: str) -> Path | None:
+    """The file if the Hugging Face cache already holds it, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
     try:
         found = try_to_load_from_cache(repo, name)
     except ValueError:  # not a repo id or file name the hub could hold
