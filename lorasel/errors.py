@@ -56,6 +56,11 @@ class ResultsError(LoraselError):
     """Stored results are missing or unreadable (run `lorasel eval` first)."""
 
 
+class OutputError(LoraselError):
+    """A file lorasel was asked to write cannot be written (no such folder, no permission, a
+    folder in the way, a full disk)."""
+
+
 class NoCandidateError(LoraselError):
     """No (checkpoint, strength) meets the requested minimums."""
 

@@ -8,11 +8,14 @@ fsync, then rename over the target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from lorasel.errors import OutputError, first_line
 
 
 @contextlib.contextmanager
@@ -47,3 +50,21 @@ def is_temporary(path: str | os.PathLike) -> bool:
     """True for the temporary files ``atomic_open`` leaves only if killed mid-write."""
     name = Path(path).name
     return name.startswith(".") and name.endswith(".tmp")
+
+
+@contextlib.contextmanager
+def output_file(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Around writing ``what`` (e.g. "the HTML report") to ``path``: an ``OSError`` becomes one
+    :class:`~lorasel.errors.OutputError` naming the file and the system's reason. Written with
+    :func:`atomic_open`, a failed write leaves no file behind and an earlier one as it was."""
+    target = Path(path)
+    try:
+        yield target
+    except OSError as exc:
+        blocking = next((folder for folder in target.parents if folder.is_file()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else exc.strerror or first_line(exc)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise OutputError(
+            f"cannot write {what} to {target}: {reason}",
+            hint="free some space on that disk" if full else "choose a path in a folder you can write to",
+        ) from exc

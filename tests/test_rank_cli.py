@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import re
 import sys
 import types
@@ -273,6 +275,50 @@ def test_report_custom_paths(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert html.is_file() and csv.is_file()
     assert not (run.root / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "make_path", "reason"),
+    [
+        ("--html", lambda t: t / "a folder", "cannot write the HTML report to {path}: Is a directory"),
+        (
+            "--csv",
+            lambda t: t / "notes.txt" / "scores.csv",
+            "cannot write the scores CSV to {path}: {parent} is a file, not a folder",
+        ),
+        ("--html", lambda t: t / "full" / "r.html", "cannot write the HTML report to {path}: No space left"),
+    ],
+    ids=["html onto a folder", "csv under a file", "disk full"],
+)
+def test_report_to_a_path_that_cannot_be_written_is_one_line(
+    run, tmp_path, monkeypatch, option, make_path, reason
+):
+    """An output path lorasel cannot write: one line naming it and the system's reason, exit 2,
+    no temporary file left behind and the earlier report untouched."""
+    (tmp_path / "a folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    path = make_path(tmp_path)
+    if path.parent.name == "full":
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(path.parent)):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+    (run.root / "report").mkdir()
+    (run.root / "report" / "report.html").write_text("previous report")
+    result = runner.invoke(app, ["report", str(run.root), option, str(path)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith("error: " + reason.format(path=path, parent=path.parent)), line
+    assert "\n" not in line and "Traceback" not in result.output
+    assert "free some space" in line if path.parent.name == "full" else "folder you can write to" in line
+    assert (run.root / "report" / "report.html").read_text() == "previous report"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    leftovers = [p for p in tmp_path.rglob(".*.tmp")] + list((run.root / "report").glob(".*.tmp"))
+    assert leftovers == []
 
 
 def test_unusable_loss_log_is_a_warning_line(run):

@@ -22,7 +22,7 @@ import pandas as pd
 
 from lorasel import __version__
 from lorasel.checkpoints.read import EMBEDDING_ADVICE, bundled_embeddings
-from lorasel.io import atomic_write_text
+from lorasel.io import atomic_write_text, output_file
 from lorasel.rank.bootstrap import TIE_LEVEL
 from lorasel.rank.ranking import Candidate, Ranking
 from lorasel.report import plots
@@ -391,6 +391,6 @@ def write_html(
     ``seeds``: how many seeds per grid cell (the first ``seeds`` seed indices; default 1).
     """
     html = render_html(results, ranking, state_dir, title=title, seeds=seeds)
-    path = Path(path)
-    atomic_write_text(path, html)
+    with output_file(path, "the HTML report") as path:
+        atomic_write_text(path, html)
     return path

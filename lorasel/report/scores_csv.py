@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
-from lorasel.io import atomic_open
+from lorasel.io import atomic_open, output_file
 from lorasel.rank.ranking import Ranking
 
 #: Text cells starting with these would run as formulas in a spreadsheet (CSV injection): file
@@ -29,7 +29,6 @@ def write_csv_to(ranking: Ranking, handle: TextIO) -> None:
 
 def write_csv(ranking: Ranking, path: str | Path) -> Path:
     """Write the ranked table to ``path`` as CSV, atomically (see :func:`write_csv_to`)."""
-    path = Path(path)
-    with atomic_open(path, "w", encoding="utf-8") as handle:
+    with output_file(path, "the scores CSV") as path, atomic_open(path, "w", encoding="utf-8") as handle:
         write_csv_to(ranking, handle)
     return path
