@@ -61,10 +61,18 @@ def output_file(path: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         yield target
     except OSError as exc:
-        blocking = next((folder for folder in target.parents if folder.is_file()), None)
-        reason = f"{blocking} is a file, not a folder" if blocking else exc.strerror or first_line(exc)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise OutputError(
-            f"cannot write {what} to {target}: {reason}",
+            f"cannot write {what} to {target}: {os_reason(exc, target)}",
             hint="free some space on that disk" if full else "choose a path in a folder you can write to",
         ) from exc
+
+
+def os_reason(exc: OSError, path: str | os.PathLike) -> str:
+    """Why writing at ``path`` failed, in words: the system's reason, except that a file where a
+    folder of ``path`` should be is said as such (``mkdir`` reports it as "File exists")."""
+    target = Path(path)
+    blocking = next((folder for folder in target.parents if folder.is_file()), None)
+    if blocking is None and isinstance(exc, FileExistsError) and target.is_file():
+        blocking = target  # a folder asked for where a file is
+    return f"{blocking} is a file, not a folder" if blocking else exc.strerror or first_line(exc)

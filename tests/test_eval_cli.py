@@ -170,6 +170,14 @@ BAD_INPUT = {
     "missing scorer weights": (lambda t: ["--scorer", f"ViT-B-32:{t / 'clip.safetensors'}"], "not found"),
     "unreadable reference": (lambda t: ["--reference", str(_broken_reference(t))], "broken.png"),
     "unknown prompt set": (lambda t: ["--prompts", "nosuchset"], "unknown prompt set"),
+    "workdir under a file": (
+        lambda t: ["--workdir", str(_prompt_file(t, "mine", "notes.txt") / "state")],
+        "cannot create the state folder {t}/notes.txt/state: {t}/notes.txt is a file, not a folder",
+    ),
+    "workdir is a file": (
+        lambda t: ["--workdir", str(_prompt_file(t, "mine", "notes.txt"))],
+        "cannot create the state folder {t}/notes.txt: {t}/notes.txt is a file, not a folder",
+    ),
 }
 
 
@@ -178,7 +186,7 @@ def test_bad_input_is_one_line_with_exit_2(run, tmp_path, case):
     make_args, expected = BAD_INPUT[case]
     result = _invoke(run, *make_args(tmp_path))
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert result.stderr.startswith("error: ") and expected.replace("{t}", str(tmp_path)) in result.stderr
     assert "(hint: " in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.output
     assert not list((run / "lorasel" / "renders").rglob("*.png")) if (run / "lorasel").exists() else True

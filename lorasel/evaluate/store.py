@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from lorasel.errors import EvaluationError, ResultsError
-from lorasel.io import atomic_write_bytes
+from lorasel.io import atomic_write_bytes, os_reason
 from lorasel.results import CHECKPOINT_COLUMNS, DIVERSITY_COLUMNS, RENDER_COLUMNS, RENDER_METRICS, Results
 
 SCHEMA_VERSION = 2
@@ -102,7 +102,8 @@ class Store:
             db_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise EvaluationError(
-                f"cannot create the state folder {db_path.parent}: {exc}", hint="pass a writable --workdir"
+                f"cannot create the state folder {db_path.parent}: {os_reason(exc, db_path.parent)}",
+                hint="pass a writable --workdir",
             ) from exc
         try:
             # One connection, used by the renderer's writer thread and the caller, one at a time.
