@@ -277,6 +277,29 @@ def test_no_checkpoints(tmp_path):
     result = _invoke(tmp_path / "empty")
     assert result.exit_code == 2
     assert "error: no LoRA checkpoints (.safetensors) found under" in result.stderr
+    # A failed command leaves no state folder (with an empty database) behind; nor one given
+    # as --workdir, with the folders made for it.
+    assert list((tmp_path / "empty").iterdir()) == []
+    result = _invoke(tmp_path / "empty", "--workdir", str(tmp_path / "new" / "state"))
+    assert result.exit_code == 2 and "no LoRA checkpoints" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "prompts.toml"]
+
+
+def test_a_failed_evaluation_leaves_an_existing_state_folder_as_it_was(run, tmp_path):
+    """The state folder of an earlier evaluation keeps its database when a later one fails
+    before rendering (here: an unknown prompt set)."""
+    assert _invoke(run).exit_code == 0
+    state = run / "lorasel"
+    before = sorted(
+        p.relative_to(state) for p in state.rglob("*") if "-wal" not in p.name and "-shm" not in p.name
+    )
+    result = _invoke(run, "--prompts", "nosuchset")
+    assert result.exit_code == 2 and "unknown prompt set" in result.stderr
+    after = sorted(
+        p.relative_to(state) for p in state.rglob("*") if "-wal" not in p.name and "-shm" not in p.name
+    )
+    assert after == before and "results.sqlite" in {p.name for p in before}
+    assert len(load_results(run).renders) > 0
 
 
 def test_no_trigger_anywhere(tmp_path):

@@ -11,10 +11,12 @@ into the same store; the main process then scores and writes the results. The pl
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,7 +192,7 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
                    reference, trigger, class_word, progress, device, dtype, toy_by_default=False) -> Results:  # fmt: skip
     procs = current_processes()
     reporter = RenderProgress(progress, total=0, cached=0)
-    with Store.open(run.results_db) as store:
+    with _NewStateFolder(run.results_db, procs.is_main) as new_state, Store.open(run.results_db) as store:
         job = procs.step(
             lambda: prepare(
                 run, store, procs, reporter, options, base=base, prompts=prompts, scorer=scorer,
@@ -198,6 +200,7 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
                 toy_by_default=toy_by_default,
             )
         )  # fmt: skip
+        new_state.keep()
         job = replace(job, pending=_pending(job.plan, job.done))
         results = _run(job, run, store, procs, reporter, helpers)
         if options.refine:
@@ -206,6 +209,38 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
                 job = more
                 results = _run(job, run, store, procs, reporter, helpers)
         return results
+
+
+class _NewStateFolder:
+    """The state folder this evaluation made, removed again if the evaluation fails before its
+    plan stands (no checkpoint, a bad prompt set, a base that does not load): a mistyped command
+    leaves no ``lorasel/`` folder holding an empty database in a folder of checkpoints. Once
+    :meth:`keep` is called, or for a folder that was there before, nothing is removed."""
+
+    def __init__(self, db_path: Path, enabled: bool) -> None:
+        self.db_path = db_path
+        # The folders Store.open will make: the state folder and its missing parents (--workdir).
+        self.made = (
+            [f for f in (db_path.parent, *db_path.parent.parents) if not f.exists()] if enabled else []
+        )
+
+    def keep(self) -> None:
+        self.made = []
+
+    def __enter__(self) -> _NewStateFolder:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None or not self.made:
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):  # never made (the state folder could not be)
+                os.unlink(f"{self.db_path}{suffix}")
+        for folder in self.made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else wrote there meanwhile
+                return
 
 
 def _run(job: Job, run: RunDir, store: Store, procs: Processes, reporter: RenderProgress,
