@@ -60,7 +60,7 @@ def test_eval_prints_progress_warnings_and_a_summary_table(run):
     rows = [line for line in lines if "zkz-000001" in line or " base " in line]
     assert len(rows) == 2 and not any("zkz-000009" in line for line in lines)
     assert "warning: skipping zkz-000009: " in result.stderr
-    assert "trigger 'zkz', class 'star'" in result.stderr
+    assert "2 checkpoints × 1 strength × 4 prompts × 1 seed; trigger 'zkz', class 'star'" in result.stderr
     assert (run / "lorasel" / "results.sqlite").is_file()
     assert "0 of 12 renders already done" in result.stderr  # base + 2 checkpoints, 4 prompts, 1 seed
     again = _invoke(run)

@@ -115,6 +115,11 @@ def test_step_arithmetic_rounds_up_per_bucket(tmp_path):
     assert capped.total_steps == 10 and "capped at training.max_steps = 10" in capped.describe()
     two_gpus = make_plan(data, sizes, batch_size=4, gradient_accumulation_steps=1, epochs=1, num_processes=2)
     assert two_gpus.steps_per_epoch == 6 and "÷ 2 processes" in two_gpus.describe()
+    single = scan_dataset(make_kohya_dataset(tmp_path / "b", {"1_one": 1}))
+    one_size = assign_buckets(single, 32, enabled=False)
+    one = make_plan(single, one_size, batch_size=1, gradient_accumulation_steps=1, epochs=1).describe()
+    assert "1_one: 1 image × 1 repeat = 1 sample" in one and "1 sample ÷ batch 1 = 1 batch per epoch" in one
+    assert "1 step × 1 epoch = 1 step" in one
 
     batches = epoch_batches(data, sizes, batch_size=4, seed=1, epoch=1)
     assert len(batches) == 11

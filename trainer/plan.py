@@ -11,6 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from lorasel.text import counted
 from trainer.data import KohyaDataset
 
 Size = tuple[int, int]  # (width, height)
@@ -90,11 +91,15 @@ class StepPlan:
         """The arithmetic as a person would check it."""
         lines = []
         for folder, images, repeats in self.folders:
-            lines.append(f"{folder}: {images} images × {repeats} repeats = {images * repeats} samples")
+            lines.append(
+                f"{folder}: {counted(images, 'image')} × {counted(repeats, 'repeat')} = "
+                f"{counted(images * repeats, 'sample')}"
+            )
         lines.append(f"samples per epoch: {self.samples_per_epoch}")
         per_bucket = f", rounded up in each of {self.buckets} aspect buckets" if self.buckets > 1 else ""
         lines.append(
-            f"{self.samples_per_epoch} samples ÷ batch {self.batch_size} = {self.batches_per_epoch} batches per epoch{per_bucket}"
+            f"{counted(self.samples_per_epoch, 'sample')} ÷ batch {self.batch_size} = "
+            f"{counted(self.batches_per_epoch, 'batch', 'batches')} per epoch{per_bucket}"
         )
         divisors = []
         if self.num_processes > 1:
@@ -107,8 +112,9 @@ class StepPlan:
             )
         else:
             lines.append(f"steps per epoch: {self.steps_per_epoch}")
-        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
-        total = f"{self.steps_per_epoch} steps × {epochs} = {self.steps_per_epoch * self.epochs} steps"
+        epochs = counted(self.epochs, "epoch")
+        steps = counted(self.steps_per_epoch * self.epochs, "step")
+        total = f"{counted(self.steps_per_epoch, 'step')} × {epochs} = {steps}"
         if self.max_steps and self.max_steps < self.steps_per_epoch * self.epochs:
             total += f", capped at training.max_steps = {self.total_steps}"
         lines.append(total)

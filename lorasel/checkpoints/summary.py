@@ -16,6 +16,7 @@ import torch
 from lorasel.checkpoints.deltas import BASE_KINDS, OFT_KINDS, lokr_delta, module_delta
 from lorasel.checkpoints.metadata import PREDICTION_WORDS
 from lorasel.checkpoints.model import LoraCheckpoint, LoraModule
+from lorasel.text import counted
 
 FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "an unknown base"}
 
@@ -103,7 +104,7 @@ def summary_line(checkpoint: LoraCheckpoint) -> str:
         parts.append("trains the text encoder")
     for name, vectors in checkpoint.embeddings.items():
         count = next(iter(vectors.values())).shape[0]
-        parts.append(f"bundles the embedding {name!r} ({count} vector{'s' if count != 1 else ''})")
+        parts.append(f"bundles the embedding {name!r} ({counted(count, 'vector')})")
     if checkpoint.prediction in ("v", "v-ztsnr"):
         parts.append(f"trained for {PREDICTION_WORDS[checkpoint.prediction]}")
     return " · ".join(parts)

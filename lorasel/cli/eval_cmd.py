@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lorasel.cli.app import app
+from lorasel.text import counted
 
 METRIC_FORMAT = "{:.3f}"
 EVAL_OPTION_FIELDS = (
@@ -203,7 +204,7 @@ def _follow(path: Path, options: dict, idle_minutes: float | None) -> None:
         last[:] = [results]
         best = rank(results).best
         n = results.renders.loc[results.renders["checkpoint"] != BASE, "checkpoint"].nunique()
-        evaluated = f"{n} checkpoint{'s' if n != 1 else ''} evaluated"
+        evaluated = f"{counted(n, 'checkpoint')} evaluated"
         stderr.print(f"{evaluated}; lorasel picks {describe(best)} (P(best) {best.p_best:.2f})",
                      markup=False, highlight=False)  # fmt: skip
         stderr.print(waiting, markup=False, highlight=False)

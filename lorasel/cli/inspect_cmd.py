@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lorasel.cli.app import app
+from lorasel.text import counted
 
 # Metadata keys worth a line in the human view, in this order; the rest is counted.
 SHOWN_METADATA = (
@@ -171,7 +172,7 @@ def _inspect_folder(folder: Path, json_output: bool) -> None:
     for r in problems:
         console.print(Text.assemble(plain(r["label"], 200), (": ", ""), plain(r["error"], 400)))
     runs = len({r["run"] for r in rows})
-    note = f"{len(rows)} checkpoint{'s' if len(rows) != 1 else ''} in {runs} run{'s' if runs != 1 else ''}"
+    note = f"{counted(len(rows), 'checkpoint')} in {counted(runs, 'run')}"
     note += (
         f"; {len(problems)} cannot be evaluated" if problems else "; lorasel eval renders them in this order"
     )

@@ -10,6 +10,7 @@ import typer
 
 from lorasel.cli.app import app
 from lorasel.errors import ConfigError
+from lorasel.text import counted
 
 # What may change when a run is resumed: everything else shapes the network or the batch order.
 RESUMABLE_KEYS = ("training.epochs", "training.max_steps", "training.num_workers", "training.cpu_threads",
@@ -183,8 +184,8 @@ def train(
     if not PartialState().is_main_process:
         return  # under `accelerate launch`, one summary
     typer.echo(
-        f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f} s; "
-        f"{len(result.checkpoints)} checkpoints in {result.run_dir / 'checkpoints'}"
+        f"trained {counted(result.steps, 'step')} ({counted(result.epochs, 'epoch')}) in {result.seconds:.0f} s; "
+        f"{counted(len(result.checkpoints), 'checkpoint')} in {result.run_dir / 'checkpoints'}"
     )
     if result.checkpoints:
         typer.echo(f"next: lorasel eval {result.run_dir}", file=sys.stdout)

@@ -24,6 +24,7 @@ from lorasel.evaluate.store import Store
 from lorasel.models.base import check_base_spec
 from lorasel.models.scorer import scorer_caveat
 from lorasel.rundir import RunDir
+from lorasel.text import counted
 
 
 def is_toy(base: object) -> bool:
@@ -165,8 +166,8 @@ def prepare(run: RunDir, store: Store, procs: Processes, reporter: RenderProgres
     all_keys = list(dict.fromkeys(k for batch in plan for k in batch.keys))
     done = store.done(all_keys)
     summary = (
-        f"{len(infos)} checkpoints × {len(options.strengths)} strengths × {len(plan_prompts)} prompts × "
-        f"{options.seeds} seeds; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
+        f"{counted(len(infos), 'checkpoint')} × {counted(len(options.strengths), 'strength')} × "
+        f"{counted(len(plan_prompts), 'prompt')} × {counted(options.seeds, 'seed')}; trigger {concept.trigger!r}, class {concept.class_word!r} ({concept.source})"
     )
     if clip_skip > 1:
         summary += f"; clip skip {clip_skip} ({clip_skip_source})"

@@ -43,6 +43,7 @@ from lorasel.models.base import config_prediction
 from lorasel.rank.weights import Weights
 from lorasel.results import Results
 from lorasel.rundir import RunDir
+from lorasel.text import counted
 
 
 def evaluate(
@@ -302,7 +303,7 @@ def _refined(job: Job, first: list[Batch], refined: set[tuple[str, float]], stor
     all_keys = list(dict.fromkeys(k for batch in extra for k in batch.keys))
     done = store.done(all_keys)
     n = int(ranking.table["rank"].notna().sum())
-    more = f"{job.options.refine} more seed{'s' if job.options.refine != 1 else ''} per prompt"
+    more = f"{counted(job.options.refine, 'more seed', 'more seeds')} per prompt"
     if again:
         summary = f"refining {len(new)} more of {n} candidates (in the 95% set for the best after refining) with {more}"
     else:

@@ -20,6 +20,7 @@ from lorasel.rank.pareto import pareto_front
 from lorasel.rank.score import Normalisation, composite, fit_normalisation
 from lorasel.rank.weights import DEFAULT_WEIGHTS, Weights
 from lorasel.results import BASE, KIND_METRICS, METRICS, Results
+from lorasel.text import counted
 
 #: Columns of :attr:`Ranking.table` (docs/internals.md), plus ``path``, ``val_loss``, ``win_vs_best``.
 TABLE_COLUMNS = (
@@ -198,8 +199,8 @@ class Ranking:
             return None
         seeds = self.seeds_per_prompt
         head = (
-            f"{tied} other candidate{'s' if tied > 1 else ''} could be the best at {seeds} "
-            f"seed{'s' if seeds > 1 else ''} per prompt; telling them apart takes more seeds, e.g. rerun "
+            f"{counted(tied, 'other candidate')} could be the best at {counted(seeds, 'seed')} "
+            f"per prompt; telling them apart takes more seeds, e.g. rerun "
             f"{rerun} with the same options and "
         )
         if refine:

@@ -28,6 +28,7 @@ from lorasel.rank.ranking import Candidate, Ranking
 from lorasel.report import plots
 from lorasel.report.thumbnails import thumbnail
 from lorasel.results import BASE, KIND_METRICS, KINDS, METRIC_SHORT, Results
+from lorasel.text import counted
 
 #: Longest metadata value shown (metadata such as ss_tag_frequency can be huge).
 MAX_META_CHARS = 300
@@ -343,7 +344,7 @@ def render_html(
         "version": __version__,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "summary_line": (
-            f"{contest['checkpoint'].nunique()} checkpoints × {len(strengths)} strengths "
+            f"{counted(contest['checkpoint'].nunique(), 'checkpoint')} × {counted(len(strengths), 'strength')} "
             f"({', '.join(f'{s:g}' for s in strengths)}), {sum(ranking.units.values())} (prompt, seed) units"
         ),
         "pick": _candidate_view(best),

@@ -20,6 +20,7 @@ from textual.widgets import ContentSwitcher, DataTable, Static
 from lorasel.errors import ConfigError
 from lorasel.rank import Ranking
 from lorasel.results import BASE
+from lorasel.text import counted
 from lorasel.tui import jobs
 from lorasel.tui import messages as msg
 from lorasel.tui.session import SORT_KEYS, WEIGHT_STEP, CandidateKey, ViewState
@@ -106,7 +107,8 @@ class MainScreen(Screen[None]):
         title = Text()
         title.append(f"lorasel  {clean(self._title, 40)}", style="bold")
         title.append(
-            f"   {contest['checkpoint'].nunique()} checkpoints × {contest['strength'].nunique()} strengths"
+            f"   {counted(contest['checkpoint'].nunique(), 'checkpoint')} × "
+            f"{counted(contest['strength'].nunique(), 'strength')}"
             f" × {sum(ranking.units.values())} (prompt, seed) units"
         )
         self.query_one("#title", Static).update(title)
