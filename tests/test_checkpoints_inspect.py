@@ -239,3 +239,12 @@ def test_inspect_an_empty_folder_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: no LoRA checkpoints (.safetensors) found under {tmp_path}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_one_module_file_reads_as_one_module(tmp_path):
+    stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{stem}.lora_down.weight": torch.randn(2, 320), f"{stem}.lora_up.weight": torch.randn(320, 2)}
+    path = save_checkpoint(tmp_path / "one.safetensors", tensors, {})
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "1 module (1 lora)" in " ".join(result.stdout.split())

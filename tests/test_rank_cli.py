@@ -64,6 +64,8 @@ def test_rank_human_output(run):
     assert "* on the fidelity-adherence Pareto front" in out
     flexible = runner.invoke(app, ["rank", str(run.root), "--weights", "flexibility=1"]).stdout
     assert "* on the fidelity-flexibility-adherence Pareto front" in flexible
+    one = runner.invoke(app, ["rank", str(run.root), "--strengths", "1"]).stdout
+    assert "4 checkpoints x 1 strength, " in one
 
 
 def test_rank_json_rows_are_design_fields(run):

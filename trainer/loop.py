@@ -29,6 +29,7 @@ from lorasel.io import atomic_write_text
 from lorasel.models import base_family, load_base
 from lorasel.models.base import scheduler_prediction, with_prediction
 from lorasel.rundir import RunDir
+from lorasel.text import counted
 from trainer import prepare
 from trainer.conditioning import TextConditioner, check_clip_skip, sdxl_time_ids
 from trainer.config import TrainConfig
@@ -168,7 +169,7 @@ def train(
     scaling = pipe.vae.config.scaling_factor
     latents_cache = None
     if train_cfg.cache_latents:
-        emit(Status(f"caching latents of {len(datasets.train.images)} images"))
+        emit(Status(f"caching latents of {counted(len(datasets.train.images), 'image')}"))
         latents_cache = encode_latent_dists(pipe.vae, datasets.train, datasets.sizes, device, vae_dtype)
     val_cache = None
     if datasets.validation is not None:

@@ -108,7 +108,8 @@ class StepPlan:
             divisors.append(f"÷ gradient accumulation {self.gradient_accumulation_steps}")
         if divisors:
             lines.append(
-                f"{self.batches_per_epoch} batches {' '.join(divisors)} = {self.steps_per_epoch} steps per epoch (rounded up)"
+                f"{counted(self.batches_per_epoch, 'batch', 'batches')} {' '.join(divisors)} = "
+                f"{counted(self.steps_per_epoch, 'step')} per epoch (rounded up)"
             )
         else:
             lines.append(f"steps per epoch: {self.steps_per_epoch}")

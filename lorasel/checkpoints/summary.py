@@ -77,7 +77,7 @@ def summary_line(checkpoint: LoraCheckpoint) -> str:
     algo_text = ", ".join(f"{n} {a}" for a, n in algos.most_common())
     parts = [
         f"{checkpoint.format} checkpoint for {FAMILY_LABELS.get(checkpoint.base_family, checkpoint.base_family)}",
-        f"{len(checkpoint.modules)} modules ({algo_text})",
+        f"{counted(len(checkpoint.modules), 'module')} ({algo_text})",
     ]
     pairs = Counter((m.rank, m.alpha) for m in checkpoint.modules if m.kind not in (*OFT_KINDS, "ia3"))
     if pairs:

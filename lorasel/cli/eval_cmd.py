@@ -345,7 +345,7 @@ def _refined_note(results) -> str | None:
     refined = renders.loc[renders["seed_index"] >= seeds].drop_duplicates(["checkpoint", "strength"])
     others = len(pairs) - len(refined)
     return (
-        f"refined: {len(refined)} of {len(pairs)} candidates with {seeds + refine} seeds per prompt, "
+        f"refined: {len(refined)} of {len(pairs)} candidates with {counted(seeds + refine, 'seed')} per prompt, "
         f"the other {others} with {seeds} (their means above are over their own seeds; "
         "`lorasel rank` compares them paired)"
     )

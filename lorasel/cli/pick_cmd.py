@@ -23,6 +23,7 @@ from lorasel.cli.ranking_output import (
     printable,
     warnings_to_stderr,
 )
+from lorasel.text import counted
 
 
 @app.command("pick")
@@ -90,7 +91,7 @@ def pick_command(
         f"preservation {num(m['preservation'])}"
     )
     if chosen.eligible < int((ranking.table["checkpoint"] != "base").sum()):
-        typer.echo(f"  among       {chosen.eligible} candidates meeting the minimums")
+        typer.echo(f"  among       {counted(chosen.eligible, 'candidate')} meeting the minimums")
     tied = chosen.tied_with
     if tied:
         more = f" (+{len(tied) - 5} more)" if len(tied) > 5 else ""

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lorasel.text import counted
+
 if TYPE_CHECKING:  # heavy imports stay inside the commands
     from lorasel.rank import Candidate, Ranking
     from lorasel.results import Results
@@ -163,6 +165,6 @@ def summary_line(ranking: Ranking) -> str:
     table = ranking.table[ranking.table["checkpoint"] != "base"]
     units = sum(ranking.units.values())
     return (
-        f"{table['checkpoint'].nunique()} checkpoints x {table['strength'].nunique()} strengths, "
-        f"{units} (prompt, seed) units, {ranking.n_boot} bootstrap rounds"
+        f"{counted(table['checkpoint'].nunique(), 'checkpoint')} x {counted(table['strength'].nunique(), 'strength')}, "
+        f"{counted(units, '(prompt, seed) unit')}, {counted(ranking.n_boot, 'bootstrap round')}"
     )

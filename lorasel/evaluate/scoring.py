@@ -21,6 +21,7 @@ from lorasel.evaluate.plan import Batch
 from lorasel.evaluate.progress import ProgressEvent, RenderProgress
 from lorasel.evaluate.store import Store
 from lorasel.results import BASE, Results
+from lorasel.text import counted
 
 CHUNK = 64  # images decoded and embedded at a time: bounds memory on large renders
 
@@ -118,7 +119,7 @@ def score_plan(
         if missing:
             if info.checkpoint not in skipped:
                 reporter.warn(
-                    f"{info.label} left out: {missing} renders missing (another process skipped it)"
+                    f"{info.label} left out: {counted(missing, 'render')} missing (another process skipped it)"
                 )
             continue
         included.append(info)

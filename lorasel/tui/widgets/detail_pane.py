@@ -18,6 +18,7 @@ from textual.widgets import Static
 from lorasel.checkpoints.read import EMBEDDING_ADVICE, bundled_embeddings
 from lorasel.rank import Candidate
 from lorasel.results import METRIC_SHORT
+from lorasel.text import counted
 from lorasel.tui.session import CandidateKey
 from lorasel.tui.text import clean, num, strength_text
 from lorasel.tui.views import RankingIndex, ResultsIndex, sparkline
@@ -59,7 +60,7 @@ def _summary(c: Candidate, key: CandidateKey, ranked: RankingIndex, text: Text) 
     where.append(f"loss {num(c.loss, 4)}" if c.loss is not None else "")
     where.append(f"val loss {num(c.val_loss, 4)}" if c.val_loss is not None else "")
     if ranked.ranking.seeds_vary:  # after a refinement: how much evidence this candidate has
-        where.append(f"{c.seeds} seeds per prompt")
+        where.append(f"{counted(c.seeds, 'seed')} per prompt")
     text.append("\n" + "  ".join(w for w in where if w))
     text.append("\nfile ")
     text.append(clean(c.path))
