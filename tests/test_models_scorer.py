@@ -141,6 +141,18 @@ def test_a_tag_whose_hub_weights_are_pickle_only_is_refused_without_fetching_the
     assert asked == ["open_clip_model.safetensors"]
 
 
+def test_a_tag_whose_weights_are_not_on_the_hub_is_refused_without_a_download(monkeypatch):
+    """A tag with only a URL (older open_clip configs had OpenAI's ``.pt`` archives so): refused
+    before any download, since what the URL serves is a pickle."""
+    register_config()
+    url = {"url": "https://openaipublic.azureedge.net/clip/models/x/ViT-L-14.pt"}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, name: url)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **kw: pytest.fail("downloaded"))
+    with pytest.raises(ModelLoadError, match="are not on the Hugging Face Hub") as err:
+        load_scorer(f"{MODEL_NAME}:mytag")
+    assert "MODEL:/path/to/weights.safetensors" in err.value.hint
+
+
 def test_a_tag_that_cannot_be_fetched_is_one_line_and_the_hub_clients_retries_are_quiet(monkeypatch, caplog):
     def offline(repo, name, **kw):
         from huggingface_hub.utils import logging as hub_logging
