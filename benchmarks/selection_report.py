@@ -30,6 +30,7 @@ from benchmarks.selection_settings import (
     SELECTORS,
 )
 from benchmarks.selection_splits import split_lines
+from lorasel.text import counted
 
 
 def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Path, *, started: float) -> str:
@@ -61,7 +62,7 @@ def report(runs: list[dict], concepts: list[str], seeds: list[int], out_dir: Pat
     lines = [
         "## Selection quality against the oracle (toy world)",
         "",
-        f"{len(concepts)} concepts × {len(seeds)} training seed{'s' if len(seeds) > 1 else ''} "
+        f"{counted(len(concepts), 'concept')} × {counted(len(seeds), 'training seed')} "
         f"({', '.join(map(str, seeds))}) = {len(runs)} runs "
         "of the `toyworld` preset; each "
         f"checkpoint evaluated at strengths {', '.join(f'{s:g}' for s in sorted(runs[0]['outcome'].oracle['strength'].unique()))} "
