@@ -302,6 +302,23 @@ def test_a_failed_evaluation_leaves_an_existing_state_folder_as_it_was(run, tmp_
     assert len(load_results(run).renders) > 0
 
 
+def test_a_rerun_with_other_render_settings_says_its_renders_are_not_reused(run):
+    """Left-out options render everything again (the demo's 12 steps, then `lorasel eval` at the
+    base's default): said before rendering, with the options that would continue instead."""
+    assert _invoke(run).exit_code == 0  # --steps 2
+    result = _invoke(run, "--steps", "3")
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: the last evaluation here rendered with steps 2 (now 3): its renders are not reused; "
+        "pass --steps 2 to continue it" in result.stderr
+    )
+    assert "0 of 8 renders already done" in result.stderr
+    for again in ("3", "2"):  # every render there: nothing to say
+        result = _invoke(run, "--steps", again)
+        assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+        assert "8 of 8 renders already done" in result.stderr
+
+
 def test_no_trigger_anywhere(tmp_path):
     from lorasel.checkpoints.write import save_checkpoint
 

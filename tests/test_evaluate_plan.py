@@ -177,3 +177,26 @@ def test_toy_defaults_apply_to_a_loaded_toy_pipeline_too():
     assert _render_defaults(loaded_toy) == _render_defaults("toy") == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
     assert _default_prompts(loaded_toy) == "toy"
     assert _render_defaults("org/some-sd15") == (30, 7.0) and _default_prompts("./sd15") == "object"
+
+
+def test_changed_render_settings_names_each_change_and_the_options_that_continue():
+    from lorasel.evaluate.runner import changed_render_settings
+
+    before = {"base": "toy", "steps": 12, "guidance": 5.0, "size": "64x64", "dtype": "float32", "seeds": 2}
+    assert changed_render_settings(None, before) is None
+    assert changed_render_settings({}, before) is None
+    # seeds (and prompts, strengths) change which renders, not how: no note
+    assert changed_render_settings(before, {**before, "seeds": 4}) is None
+    note = changed_render_settings(before, {**before, "steps": 20, "guidance": 7.5, "dtype": "float16"})
+    assert note == (
+        "the last evaluation here rendered with steps 12 (now 20), guidance 5 (now 7.5), dtype float32 "
+        "(now float16): its renders are not reused; pass --steps 12 --guidance 5 to continue it"
+    )
+    # what no option sets is named without a hint; a value with spaces is quoted
+    note = changed_render_settings({"negative": "blurry, low quality"}, {"negative": ""})
+    assert (
+        note
+        == "the last evaluation here rendered with negative 'blurry, low quality' (now ''): its renders are not reused"
+    )
+    # a field the old record lacks (an older lorasel) is not a change
+    assert changed_render_settings({"steps": 12}, {"steps": 12, "clip_skip": 2}) is None

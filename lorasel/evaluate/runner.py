@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -203,6 +204,10 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
         )  # fmt: skip
         new_state.keep()
         job = replace(job, pending=_pending(job.plan, job.done))
+        if procs.is_main and job.pending:
+            record = _settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
+            if note := changed_render_settings(store.last_settings(), record):
+                reporter.warn(note)
         results = _run(job, run, store, procs, reporter, helpers)
         if options.refine:
             first, refined = job.plan, set()
@@ -381,6 +386,52 @@ def _render(
         writer.close()
         renderer.close()
     return skipped
+
+
+# Settings records' fields that change every image, and the `lorasel eval` option that sets each.
+_RENDER_FIELDS = {
+    "base": "--base",
+    "steps": "--steps",
+    "guidance": "--guidance",
+    "size": "--size",
+    "cfg_rescale": "--cfg-rescale",
+    "clip_skip": "--clip-skip",
+    "prediction": "--prediction",
+    "negative": None,  # the prompt set's
+    "dtype": None,
+    "device": None,
+}
+
+
+def changed_render_settings(previous: dict | None, current: dict) -> str | None:
+    """What to tell a user whose evaluation renders with other settings than the last one stored
+    (``previous``; None: none): none of those renders can be reused, which is rarely meant when
+    an option was merely left out (``lorasel demo`` renders the toy world at 12 steps, ``lorasel
+    eval`` at the base's 20). None when the image-changing settings are the same."""
+    if not previous:
+        return None
+    changed = [
+        (name, previous[name], current.get(name))
+        for name in _RENDER_FIELDS
+        if name in previous and previous[name] is not None and previous[name] != current.get(name)
+    ]
+    if not changed:
+        return None
+
+    def shown(value) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value) if re.fullmatch(r"[\w./:@+-]+", str(value)) else repr(value)
+
+    what = ", ".join(
+        f"{name.replace('_', ' ')} {shown(was)} (now {shown(now)})" for name, was, now in changed
+    )
+    again = " ".join(
+        f"{_RENDER_FIELDS[name]} {shown(was)}" for name, was, _ in changed if _RENDER_FIELDS[name]
+    )
+    return f"the last evaluation here rendered with {what}: its renders are not reused" + (
+        f"; pass {again} to continue it" if again else ""
+    )
 
 
 def _settings_record(

@@ -325,6 +325,16 @@ class Store:
                 (json.dumps(results.settings, sort_keys=True, default=str),),
             )
 
+    def last_settings(self) -> dict[str, Any] | None:
+        """The settings record of the last complete evaluation, or None (none, or unreadable:
+        :meth:`load_results` is the one that says so)."""
+        try:
+            row = self._con.execute("SELECT value FROM meta WHERE key = 'results_settings'").fetchone()
+            settings = json.loads(row[0]) if row is not None else None
+        except (sqlite3.DatabaseError, ValueError):
+            return None
+        return settings if isinstance(settings, dict) else None
+
     def load_results(self) -> Results:
         """The last complete evaluation; ``ResultsError`` when there is none."""
         try:
