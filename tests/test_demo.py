@@ -171,3 +171,12 @@ def test_demo_zero_epochs_is_rejected_not_ignored(tmp_path):
     assert result.output.strip().startswith("error: --epochs must be at least 1")
     assert "Traceback" not in result.output
     assert not (tmp_path / "d" / "run" / "checkpoints").exists()
+
+
+def test_demo_zero_steps_is_rejected_before_training(tmp_path):
+    """--steps 0 once failed only after the two minutes of training, in the evaluation."""
+    result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--steps", "0"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: --steps must be at least 1 (got 0)")
+    assert "hint: omit it for the demo's 12" in result.output
+    assert not (tmp_path / "d").exists()
