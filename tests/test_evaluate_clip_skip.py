@@ -132,7 +132,8 @@ def test_eval_renders_at_the_clip_skip_the_checkpoints_were_trained_with(run):
     # --clip-skip 1 is another setting: everything is rendered again, under other keys.
     again = runner.invoke(app, [*args, "--clip-skip", "1"])
     assert again.exit_code == 0, again.output
-    assert "0 of " in again.stderr and "clip skip" not in again.stderr
+    assert "0 of " in again.stderr and "; clip skip" not in again.stderr  # the plan line's
+    assert "rendered with clip skip 2 (now 1): its renders are not reused; pass --clip-skip 2" in again.stderr
     assert load_results(run).settings["clip_skip"] == 1
 
 
