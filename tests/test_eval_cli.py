@@ -319,6 +319,21 @@ def test_a_rerun_with_other_render_settings_says_its_renders_are_not_reused(run)
         assert "8 of 8 renders already done" in result.stderr
 
 
+def test_a_copied_run_points_pick_at_its_own_files(run, tmp_path):
+    """A run evaluated on one machine and copied to another (or moved): pick, rank and the report
+    name the files where they are now, not where they were evaluated."""
+    import shutil
+
+    assert _invoke(run).exit_code == 0
+    copy = shutil.copytree(run, tmp_path / "downloaded" / "run")
+    stored = load_results(copy).checkpoints
+    assert list(stored["path"]) == [str(copy.resolve() / "checkpoints" / "zkz-000001.safetensors")]
+    result = runner.invoke(app, ["pick", str(copy)])
+    assert result.exit_code == 0, result.output
+    file_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("file"))
+    assert file_line.split()[-1] == str(copy.resolve() / "checkpoints" / "zkz-000001.safetensors")
+
+
 def test_no_trigger_anywhere(tmp_path):
     from lorasel.checkpoints.write import save_checkpoint
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -333,7 +333,23 @@ def load_results(path: str | os.PathLike, workdir: str | os.PathLike | None = No
     """The results of the last complete ``evaluate`` of ``path`` (``ResultsError`` if none)."""
     run = RunDir.at(path, workdir)
     with Store.open(run.results_db, create=False) as store:
-        return store.load_results()
+        return relocated(store.load_results(), run.root)
+
+
+def relocated(results: Results, root: Path) -> Results:
+    """``results`` with each checkpoint's path where the file is now: under ``root``, the folder
+    evaluated, by its id (the path relative to that folder). The stored path is where it was when
+    evaluated; a run copied from the training machine, or moved, would otherwise send `lorasel pick`
+    (and the report, which reads the file's bundled embeddings) to the old place."""
+    checkpoints = results.checkpoints
+    inside = [
+        not (PurePosixPath(c).is_absolute() or PureWindowsPath(c).drive) for c in checkpoints["checkpoint"]
+    ]
+    if not any(inside):
+        return results
+    checkpoints = checkpoints.copy()
+    checkpoints.loc[inside, "path"] = [str(root.joinpath(c)) for c in checkpoints.loc[inside, "checkpoint"]]
+    return replace(results, checkpoints=checkpoints)
 
 
 def _pending(plan: Sequence[Batch], done: set[str]) -> list[Batch]:
