@@ -298,3 +298,30 @@ def test_validation_loss_is_kohyas_fixed_noise_mse_recomputed_with_diffusers(tmp
                 losses.append(F.mse_loss(pred, noise).item())
     assert len(losses) == 6
     assert logged == pytest.approx(float(np.mean(losses)), rel=1e-5)
+
+
+def test_a_copied_or_moved_run_uses_its_own_dataset(tmp_path):
+    """A dataset inside the run folder (a toy concept's, the demo's) is written to run.toml relative
+    to it: a copy evaluates with its own images, and a run whose first place is gone resumes."""
+    import shutil
+
+    from lorasel.evaluate.concept import dataset_path
+    from lorasel.rundir import RunDir
+    from trainer import load_config
+
+    run = tmp_path / "run"
+    data = make_kohya_dataset(run / "dataset", {"2_zkz star": 4})
+    held_out = make_kohya_dataset(tmp_path / "held-out", {"1_zkz star": 2})  # outside: kept absolute
+    config = from_dict(small_config(data, training={"epochs": 1}, validation={"path": str(held_out)}))
+    train(config, output=run, pipeline=tiny_sd1_pipeline())
+    saved = tomllib.loads((run / "run.toml").read_text())
+    assert saved["dataset"]["path"] == "dataset"
+    assert saved["validation"]["path"] == str(held_out.resolve())
+
+    copy = shutil.copytree(run, tmp_path / "downloaded" / "run")
+    assert dataset_path(RunDir.at(copy)) == copy.resolve() / "dataset"  # not the original's
+    shutil.rmtree(run)  # moved, not copied
+    again = load_config(copy / "run.toml", ["training.epochs=2"])
+    assert again.dataset.path == str(copy.resolve() / "dataset")
+    result = train(again, output=copy, pipeline=tiny_sd1_pipeline(), resume=True)
+    assert [p.name for p in result.checkpoints] == ["zkz-000001.safetensors", "zkz-000002.safetensors"]

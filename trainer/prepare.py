@@ -90,10 +90,29 @@ def materialise_dataset(config: TrainConfig, run: RunDir) -> TrainConfig:
 
 
 def write_run_config(config: TrainConfig, run: RunDir) -> None:
+    """``run.toml``: the resolved config. A dataset inside the run folder (a toy concept's, the
+    demo's validation images) is written relative to it, as the file's own folder resolves it, so
+    that a run that is moved or copied (from the training machine) still evaluates and resumes
+    with its own images."""
     header = (
-        "Resolved training config of this run (lorasel train). `lorasel train --resume RUN_DIR` reads it."
+        "Resolved training config of this run (lorasel train). `lorasel train --resume RUN_DIR` reads it.\n"
+        "Paths inside the run folder are relative to it."
+    )
+    config = config.replace(
+        dataset=dataclasses.replace(config.dataset, path=_inside(config.dataset.path, run.root)),
+        validation=dataclasses.replace(config.validation, path=_inside(config.validation.path, run.root)),
     )
     atomic_write_text(run.config, to_toml(config, header=header))
+
+
+def _inside(path: str | None, root: Path) -> str | None:
+    """``path`` relative to ``root`` when it lies inside it, else as it is."""
+    if not path:
+        return path
+    try:
+        return Path(path).relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 @dataclass(frozen=True)
