@@ -4,7 +4,7 @@
 
 RUN_DIR is what ``lorasel demo --workdir W`` wrote (``W/run``). The TUI is driven headless by
 Textual's pilot at 120×42 with the images drawn in half-cell blocks, ``--keys`` pressed (default
-``down,c,up,i``: the runner-up, which is the lowest-loss pick in the demo, marked for comparison,
+``down,c,up,i``: the runner-up (the last epoch, toy-000010, in the demo) marked for comparison,
 back to the pick, the images pane), and exported as Textual's SVG screenshot; headless Chromium
 (on PATH as ``chromium``, ``chromium-browser`` or ``google-chrome``) turns it into the PNG.
 Without one, the SVG is written beside the PNG's name and the command says so.
