@@ -200,3 +200,27 @@ def test_changed_render_settings_names_each_change_and_the_options_that_continue
     )
     # a field the old record lacks (an older lorasel) is not a change
     assert changed_render_settings({"steps": 12}, {"steps": 12, "clip_skip": 2}) is None
+
+
+def test_relocated_puts_checkpoints_under_the_folder_evaluated_and_keeps_outside_ones(tmp_path):
+    from dataclasses import replace
+
+    from lorasel.evaluate.runner import relocated
+    from tests.synthetic_results import make_results
+
+    results = make_results(checkpoints=3, strengths=(1.0,), seeds=1)
+    frame = results.checkpoints.copy()
+    # ids are paths relative to the folder evaluated; one checkpoint lay outside it (a symlink)
+    frame["checkpoint"] = ["checkpoints/a.safetensors", "b.safetensors", "/elsewhere/c.safetensors"]
+    frame["path"] = [
+        "/old/run/checkpoints/a.safetensors",
+        "/old/run/b.safetensors",
+        "/elsewhere/c.safetensors",
+    ]
+    moved = relocated(replace(results, checkpoints=frame), tmp_path / "run")
+    assert list(moved.checkpoints["path"]) == [
+        str(tmp_path / "run" / "checkpoints" / "a.safetensors"),
+        str(tmp_path / "run" / "b.safetensors"),
+        "/elsewhere/c.safetensors",
+    ]
+    assert frame["path"].iloc[0] == "/old/run/checkpoints/a.safetensors"  # the input is not changed
