@@ -248,3 +248,22 @@ def test_a_one_module_file_reads_as_one_module(tmp_path):
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert "1 module (1 lora)" in " ".join(result.stdout.split())
+
+
+def test_piped_tables_keep_one_row_per_line(tmp_path):
+    """Without a terminal Rich assumes 80 columns and folded long checkpoint and module names
+    across lines; piped (grep, diff), each row is one line at the table's own width."""
+    stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    tensors = {f"{stem}.lora_down.weight": torch.randn(4, 768), f"{stem}.lora_up.weight": torch.randn(320, 4)}
+    name = "my_character_v2_lr1e-4_dim32_alpha16_adamw8bit-000012"  # kohya output names run long
+    save_checkpoint(tmp_path / "run" / f"{name}.safetensors", tensors, {"ss_epoch": "12"})
+    folder = runner.invoke(app, ["inspect", str(tmp_path / "run")], env={"COLUMNS": "80"})
+    assert folder.exit_code == 0, folder.output
+    row = next(line for line in folder.stdout.splitlines() if name in line)
+    assert row.split()[:2] == [name, "12"] and "1 lora r4" in row
+    single = runner.invoke(
+        app, ["inspect", str(tmp_path / "run" / f"{name}.safetensors")], env={"COLUMNS": "80"}
+    )
+    assert single.exit_code == 0, single.output
+    row = next(line for line in single.stdout.splitlines() if stem in line)
+    assert row.split()[:3] == [stem, "lora", "4"]

@@ -69,7 +69,7 @@ def _print_human(info: dict, summary: str) -> None:
         table.add_column("value", overflow="fold")
         for key in shown:
             table.add_row(plain(key), plain(meta[key]))
-        console.print(table)
+        _print_table(console, table)
     others = len(meta) - len(shown)
     if others:
         console.print(Text(f"(+{others} more metadata keys: lorasel inspect --json)", style="dim"))
@@ -87,8 +87,19 @@ def _print_human(info: dict, summary: str) -> None:
             f"{m['scale']:.4g}",
             norm,
         )
-    console.print(modules)
+    _print_table(console, modules)
     console.print(plain(summary, 2000))
+
+
+def _print_table(console, table) -> None:
+    """``table`` at its full width when the output is piped (one row per line, for grep and
+    diff), not folded into the 80 columns Rich assumes without a terminal."""
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        wide = Measurement.get(console, console.options.update(max_width=2000), table).maximum
+        console.width = max(console.width, wide)
+    console.print(table)
 
 
 def _folder_rows(folder: Path) -> list[dict]:
@@ -168,7 +179,7 @@ def _inspect_folder(folder: Path, json_output: bool) -> None:
             modules += f" r{dash(r['rank'])} a{dash(r['alpha'])}"
         family = FAMILY_LABELS.get(r["base_family"], r["base_family"])
         table.add_row(*cells, r["format"], family, modules, trigger)
-    console.print(table)
+    _print_table(console, table)
     for r in problems:
         console.print(Text.assemble(plain(r["label"], 200), (": ", ""), plain(r["error"], 400)))
     runs = len({r["run"] for r in rows})
