@@ -334,6 +334,16 @@ def test_a_copied_run_points_pick_at_its_own_files(run, tmp_path):
     assert file_line.split()[-1] == str(copy.resolve() / "checkpoints" / "zkz-000001.safetensors")
 
 
+def test_the_piped_table_keeps_a_long_checkpoint_name_on_one_line(run):
+    name = "my_character_v2_lr1e-4_dim32_alpha16_adamw8bit-000012"
+    h.write_lora(run / "checkpoints" / f"{name}.safetensors", seed=3, scale=1.0, epoch=12)
+    result = runner.invoke(app, ["eval", str(run), "--prompts", str(run.parent / "prompts.toml"), *FAST],
+                           env={"COLUMNS": "80"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if name in line)
+    assert row.split()[1:3] == [name, "│"] and row.count("│") == 8
+
+
 def test_no_trigger_anywhere(tmp_path):
     from lorasel.checkpoints.write import save_checkpoint
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lorasel.cli.app import app
+from lorasel.cli.tables import print_table
 from lorasel.text import counted
 
 METRIC_FORMAT = "{:.3f}"
@@ -313,7 +314,7 @@ def _summary(results) -> None:
     ]
     show_seeds = len({n for n, c in zip(seeds, means["checkpoint"], strict=True) if c != BASE}) > 1
     table = Table(title="lorasel eval: mean per checkpoint × strength")
-    table.add_column("checkpoint", overflow="fold")  # wrapped rather than cut: it names a file
+    table.add_column("checkpoint", overflow="fold")  # folded rather than cut in a narrow terminal: a file
     table.add_column("strength", justify="right")
     for name in METRICS:  # headings as `lorasel rank` shortens them, to fit 80 columns
         table.add_column(METRIC_HEADINGS[name], justify="right")
@@ -327,7 +328,7 @@ def _summary(results) -> None:
             *((str(n),) if show_seeds else ()),
         )
     console = Console(soft_wrap=True)
-    console.print(table)
+    print_table(console, table)
     note = _refined_note(results)
     if note:
         console.print(note, markup=False, highlight=False)

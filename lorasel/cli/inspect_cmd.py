@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lorasel.cli.app import app
+from lorasel.cli.tables import print_table
 from lorasel.text import counted
 
 # Metadata keys worth a line in the human view, in this order; the rest is counted.
@@ -69,7 +70,7 @@ def _print_human(info: dict, summary: str) -> None:
         table.add_column("value", overflow="fold")
         for key in shown:
             table.add_row(plain(key), plain(meta[key]))
-        _print_table(console, table)
+        print_table(console, table)
     others = len(meta) - len(shown)
     if others:
         console.print(Text(f"(+{others} more metadata keys: lorasel inspect --json)", style="dim"))
@@ -87,19 +88,8 @@ def _print_human(info: dict, summary: str) -> None:
             f"{m['scale']:.4g}",
             norm,
         )
-    _print_table(console, modules)
+    print_table(console, modules)
     console.print(plain(summary, 2000))
-
-
-def _print_table(console, table) -> None:
-    """``table`` at its full width when the output is piped (one row per line, for grep and
-    diff), not folded into the 80 columns Rich assumes without a terminal."""
-    if not console.is_terminal:
-        from rich.measure import Measurement
-
-        wide = Measurement.get(console, console.options.update(max_width=2000), table).maximum
-        console.width = max(console.width, wide)
-    console.print(table)
 
 
 def _folder_rows(folder: Path) -> list[dict]:
@@ -179,7 +169,7 @@ def _inspect_folder(folder: Path, json_output: bool) -> None:
             modules += f" r{dash(r['rank'])} a{dash(r['alpha'])}"
         family = FAMILY_LABELS.get(r["base_family"], r["base_family"])
         table.add_row(*cells, r["format"], family, modules, trigger)
-    _print_table(console, table)
+    print_table(console, table)
     for r in problems:
         console.print(Text.assemble(plain(r["label"], 200), (": ", ""), plain(r["error"], 400)))
     runs = len({r["run"] for r in rows})
