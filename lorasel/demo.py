@@ -91,11 +91,28 @@ def train_concept(
         seed = trainer.load_config("toyworld", settings).training.seed
         held_out = make_dataset(concept, run.root / "validation", repeats=1, seed=seed + VALIDATION_SEED)
         settings.append(f"validation.path={held_out}")
+    check_run_concept(run.root, concept)
     config = trainer.load_config(run.config if resume else "toyworld", settings)
     if resume and _finished(run, config):
         return run.root
     trainer.train(config, output=run.root, progress=progress, resume=resume, pipeline=pipeline)
     return run.root
+
+
+def check_run_concept(run_dir: str | Path, concept: str) -> None:
+    """``ConfigError`` when ``run_dir`` already holds a run on another toy concept: reusing it
+    would report that concept's checkpoints under this one's name."""
+    run = RunDir.at(run_dir)
+    if not run.config.is_file():
+        return
+    import trainer
+
+    trained = trainer.load_config(run.config).dataset.toy_concept
+    if trained != concept:
+        raise ConfigError(
+            f"{run.root} holds a run on the {trained!r} concept, not {concept!r}",
+            hint=f"use another --workdir for {concept!r}, or --concept {trained}",
+        )
 
 
 def _finished(run: RunDir, config) -> bool:

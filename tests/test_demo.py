@@ -52,6 +52,18 @@ def test_demo_rerun_reuses_checkpoints_and_renders(demo_run):
     assert "98 of 98 renders already done" in again.output
 
 
+def test_demo_on_another_concept_in_the_same_workdir_is_one_line(demo_run):
+    """The star run's checkpoints were once reported as the heart concept's."""
+    workdir, args, first = demo_run
+    assert first.exit_code == 0, first.output
+    result = runner.invoke(app, [*args, "--concept", "heart"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {(workdir / 'run').resolve()} holds a run on the 'star' concept, not 'heart' "
+        f"(hint: use another --workdir for 'heart', or --concept star)"
+    )
+
+
 @pytest.mark.slow  # 98 more renders (35 s); reuse by more seeds: test_evaluate_run
 def test_demo_with_more_seeds_renders_only_the_new_ones(demo_run, tmp_path):
     workdir, args, first = demo_run
