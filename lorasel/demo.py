@@ -13,6 +13,7 @@ The trainer is imported inside :func:`train_concept` (the core does not depend o
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorasel.errors import ConfigError
 from lorasel.rundir import RunDir
+from lorasel.text import counted
 
 if TYPE_CHECKING:  # the CLI imports this module for its defaults: pandas loads on use
     import pandas as pd
@@ -91,7 +93,7 @@ def train_concept(
         seed = trainer.load_config("toyworld", settings).training.seed
         held_out = make_dataset(concept, run.root / "validation", repeats=1, seed=seed + VALIDATION_SEED)
         settings.append(f"validation.path={held_out}")
-    check_run_concept(run.root, concept)
+    check_reusable(run.root, concept)
     config = trainer.load_config(run.config if resume else "toyworld", settings)
     if resume and _finished(run, config):
         return run.root
@@ -99,19 +101,33 @@ def train_concept(
     return run.root
 
 
-def check_run_concept(run_dir: str | Path, concept: str) -> None:
-    """``ConfigError`` when ``run_dir`` already holds a run on another toy concept: reusing it
-    would report that concept's checkpoints under this one's name."""
+def check_reusable(run_dir: str | Path, concept: str, epochs: int | None = None) -> None:
+    """``ConfigError`` when ``run_dir`` already holds a run that is not the one asked for: on
+    another toy concept (its checkpoints would be reported under this one's name), or with
+    checkpoints past ``epochs`` (they would all be evaluated, not the ``epochs`` asked for)."""
     run = RunDir.at(run_dir)
     if not run.config.is_file():
         return
     import trainer
 
-    trained = trainer.load_config(run.config).dataset.toy_concept
+    config = trainer.load_config(run.config)
+    trained = config.dataset.toy_concept
     if trained != concept:
         raise ConfigError(
             f"{run.root} holds a run on the {trained!r} concept, not {concept!r}",
             hint=f"use another --workdir for {concept!r}, or --concept {trained}",
+        )
+    if epochs is None:
+        return
+    saved = [
+        int(match[1])
+        for path in (run.root / "checkpoints").glob(f"{config.save.name}-*.safetensors")
+        if (match := re.fullmatch(rf"{re.escape(config.save.name)}-(\d{{6}})\.safetensors", path.name))
+    ]
+    if saved and max(saved) > epochs:
+        raise ConfigError(
+            f"{run.root} holds a run of {counted(max(saved), 'epoch')}, more than --epochs {epochs}",
+            hint=f"use another --workdir for {counted(epochs, 'epoch')}, or --epochs {max(saved)} or more",
         )
 
 

@@ -64,6 +64,20 @@ def test_demo_on_another_concept_in_the_same_workdir_is_one_line(demo_run):
     )
 
 
+def test_demo_with_fewer_epochs_than_its_workdir_holds_is_one_line(demo_run):
+    """--epochs 1 on the 2-epoch run once evaluated both checkpoints, as if asked for 2."""
+    workdir, args, first = demo_run
+    assert first.exit_code == 0, first.output
+    fewer = list(args)
+    fewer[fewer.index("--epochs") + 1] = "1"
+    result = runner.invoke(app, fewer)
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {(workdir / 'run').resolve()} holds a run of 2 epochs, more than --epochs 1 "
+        f"(hint: use another --workdir for 1 epoch, or --epochs 2 or more)"
+    )
+
+
 @pytest.mark.slow  # 98 more renders (35 s); reuse by more seeds: test_evaluate_run
 def test_demo_with_more_seeds_renders_only_the_new_ones(demo_run, tmp_path):
     workdir, args, first = demo_run

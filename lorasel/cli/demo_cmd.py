@@ -92,7 +92,7 @@ def demo_command(
     elif threads < 1:
         raise ConfigError(f"--threads must be at least 1 (got {threads})", hint="omit it to use the cores")
     run_dir = workdir / "run"
-    demo.check_run_concept(run_dir, concept)
+    demo.check_reusable(run_dir, concept, epochs)
     say = _Say()
     say(f"lorasel demo: a LoRA on the toy world's {concept!r} concept, in {printable(run_dir)}")
     # With two threads or more, one of them evaluates each checkpoint while the next trains.
