@@ -180,7 +180,7 @@ def test_toy_defaults_apply_to_a_loaded_toy_pipeline_too():
 
 
 def test_changed_render_settings_names_each_change_and_the_options_that_continue():
-    from lorasel.evaluate.runner import changed_render_settings
+    from lorasel.evaluate.record import changed_render_settings
 
     before = {"base": "toy", "steps": 12, "guidance": 5.0, "size": "64x64", "dtype": "float32", "seeds": 2}
     assert changed_render_settings(None, before) is None

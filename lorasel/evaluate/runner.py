@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -35,12 +34,12 @@ from lorasel.evaluate.options import (
 from lorasel.evaluate.plan import Batch, Candidate, RenderSettings, plan_of_pairs, shard
 from lorasel.evaluate.processes import Processes, current_processes
 from lorasel.evaluate.progress import ProgressCallback, ProgressEvent, RenderProgress
-from lorasel.evaluate.render import Renderer, scheduler_config
+from lorasel.evaluate.record import changed_render_settings, settings_record
+from lorasel.evaluate.render import Renderer
 from lorasel.evaluate.scoring import score_plan
 from lorasel.evaluate.store import Store
 from lorasel.evaluate.workers import RenderWorkers, WorkerPlan, WorkerStart, units_of
 from lorasel.evaluate.writer import BatchWriter
-from lorasel.models.base import config_prediction
 from lorasel.rank.weights import Weights
 from lorasel.results import Results
 from lorasel.rundir import RunDir
@@ -205,7 +204,7 @@ def _evaluate_with(run: RunDir, options: EvalOptions, helpers: RenderWorkers | N
         new_state.keep()
         job = replace(job, pending=_pending(job.plan, job.done))
         if procs.is_main and job.pending:
-            record = _settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
+            record = settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
             if note := changed_render_settings(store.last_settings(), record):
                 reporter.warn(note)
         results = _run(job, run, store, procs, reporter, helpers)
@@ -319,7 +318,7 @@ def _refined(job: Job, first: list[Batch], refined: set[tuple[str, float]], stor
 
 def _finish(job: Job, store: Store, skipped: set[str], reporter: RenderProgress) -> Results:
     """Score, compute the metrics and store the results (main process)."""
-    record = _settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
+    record = settings_record(job.settings, job.options, job.prompt_spec, job.trigger, job.class_word)
     # Specs that evaluate() takes again (the TUI continues an evaluation with them).
     record.update(scorer=job.scorer_spec, scorer_name=job.scorer.name, references=str(job.reference_dir))
     results = score_plan(
@@ -402,77 +401,3 @@ def _render(
         writer.close()
         renderer.close()
     return skipped
-
-
-# Settings records' fields that change every image, and the `lorasel eval` option that sets each.
-_RENDER_FIELDS = {
-    "base": "--base",
-    "steps": "--steps",
-    "guidance": "--guidance",
-    "size": "--size",
-    "cfg_rescale": "--cfg-rescale",
-    "clip_skip": "--clip-skip",
-    "prediction": "--prediction",
-    "negative": None,  # the prompt set's
-    "dtype": None,
-    "device": None,
-}
-
-
-def changed_render_settings(previous: dict | None, current: dict) -> str | None:
-    """What to tell a user whose evaluation renders with other settings than the last one stored
-    (``previous``; None: none): none of those renders can be reused, which is rarely meant when
-    an option was merely left out (``lorasel demo`` renders the toy world at 12 steps, ``lorasel
-    eval`` at the base's 20). None when the image-changing settings are the same."""
-    if not previous:
-        return None
-    changed = [
-        (name, previous[name], current.get(name))
-        for name in _RENDER_FIELDS
-        if name in previous and previous[name] is not None and previous[name] != current.get(name)
-    ]
-    if not changed:
-        return None
-
-    def shown(value) -> str:
-        if isinstance(value, float):
-            return f"{value:g}"
-        return str(value) if re.fullmatch(r"[\w./:@+-]+", str(value)) else repr(value)
-
-    what = ", ".join(
-        f"{name.replace('_', ' ')} {shown(was)} (now {shown(now)})" for name, was, now in changed
-    )
-    again = " ".join(
-        f"{_RENDER_FIELDS[name]} {shown(was)}" for name, was, _ in changed if _RENDER_FIELDS[name]
-    )
-    return f"the last evaluation here rendered with {what}: its renders are not reused" + (
-        f"; pass {again} to continue it" if again else ""
-    )
-
-
-def _settings_record(
-    settings: RenderSettings, options: EvalOptions, prompt_set: str, trigger, class_word
-) -> dict:
-    return {
-        "base": settings.base,
-        "base_fingerprint": settings.base_fingerprint,
-        "scheduler": settings.scheduler.split("{", 1)[0],
-        "steps": settings.steps,
-        "guidance": settings.guidance,
-        "cfg_rescale": settings.cfg_rescale,
-        "clip_skip": settings.clip_skip,
-        "prediction": config_prediction(scheduler_config(settings.scheduler)[1]),
-        "size": f"{settings.width}x{settings.height}",
-        "negative": settings.negative,
-        "seeds": options.seeds,
-        "refine": options.refine,
-        "refine_weights": options.weights.as_dict() if options.weights is not None else None,
-        "strengths": list(options.strengths),
-        "batch_size": options.batch_size,
-        "prompt_set": prompt_set,
-        "trigger": trigger,
-        "class_word": class_word,
-        "render_settings": settings.key(),
-        "dtype": settings.dtype,
-        "device": settings.device_type,
-    }
